@@ -1,0 +1,1 @@
+"""Persistence and configuration shared by the daemon, the jobs and the workers."""

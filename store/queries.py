@@ -1,0 +1,75 @@
+"""Queries shared by the daemon and the jobs. Writes are idempotent where the data model says so."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from store.schema import Expert, ExpertLoss, Prompt, RouterVersion, utcnow
+
+ACTIVATION_CHANNEL = "thalamus_active_router"
+
+
+def prompt_hash(prompt: str) -> str:
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+
+
+def _insert(session: Session, table):  # type: ignore[no-untyped-def]
+    """A dialect-specific INSERT that supports ON CONFLICT."""
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+def ensure_prompts(session: Session, texts: Iterable[str], source: str = "traffic") -> list[str]:
+    """Insert each distinct prompt once; return the hashes in input order."""
+    hashes: list[str] = []
+    rows: dict[str, dict[str, Any]] = {}
+    for prompt in texts:
+        key = prompt_hash(prompt)
+        hashes.append(key)
+        rows.setdefault(key, {"hash": key, "text": prompt, "source": source, "created_at": utcnow()})
+    if rows:
+        values = list(rows.values())
+        for start in range(0, len(values), 500):
+            stmt = _insert(session, Prompt).values(values[start : start + 500])
+            session.execute(stmt.on_conflict_do_nothing(index_elements=["hash"]))
+    return hashes
+
+
+def upsert_losses(session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Write loss rows keyed on (prompt_hash, expert, expert_version, source); the latest loss wins."""
+    if not rows:
+        return 0
+    now = utcnow()
+    values = [{**row, "created_at": row.get("created_at", now)} for row in rows]
+    for start in range(0, len(values), 500):
+        stmt = _insert(session, ExpertLoss).values(values[start : start + 500])
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["prompt_hash", "expert", "expert_version", "source"],
+            set_={"loss": stmt.excluded.loss, "created_at": stmt.excluded.created_at},
+        )
+        session.execute(stmt)
+    return len(values)
+
+
+def active_router_version(session: Session) -> RouterVersion | None:
+    return session.scalars(select(RouterVersion).where(RouterVersion.status == "active")).first()
+
+
+def active_experts(session: Session) -> list[Expert]:
+    return list(session.scalars(select(Expert).where(Expert.status == "active").order_by(Expert.name)))
+
+
+def expert_by_name(session: Session, name: str) -> Expert | None:
+    return session.scalars(select(Expert).where(Expert.name == name)).first()
+
+
+def notify_activation(session: Session, version_id: int) -> None:
+    """Tell every listening daemon that the active router changed (PostgreSQL only; SQLite daemons poll)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": ACTIVATION_CHANNEL, "payload": str(version_id)})

@@ -1,0 +1,162 @@
+"""The SQLAlchemy schema: the one source of truth that Alembic migrations follow."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+EXPERT_KINDS = ("masked-lm", "causal-lm", "external")
+VERSION_STATUSES = ("candidate", "approved", "active", "retired", "rejected")
+LOSS_SOURCES = ("computed", "reported")
+JOB_STATUSES = ("queued", "running", "succeeded", "failed")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Expert(Base):
+    __tablename__ = "experts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    uri: Mapped[str | None] = mapped_column(Text)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(20), default="active")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class RouterVersion(Base):
+    __tablename__ = "router_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("router_versions.id"))
+    base_encoder: Mapped[str] = mapped_column(Text)
+    checkpoint_uri: Mapped[str] = mapped_column(Text)
+    checkpoint_sha256: Mapped[str] = mapped_column(String(64))
+    expert_order: Mapped[list[Any]] = mapped_column()
+    training_window: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(20), default="candidate", index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    decided_by: Mapped[str | None] = mapped_column(String(200))
+    decided_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class Prompt(Base):
+    """Each distinct prompt text once, keyed by its sha256; the loss table refers to it."""
+
+    __tablename__ = "prompts"
+
+    hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    text: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(40), default="traffic")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Request(Base):
+    __tablename__ = "requests"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    prompt_hash: Mapped[str] = mapped_column(ForeignKey("prompts.hash"), index=True)
+    lambdas: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    router_version_id: Mapped[int | None] = mapped_column(ForeignKey("router_versions.id"))
+    expert: Mapped[str] = mapped_column(String(200))
+    predicted_losses: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    propensity: Mapped[float] = mapped_column(Float, default=1.0)
+    sampled: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    app: Mapped[str | None] = mapped_column(String(200))
+
+
+class ExpertLoss(Base):
+    """The loss table. Idempotent on (prompt, expert, expert version, source)."""
+
+    __tablename__ = "expert_losses"
+    __table_args__ = (
+        UniqueConstraint("prompt_hash", "expert", "expert_version", "source", name="uq_expert_losses_key"),
+        Index("ix_expert_losses_expert_version", "expert", "expert_version"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prompt_hash: Mapped[str] = mapped_column(ForeignKey("prompts.hash"), index=True)
+    expert: Mapped[str] = mapped_column(String(200))
+    expert_version: Mapped[int] = mapped_column(Integer)
+    loss: Mapped[float] = mapped_column(Float)
+    source: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+class Feedback(Base):
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    app: Mapped[str | None] = mapped_column(String(200))
+    request_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    received_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class JobRun(Base):
+    __tablename__ = "job_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(60), index=True)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    trigger: Mapped[str] = mapped_column(String(40), default="cli")
+    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    message: Mapped[str | None] = mapped_column(Text)
+    task_id: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Activation(Base):
+    """Append-only: which router version became active when, and why."""
+
+    __tablename__ = "activations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    router_version_id: Mapped[int] = mapped_column(ForeignKey("router_versions.id"))
+    previous_version_id: Mapped[int | None] = mapped_column(ForeignKey("router_versions.id"))
+    actor: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

