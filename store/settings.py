@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     train_holdout_share: float = Field(0.2, gt=0, lt=1)
     train_seed: int = 0
 
+    auto_approve: bool = False
     job_timeout_seconds: int = Field(6 * 3600, gt=0)
 
     @field_validator("home")

@@ -1,0 +1,32 @@
+# Two commands on a fresh clone: `make demo` and `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test serve bench-quality bench-quality-quick clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[test]"
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: setup
+	$(BIN)/thalamus demo
+
+test: setup
+	$(BIN)/pytest -q
+
+serve: setup
+	$(BIN)/thalamus up
+
+bench-quality: setup
+	$(BIN)/thalamus bench quality --dataset ../shared/data/dcrouter --json var/bench-quality.json --plot var/pareto.png
+
+clean:
+	rm -rf var .pytest_cache

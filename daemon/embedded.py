@@ -1,0 +1,55 @@
+"""Run the daemon, a Celery worker and the scheduler together (``thalamus up`` / ``make serve``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from contextlib import contextmanager
+from collections.abc import Iterator
+
+from store.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def worker_process(settings: Settings, pool: str = "solo") -> Iterator[subprocess.Popen[bytes]]:
+    """A ``thalamus worker`` child process, stopped (warm shutdown, then kill) on exit."""
+    command = [sys.executable, "-m", "daemon.cli", "worker", "--pool", pool]
+    env = {**os.environ, "THALAMUS_HOME": str(settings.home)}
+    logfile = open(settings.home / "worker.log", "ab")
+    process = subprocess.Popen(command, env=env, stdout=logfile, stderr=subprocess.STDOUT)
+    log.info("worker started (pid %s), log in %s", process.pid, settings.home / "worker.log")
+    try:
+        yield process
+    finally:
+        stop_process(process)
+        logfile.close()
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
+def run_all(settings: Settings, pool: str = "solo") -> None:
+    """Daemon in this process with the scheduler in-process, worker as a child."""
+    from daemon.server import run_server
+    from workers.scheduler import background_scheduler
+
+    with worker_process(settings, pool):
+        scheduler = background_scheduler(settings)
+        scheduler.start()
+        try:
+            run_server(settings)
+        finally:
+            scheduler.shutdown(wait=False)

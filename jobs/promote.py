@@ -1,0 +1,69 @@
+"""Approve, reject and roll back router versions. Activation is one transaction plus a NOTIFY."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from jobs.errors import JobInputError
+from store.queries import active_router_version, notify_activation
+from store.schema import Activation, RouterVersion, utcnow
+
+
+def _version(session: Session, version_id: int) -> RouterVersion:
+    version = session.get(RouterVersion, version_id, with_for_update=True)
+    if version is None:
+        raise JobInputError(f"router version {version_id} does not exist")
+    return version
+
+
+def activate(session: Session, version: RouterVersion, actor: str, reason: str) -> RouterVersion | None:
+    """Make ``version`` the active one; retire the previous one; log and notify. Returns the previous."""
+    previous = active_router_version(session)
+    if previous is not None and previous.id == version.id:
+        return previous
+    if previous is not None:
+        previous.status = "retired"
+    version.status = "active"
+    version.decided_by, version.decided_at = actor, utcnow()
+    session.flush()
+    session.add(Activation(router_version_id=version.id, previous_version_id=previous.id if previous else None,
+                           actor=actor, reason=reason))
+    notify_activation(session, version.id)
+    return previous
+
+
+def approve(session: Session, version_id: int, actor: str, reason: str = "approved") -> RouterVersion:
+    version = _version(session, version_id)
+    if version.status == "active":
+        raise JobInputError(f"router version {version_id} is already active")
+    if version.status not in ("candidate", "approved"):
+        raise JobInputError(f"router version {version_id} is {version.status}; only a candidate can be approved")
+    activate(session, version, actor, reason)
+    return version
+
+
+def reject(session: Session, version_id: int, actor: str, reason: str) -> RouterVersion:
+    if not reason.strip():
+        raise JobInputError("a rejection needs a reason")
+    version = _version(session, version_id)
+    if version.status not in ("candidate", "approved"):
+        raise JobInputError(f"router version {version_id} is {version.status}; only a candidate can be rejected")
+    version.status, version.reason = "rejected", reason
+    version.decided_by, version.decided_at = actor, utcnow()
+    return version
+
+
+def rollback(session: Session, actor: str, reason: str = "rollback") -> RouterVersion:
+    """Re-activate the version that was active before the current one."""
+    current = active_router_version(session)
+    if current is None:
+        raise JobInputError("no router version is active, so there is nothing to roll back")
+    last = session.scalars(
+        select(Activation).where(Activation.router_version_id == current.id).order_by(Activation.id.desc())
+    ).first()
+    if last is None or last.previous_version_id is None:
+        raise JobInputError(f"router version {current.id} has no predecessor to roll back to")
+    target = _version(session, last.previous_version_id)
+    activate(session, target, actor, reason)
+    return target

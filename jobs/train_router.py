@@ -1,0 +1,111 @@
+"""Train a candidate router on the loss table, starting from the active one, and register it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from jobs.errors import JobInputError
+from jobs.locks import exclusive
+from jobs.loss_table import LossTable, holdout_mask, load_loss_table
+from jobs.promote import activate
+from jobs.router_store import load_version, router_config, save_version
+from jobs.runs import Progress
+from router.metrics import routing_metrics
+from router.model import Router, expand_experts
+from router.training import TrainConfig, train_router as fit
+from store.db import session_scope
+from store.queries import active_experts, active_router_version
+from store.settings import Settings
+
+
+def train_config(settings: Settings, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    values: dict[str, Any] = {
+        "epochs": settings.train_epochs, "batch_size": settings.train_batch_size,
+        "learning_rate": settings.train_learning_rate, "loss": settings.train_loss, "seed": settings.train_seed,
+    }
+    values.update({k: v for k, v in (overrides or {}).items() if k in values or hasattr(TrainConfig, k)})
+    return TrainConfig(**values)
+
+
+def _complete_rows(table: LossTable) -> np.ndarray:
+    return ~np.isnan(table.targets).any(axis=1)
+
+
+def evaluate(router: Router, table: LossTable, params: np.ndarray, best_single: int | None) -> dict[str, float]:
+    """Offline metrics on the holdout rows where every expert's loss is known."""
+    rows = np.flatnonzero(_complete_rows(table))
+    if rows.size == 0:
+        return {"n_rows": 0}
+    part = table.subset(rows)
+    predicted = router.predict(part.prompts)
+    return routing_metrics(predicted, part.targets, params=params, best_single=best_single)
+
+
+def train_router(settings: Settings, progress: Progress | None = None, params: dict[str, Any] | None = None,
+                 ) -> dict[str, Any]:
+    report = progress or (lambda fraction, message: None)
+    params = dict(params or {})
+    with exclusive(settings, "train_router"):
+        report(0.01, "reading the loss table")
+        with session_scope(settings) as session:
+            experts = active_experts(session)
+            table = load_loss_table(session, experts)
+            parent = active_router_version(session)
+            parent_id = parent.id if parent else None
+            parent_router = load_version(parent) if parent else None
+        if len(table) < 4:
+            raise JobInputError(f"the loss table has {len(table)} prompts; at least 4 are needed to train")
+        names = table.experts
+        sizes = np.array([float(e.attributes.get("params") or np.nan) for e in experts])
+        holdout = holdout_mask(table.hashes, settings.train_holdout_share)
+        train, test = table.subset(np.flatnonzero(~holdout)), table.subset(np.flatnonzero(holdout))
+        if len(train) == 0:
+            raise JobInputError("every prompt fell in the holdout; add more data")
+        train_means = np.array([m if m is not None else np.inf for m in train.mean_losses()])
+        best_single = int(np.argmin(train_means))
+
+        report(0.05, f"evaluating the active router on {len(test)} holdout prompts")
+        active_metrics = evaluate(parent_router, test, sizes, best_single) if parent_router is not None else {}
+        if parent_router is not None and list(parent_router.expert_names) == names:
+            router = parent_router
+        elif parent_router is not None:
+            router = expand_experts(parent_router, names, train.mean_losses())
+        else:
+            router = Router.from_config(router_config(settings, names))
+
+        started = time.perf_counter()
+        config = train_config(settings, params)
+        history = fit(router, train.prompts, train.targets, config,
+                      progress=lambda f, m: report(0.1 + 0.8 * f, m))
+        seconds = time.perf_counter() - started
+        report(0.92, "evaluating the candidate")
+        candidate_metrics = evaluate(router, test, sizes, best_single)
+        metrics = {
+            "candidate": candidate_metrics, "active": active_metrics, "active_version": parent_id,
+            "n_train": len(train), "n_holdout": len(test), "train_seconds": round(seconds, 3),
+            "examples_per_second": getattr(history, "examples_per_second", None),
+            "best_epoch": getattr(history, "best_epoch", None), "best_single_expert": names[best_single],
+        }
+        with session_scope(settings) as session:
+            version = save_version(
+                session, settings, router, parent_id=parent_id, status="candidate", metrics=metrics,
+                training_window={"rows": len(table), "train": len(train), "holdout": len(test)},
+            )
+            auto = _auto_approve(settings, candidate_metrics, active_metrics)
+            if auto:
+                activate(session, version, actor="policy", reason=auto)
+            version_id = version.id
+        report(1.0, f"registered candidate router version {version_id}")
+        return {"version_id": version_id, "metrics": metrics, "auto_approved": bool(auto)}
+
+
+def _auto_approve(settings: Settings, candidate: dict[str, float], active: dict[str, float]) -> str:
+    """The policy: approve when enabled and the candidate's routed loss beats the active one's."""
+    if not settings.auto_approve or "routed_loss" not in candidate:
+        return ""
+    if "routed_loss" in active and candidate["routed_loss"] >= active["routed_loss"]:
+        return ""
+    return "auto-approved: lower routed loss on the holdout than the active router"

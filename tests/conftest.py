@@ -1,0 +1,97 @@
+"""Shared fixtures. Services are real: PostgreSQL and Redis must be reachable, or the tests fail."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ADMIN_URL = os.environ.get("THALAMUS_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("THALAMUS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def make_settings(home: Path, **env: str):  # type: ignore[no-untyped-def]
+    """Settings for a test, also exported to the environment so child processes see the same."""
+    from store.settings import Settings, get_settings
+
+    os.environ["THALAMUS_HOME"] = str(home)
+    for key, value in env.items():
+        os.environ[f"THALAMUS_{key.upper()}"] = value
+    get_settings.cache_clear()
+    return Settings()
+
+
+@pytest.fixture
+def thalamus_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Restore every THALAMUS_* variable a test sets."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("THALAMUS_") and "TEST" not in k}
+    yield
+    for key in [k for k in os.environ if k.startswith("THALAMUS_") and "TEST" not in k]:
+        del os.environ[key]
+    os.environ.update(saved)
+    from store.db import dispose_engines
+    from store.settings import get_settings
+
+    dispose_engines()
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def sqlite_settings(tmp_path: Path, thalamus_env: None):  # type: ignore[no-untyped-def]
+    """A migrated SQLite database in a fresh THALAMUS_HOME."""
+    from store.migrate import upgrade
+
+    settings = make_settings(tmp_path / "home")
+    upgrade(settings)
+    return settings
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test, dropped afterwards."""
+    from sqlalchemy import create_engine, text
+
+    name = f"thalamus_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # fail loudly: integration tests never skip
+        pytest.fail(f"PostgreSQL at {ADMIN_URL} cannot be reached: {exc}")
+    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield url
+    finally:
+        from store.db import dispose_engines
+
+        dispose_engines()
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def pg_settings(tmp_path: Path, pg_url: str, thalamus_env: None):  # type: ignore[no-untyped-def]
+    from store.migrate import upgrade
+
+    settings = make_settings(tmp_path / "home", database_url=pg_url)
+    upgrade(settings)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL).ping()
+    except Exception as exc:
+        pytest.fail(f"Redis at {REDIS_URL} cannot be reached: {exc}")
+    return REDIS_URL

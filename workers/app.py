@@ -1,0 +1,31 @@
+"""The Celery application. Job logic lives in ``jobs/``; tasks here are thin wrappers."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from store.settings import Settings, get_settings
+
+QUEUES = {"refresh_losses": "losses", "train_router": "training"}
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("thalamus", broker=settings.celery_broker_url, include=["workers.tasks"])
+    visibility = settings.job_timeout_seconds + 600  # above the longest job: no redelivery mid-run
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_routes={f"thalamus.{kind}": {"queue": queue} for kind, queue in QUEUES.items()},
+        task_default_queue="losses",
+        broker_transport_options={"visibility_timeout": visibility, "polling_interval": 0.5},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_max_tasks_per_child=20,
+        task_time_limit=settings.job_timeout_seconds,
+    )
+    return app
+
+
+app = make_celery(get_settings())

@@ -1,0 +1,54 @@
+"""Celery tasks: each runs one ``job_runs`` row through its job function."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from jobs.errors import JobLocked
+from jobs.refresh_losses import refresh_losses
+from jobs.runs import finish, get_run, tracked
+from jobs.train_router import train_router
+from store.settings import Settings, get_settings
+from workers.app import app
+
+log = logging.getLogger(__name__)
+
+JOBS: dict[str, Callable[..., dict[str, Any]]] = {
+    "refresh_losses": lambda settings, progress, params: refresh_losses(settings, progress, **params),
+    "train_router": lambda settings, progress, params: train_router(settings, progress, params),
+}
+
+
+def execute(settings: Settings, run_id: int) -> dict[str, Any] | None:
+    """Run a job row; a row that already finished (broker redelivery) is not run twice."""
+    run = get_run(settings, run_id)
+    if run is None:
+        log.error("job run %s does not exist; dropping the task", run_id)
+        return None
+    if run.status in ("succeeded", "failed"):
+        log.info("job run %s already %s; skipping the redelivered task", run_id, run.status)
+        return run.result
+    job = JOBS[run.kind]
+    with tracked(settings, run_id) as progress:
+        result = job(settings, progress, dict(run.params or {}))
+    finish(settings, run_id, result)
+    return result
+
+
+def _task(kind: str):  # type: ignore[no-untyped-def]
+    @app.task(name=f"thalamus.{kind}", acks_late=True)
+    def run(run_id: int) -> None:
+        try:
+            execute(get_settings(), run_id)
+        except JobLocked as exc:
+            log.warning("job run %s: %s", run_id, exc)
+        except Exception:  # recorded in job_runs by tracked(); the task itself is done
+            log.exception("job run %s failed", run_id)
+
+    return run
+
+
+refresh_losses_task = _task("refresh_losses")
+train_router_task = _task("train_router")
