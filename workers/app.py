@@ -9,6 +9,17 @@ from store.settings import Settings, get_settings
 QUEUES = {"refresh_losses": "losses", "train_router": "training"}
 
 
+def _transport_options(broker_url: str, visibility: int) -> dict[str, object]:
+    """Redis redelivers an unacked task after its visibility timeout: set it above the longest job.
+
+    RabbitMQ's ``consumer_timeout`` is a server setting (rabbitmq.conf) and must likewise exceed the
+    longest job; the SQLAlchemy transport hands its options to ``create_engine`` and never redelivers.
+    """
+    if broker_url.startswith("redis"):
+        return {"visibility_timeout": visibility}
+    return {}
+
+
 def make_celery(settings: Settings) -> Celery:
     app = Celery("thalamus", broker=settings.celery_broker_url, include=["workers.tasks"])
     visibility = settings.job_timeout_seconds + 600  # above the longest job: no redelivery mid-run
@@ -19,7 +30,7 @@ def make_celery(settings: Settings) -> Celery:
         task_ignore_result=True,
         task_routes={f"thalamus.{kind}": {"queue": queue} for kind, queue in QUEUES.items()},
         task_default_queue="losses",
-        broker_transport_options={"visibility_timeout": visibility, "polling_interval": 0.5},
+        broker_transport_options=_transport_options(settings.celery_broker_url, visibility),
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         worker_max_tasks_per_child=20,

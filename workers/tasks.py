@@ -7,17 +7,30 @@ from collections.abc import Callable
 from typing import Any
 
 from jobs.errors import JobLocked
-from jobs.refresh_losses import refresh_losses
-from jobs.runs import finish, get_run, tracked
-from jobs.train_router import train_router
+from jobs.runs import Progress, finish, get_run, tracked
 from store.settings import Settings, get_settings
 from workers.app import app
 
 log = logging.getLogger(__name__)
 
-JOBS: dict[str, Callable[..., dict[str, Any]]] = {
-    "refresh_losses": lambda settings, progress, params: refresh_losses(settings, progress, **params),
-    "train_router": lambda settings, progress, params: train_router(settings, progress, params),
+
+
+def _refresh_losses(settings: Settings, progress: Progress, params: dict[str, Any]) -> dict[str, Any]:
+    from jobs.refresh_losses import refresh_losses
+
+    return refresh_losses(settings, progress, **params)
+
+
+def _train_router(settings: Settings, progress: Progress, params: dict[str, Any]) -> dict[str, Any]:
+    from jobs.train_router import train_router
+
+    return train_router(settings, progress, params)
+
+
+# Job modules import torch lazily, inside the task: the prefork parent never loads it (or CUDA).
+JOBS: dict[str, Callable[[Settings, Progress, dict[str, Any]], dict[str, Any]]] = {
+    "refresh_losses": _refresh_losses,
+    "train_router": _train_router,
 }
 
 

@@ -1,0 +1,234 @@
+"""``thalamus demo`` / ``make demo``: drive the whole loop once through the real HTTP API and CLI.
+
+Starts ``thalamus up`` (daemon + Celery worker on the SQLite broker + in-process scheduler) on the
+embedded default, sends demo traffic, refreshes losses, trains a candidate, approves it with the
+admin CLI while traffic keeps flowing, waits for the hot swap and writes a report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from store.settings import Settings
+
+DEMO_ENV = {
+    # A few hundred prompts give enough labelled rows only with a larger labelling share.
+    "THALAMUS_LABEL_SHARE": "0.5",
+    # The demo triggers the jobs itself; the scheduler stays idle so runs don't interleave.
+    "THALAMUS_REFRESH_INTERVAL_MINUTES": "0",
+    "THALAMUS_TRAIN_INTERVAL_MINUTES": "0",
+    "THALAMUS_SWAP_POLL_SECONDS": "1",
+}
+
+
+def _say(message: str) -> None:
+    print(f"[demo] {message}", flush=True)
+
+
+def _cli(args: Sequence[str], env: dict[str, str]) -> str:
+    """Run a ``thalamus`` verb as a user would; its progress goes to our stderr, its stdout is returned."""
+    command = [sys.executable, "-m", "daemon.cli", *args]
+    done = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"`thalamus {' '.join(args)}` exited with {done.returncode}")
+    return done.stdout
+
+
+def _wait_healthy(base: str, process: subprocess.Popen[bytes], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the daemon exited with {process.returncode}; see its log")
+        try:
+            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("the daemon did not become healthy in time")
+
+
+class Traffic:
+    """Sends prompts from a few threads; counts failures and keeps latencies."""
+
+    def __init__(self, base: str, prompts: Sequence[str], threads: int = 4) -> None:
+        self.base, self.prompts, self.threads = base, list(prompts), threads
+        self.latencies_ms: list[float] = []
+        self.server_ms: list[float] = []
+        self.failures: list[str] = []
+        self.sent = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def _send(self, client: httpx.Client, prompt: str) -> None:
+        started = time.perf_counter()
+        try:
+            response = client.post(f"{self.base}/v1/route", json={"prompt": prompt, "app": "demo"})
+            ok = response.status_code == 200
+            detail = "" if ok else f"HTTP {response.status_code}: {response.text[:200]}"
+        except httpx.HTTPError as exc:
+            ok, detail = False, f"{type(exc).__name__}: {exc}"
+        elapsed = 1000 * (time.perf_counter() - started)
+        with self._lock:
+            self.sent += 1
+            self.latencies_ms.append(elapsed)
+            if not ok:
+                self.failures.append(detail)
+
+    def run_all(self, progress: bool = True) -> None:
+        """Send every prompt once, spread over the threads."""
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(self.prompts), desc="requests", unit="req", file=sys.stderr, disable=not progress)
+
+        def worker(chunk: Sequence[str]) -> None:
+            with httpx.Client(timeout=30) as client:
+                for prompt in chunk:
+                    self._send(client, prompt)
+                    bar.update(1)
+
+        chunks = [self.prompts[i :: self.threads] for i in range(self.threads)]
+        pool = [threading.Thread(target=worker, args=(chunk,)) for chunk in chunks]
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join()
+        bar.close()
+
+    def start_loop(self) -> list[threading.Thread]:
+        """Keep sending (cycling through the prompts) until ``stop``: load during the swap."""
+
+        def worker(offset: int) -> None:
+            with httpx.Client(timeout=30) as client:
+                index = offset
+                while not self._stop.is_set():
+                    self._send(client, self.prompts[index % len(self.prompts)])
+                    index += self.threads
+
+        pool = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(self.threads)]
+        for thread in pool:
+            thread.start()
+        return pool
+
+    def stop(self, pool: Sequence[threading.Thread]) -> None:
+        self._stop.set()
+        for thread in pool:
+            thread.join(30)
+
+
+def _active_version(base: str) -> int | None:
+    status = httpx.get(f"{base}/v1/status", timeout=5).json()
+    return status.get("router_version")
+
+
+def _metrics_table(metrics: dict[str, Any]) -> str:
+    candidate, active = metrics.get("candidate", {}), metrics.get("active", {})
+    keys = ("loss_mae", "hit_rate", "routed_loss", "best_single_loss", "oracle_loss", "gap_captured", "mean_params")
+    lines = [f"  {'metric':18} {'active':>12} {'candidate':>12}"]
+    for key in keys:
+        a, c = active.get(key), candidate.get(key)
+        fmt = lambda v: "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
+        lines.append(f"  {key:18} {fmt(a):>12} {fmt(c):>12}")
+    lines.append(f"  holdout rows: {candidate.get('n_rows', 0)}, training rows: {metrics.get('n_train')}")
+    return "\n".join(lines)
+
+
+def run_demo(settings: Settings, prompts: int = 300) -> dict[str, Any]:
+    started = time.perf_counter()
+    env = {**os.environ, **DEMO_ENV, "THALAMUS_HOME": str(settings.home)}
+    os.environ.update(DEMO_ENV)
+    settings.ensure_home()
+    base = f"http://{settings.host}:{settings.port}"
+
+    _say("step 1/7: database schema and demo expert library")
+    _cli(["db", "upgrade"], env)
+    _cli(["experts", "build-demo"], env)
+    from experts.demo import load_demo_library
+
+    library = load_demo_library(settings.experts_dir / "demo")
+    traffic_prompts = [p["prompt"] for p in library.prompts(split="train")][:prompts]
+
+    _say(f"step 2/7: starting daemon + worker + scheduler (log: {settings.home / 'daemon.log'})")
+    log = open(settings.home / "daemon.log", "ab")
+    daemon = subprocess.Popen([sys.executable, "-m", "daemon.cli", "up"], env=env, stdout=log,
+                              stderr=subprocess.STDOUT)
+    try:
+        _wait_healthy(base, daemon)
+        first_version = _active_version(base)
+        _say(f"daemon healthy, serving router version {first_version}")
+
+        _say(f"step 3/7: sending {len(traffic_prompts)} prompts through POST /v1/route")
+        traffic = Traffic(base, traffic_prompts)
+        traffic.run_all()
+        p50 = statistics.median(traffic.latencies_ms)
+        _say(f"sent {traffic.sent}, failed {len(traffic.failures)}, client latency p50 {p50:.1f} ms")
+        time.sleep(2 * settings.log_flush_seconds + 1)  # let the async writer flush
+
+        _say("step 4/7: refreshing the loss table on the worker")
+        refresh = json.loads(_cli(["jobs", "run", "refresh_losses"], env))
+        _say(f"loss rows written: {refresh['result']['rows_written']}")
+
+        _say("step 5/7: training a candidate router on the worker (LoRA)")
+        train = json.loads(_cli(["jobs", "run", "train_router"], env))
+        result = train["result"]
+        candidate = result["version_id"]
+        _say(f"candidate router version {candidate}; holdout metrics:\n{_metrics_table(result['metrics'])}")
+
+        _say(f"step 6/7: approving version {candidate} with the admin CLI under live traffic")
+        loop = traffic.start_loop()
+        time.sleep(1.0)
+        approved_at = time.perf_counter()
+        _cli(["admin", "approve", str(candidate), "--actor", "demo"], env)
+        swapped = None
+        while time.perf_counter() - approved_at < 60:
+            if _active_version(base) == candidate:
+                swapped = time.perf_counter() - approved_at
+                break
+            time.sleep(0.1)
+        time.sleep(1.0)
+        traffic.stop(loop)
+        after = _active_version(base)
+        _say(f"daemon now serves version {after}; swap took {swapped if swapped is None else round(swapped, 2)} s")
+
+        status = httpx.get(f"{base}/v1/status", timeout=5).json()
+        counts = status.get("counts", {})
+        report = {
+            "requests": traffic.sent,
+            "failed_requests": len(traffic.failures),
+            "failures_sample": traffic.failures[:5],
+            "loss_rows": counts.get("loss_rows", refresh["result"]["rows_written"]),
+            "first_version": first_version,
+            "candidate_version": candidate,
+            "active_version_after_swap": after,
+            "swap_seconds": None if swapped is None else round(swapped, 3),
+            "route_latency_ms_p50": round(p50, 2),
+            "route_latency_ms_p95": round(sorted(traffic.latencies_ms)[int(0.95 * len(traffic.latencies_ms)) - 1], 2),
+            "train_seconds": result["metrics"].get("train_seconds"),
+            "candidate_metrics": result["metrics"].get("candidate"),
+            "active_metrics": result["metrics"].get("active"),
+        }
+    finally:
+        _say("step 7/7: stopping everything")
+        from daemon.embedded import stop_process
+
+        stop_process(daemon, timeout=30)
+        log.close()
+    report["wall_seconds"] = round(time.perf_counter() - started, 1)
+    path = Path(settings.home) / "demo-report.json"
+    path.write_text(json.dumps(report, indent=2))
+    _say(f"report written to {path}")
+    for key in ("requests", "failed_requests", "loss_rows", "candidate_version", "active_version_after_swap",
+                "swap_seconds", "route_latency_ms_p50", "train_seconds", "wall_seconds"):
+        print(f"  {key:26} {report[key]}")
+    return report
