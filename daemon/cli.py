@@ -170,7 +170,7 @@ def _progress_bar(run_id: int) -> Callable[[Any], None]:
 
 
 def cmd_jobs_run(args: argparse.Namespace) -> None:
-    from jobs.dispatch import submit, wait
+    from workers.dispatch import submit, wait
     from jobs.runs import JOB_KINDS
 
     settings = _settings(args)

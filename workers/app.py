@@ -39,4 +39,15 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-app = make_celery(get_settings())
+_APPS: dict[tuple[str, int], Celery] = {}
+
+
+def celery_for(settings: Settings) -> Celery:
+    """A client app for these settings' broker (producers: the CLI, the scheduler, tests)."""
+    key = (settings.celery_broker_url, settings.job_timeout_seconds)
+    if key not in _APPS:
+        _APPS[key] = make_celery(settings)
+    return _APPS[key]
+
+
+app = make_celery(get_settings())  # the worker's app: ``thalamus worker`` reads settings from the env

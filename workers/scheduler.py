@@ -8,7 +8,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 
-from jobs.dispatch import submit
+from workers.dispatch import submit
 from store.settings import Settings
 
 log = logging.getLogger(__name__)

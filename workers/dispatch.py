@@ -17,9 +17,9 @@ def submit(settings: Settings, kind: str, params: dict[str, Any] | None = None, 
     if kind not in JOB_KINDS:
         raise JobInputError(f"unknown job {kind!r}; known jobs: {', '.join(JOB_KINDS)}")
     run_id = create_run(settings, kind, params, trigger)
-    from workers.app import app
+    from workers.app import celery_for
 
-    result = app.send_task(f"thalamus.{kind}", args=[run_id])
+    result = celery_for(settings).send_task(f"thalamus.{kind}", args=[run_id])
     update_run(settings, run_id, task_id=result.id)
     return run_id
 
