@@ -1,0 +1,83 @@
+"""Every CLI verb refuses bad input with one sentence and exit code 2, and writes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from daemon.cli import main
+from store.db import session_scope
+from store.schema import Base, Expert
+
+
+def _row_counts(settings) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    with session_scope(settings) as session:
+        return {t.name: session.scalar(select(func.count()).select_from(t)) for t in Base.metadata.sorted_tables}
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    out, err = capsys.readouterr()
+    return int(exit_info.value.code or 0), out, err
+
+
+@pytest.fixture
+def seeded(sqlite_settings):  # type: ignore[no-untyped-def]
+    with session_scope(sqlite_settings) as session:
+        session.add(Expert(name="a", kind="external", attributes={"params": 7e9}))
+    return sqlite_settings
+
+
+BAD = [
+    (["admin", "approve", "999"], "does not exist"),
+    (["admin", "approve", "abc"], "not an integer"),
+    (["admin", "approve", "-3"], "positive integer"),
+    (["admin", "show", "999"], "does not exist"),
+    (["admin", "reject", "999", "--reason", "worse"], "does not exist"),
+    (["admin", "reject", "1"], "--reason"),
+    (["admin", "rollback"], "nothing to roll back"),
+    (["experts", "add", "x", "--kind", "bogus"], "invalid choice"),
+    (["experts", "add", "x", "--kind", "external", "--attr", "params"], "KEY=VALUE"),
+    (["experts", "add", "x", "--kind", "external", "--attr", "params=inf"], "finite"),
+    (["experts", "add", "x", "--kind", "masked-lm", "--uri", "/nonexistent/model"], "/nonexistent/model"),
+    (["ingest", "losses", "/nonexistent.jsonl"], "not a file"),
+    (["jobs", "run", "nope"], "unknown job"),
+    (["jobs", "run", "train_router", "--param", "epochs"], "KEY=VALUE"),
+    (["jobs", "list", "--limit", "0"], "positive integer"),
+    (["frobnicate"], "invalid choice"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_exits_2_with_a_sentence_and_writes_nothing(seeded, capsys, argv, message) -> None:  # type: ignore[no-untyped-def]
+    before = _row_counts(seeded)
+    code, _, err = _run(argv, capsys)
+    assert code == 2
+    assert message in err
+    assert _row_counts(seeded) == before
+
+
+def test_bad_ingest_file_writes_nothing(seeded, capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": "p", "expert": "a", "loss": 1}\n{"prompt": "q", "expert": "zzz", "loss": 1}\n')
+    before = _row_counts(seeded)
+    code, _, err = _run(["ingest", "losses", str(path)], capsys)
+    assert code == 2 and "unknown expert" in err and "zzz" in err
+    assert _row_counts(seeded) == before
+
+
+def test_good_verbs_work(seeded, capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    main(["experts", "add", "big", "--kind", "external", "--attr", "params=51e9", "--attr", "cost=0.9"])
+    assert "expert big registered" in capsys.readouterr().out
+    path = tmp_path / "ok.csv"
+    path.write_text("prompt,expert,score\nhello,big,0.75\nhello,a,0.25\n")
+    main(["ingest", "losses", str(path)])
+    assert "ingested 2 loss records for 1 prompts" in capsys.readouterr().out
+    main(["experts", "list"])
+    out = capsys.readouterr().out
+    assert "big" in out and "51000000000" in out.replace(".0", "")
+    main(["admin", "versions"])
+    assert "status" in capsys.readouterr().out
