@@ -50,7 +50,7 @@ def load_loss_table(session: Session, experts: Sequence[Expert]) -> LossTable:
     texts: dict[str, str] = {}
     for start in range(0, len(hashes), 900):
         chunk = hashes[start : start + 900]
-        texts.update(session.execute(select(Prompt.hash, Prompt.text).where(Prompt.hash.in_(chunk))).tuples())
+        texts.update((h, t) for h, t in session.execute(select(Prompt.hash, Prompt.text).where(Prompt.hash.in_(chunk))))
     targets = np.full((len(hashes), len(names)), np.nan, dtype=np.float32)
     for row, prompt_hash in enumerate(hashes):
         for col, values in cells[prompt_hash].items():
