@@ -73,3 +73,29 @@ def notify_activation(session: Session, version_id: int) -> None:
     """Tell every listening daemon that the active router changed (PostgreSQL only; SQLite daemons poll)."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": ACTIVATION_CHANNEL, "payload": str(version_id)})
+
+
+def insert_requests(session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Log routed requests; each row carries its ``prompt`` text. Idempotent on the request id."""
+    from store.schema import Request
+
+    if not rows:
+        return 0
+    hashes = ensure_prompts(session, (row["prompt"] for row in rows))
+    values = [{**{k: v for k, v in row.items() if k != "prompt"}, "prompt_hash": key} for row, key in zip(rows, hashes)]
+    for start in range(0, len(values), 500):
+        stmt = _insert(session, Request).values(values[start : start + 500])
+        session.execute(stmt.on_conflict_do_nothing(index_elements=["id"]))
+    return len(values)
+
+
+def insert_feedback(session: Session, idempotency_key: str, app: str | None, request_id: str | None,
+                    payload: Mapping[str, Any]) -> bool:
+    """Record one raw feedback event; False when its idempotency key was seen before."""
+    from store.schema import Feedback
+
+    stmt = _insert(session, Feedback).values(
+        idempotency_key=idempotency_key, app=app, request_id=request_id, payload=dict(payload), received_at=utcnow()
+    ).on_conflict_do_nothing(index_elements=["idempotency_key"])
+    return session.execute(stmt).rowcount == 1
+

@@ -1,0 +1,281 @@
+"""The active router: one immutable bundle behind a single reference, hot-swapped by a watcher thread.
+
+The watcher LISTENs for activations on PostgreSQL and, on every backend, also re-reads the active
+version every ``swap_poll_seconds`` and after every reconnect (NOTIFY is lost while disconnected and
+SQLite has none). A load that fails leaves the old bundle serving and records the error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from daemon.metrics import Metrics, default_metrics
+from store.db import normalize_url, session_scope
+from store.queries import ACTIVATION_CHANNEL, active_router_version
+from store.schema import Expert
+from store.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_RETRY_FAILED_SECONDS = 30.0
+_WARMUP_PROMPT = "warm-up: route this prompt once before serving"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpertInfo:
+    """What the daemon knows of one expert of the head, as registered in the database."""
+
+    name: str
+    kind: str | None
+    uri: str | None
+    version: int | None
+    attributes: Mapping[str, Any]
+    status: str | None
+
+    @property
+    def registered(self) -> bool:
+        return self.kind is not None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "uri": self.uri, "version": self.version,
+                "attributes": dict(self.attributes), "status": self.status}
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """One routing decision: the argmin of predicted loss plus λ-weighted constraints."""
+
+    index: int
+    expert: str
+    predicted: dict[str, float]
+    objective: dict[str, float]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LoadedRouter:
+    """An immutable, verified, warmed-up router bundle and the expert metadata it routes over."""
+
+    version_id: int
+    sha256: str
+    router: Any
+    expert_names: tuple[str, ...]
+    experts: tuple[ExpertInfo, ...]
+    constraints: np.ndarray  # (E, C) in head order, read-only
+    loaded_at: dt.datetime
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+
+    def predict(self, texts: Sequence[str]) -> np.ndarray:
+        """Predicted losses (N, E). Serialised per bundle: fast tokenizers are not re-entrant."""
+        with self._lock:
+            return np.asarray(self.router.predict(list(texts)), dtype=np.float64)
+
+    def decide(self, predicted: np.ndarray, lambdas: Mapping[str, float]) -> Decision:
+        """Choose among the experts for one row of predicted losses."""
+        from router.constraints import choose
+
+        index, values = choose(predicted, self.constraints, lambdas)
+        names = self.expert_names
+        return Decision(index=int(index), expert=names[int(index)],
+                        predicted={n: float(v) for n, v in zip(names, predicted)},
+                        objective={n: float(v) for n, v in zip(names, values)})
+
+    def route(self, prompt: str, lambdas: Mapping[str, float]) -> Decision:
+        return self.decide(self.predict([prompt])[0], lambdas)
+
+    def expert(self, name: str) -> ExpertInfo | None:
+        for info in self.experts:
+            if info.name == name:
+                return info
+        return None
+
+
+class RouterHolder:
+    """Holds the router being served; ``current`` is read once per request, swapped atomically."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or default_metrics()
+        self._current: LoadedRouter | None = None
+        self._load_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failed: tuple[int, str, float] | None = None  # (version id, sha, when) of the last failed load
+        self.last_error: str | None = None
+        self.last_error_at: dt.datetime | None = None
+        self.last_checked_at: dt.datetime | None = None
+        self.swaps = 0
+        self.failures = 0
+        self.listening = False
+
+    @property
+    def current(self) -> LoadedRouter | None:
+        """The bundle to serve; take it once per request and keep using that object."""
+        return self._current
+
+    # -- loading -------------------------------------------------------------------------------
+
+    def load_active(self) -> bool:
+        """Swap in the active version if it differs from the current one. True when a new bundle went live.
+
+        Never raises: a failed read or load is logged, counted and kept in ``last_error``.
+        """
+        with self._load_lock:
+            try:
+                return self._load_active()
+            except Exception as exc:  # the DB may be down; the old bundle keeps serving
+                self._record_error(f"could not read the active router version: {exc}", count=False)
+                return False
+
+    def _load_active(self) -> bool:
+        with session_scope(self.settings) as session:
+            version = active_router_version(session)
+            if version is None:
+                self.last_checked_at = _now()
+                return False
+            version_id, uri, sha = version.id, version.checkpoint_uri, version.checkpoint_sha256
+            order = tuple(str(name) for name in version.expert_order)
+            experts = _expert_infos(session, order)
+        self.last_checked_at = _now()
+        current = self._current
+        if current is not None and current.version_id == version_id:
+            if current.experts != experts:  # attributes or versions changed: cheap refresh, same model
+                self._current = dataclasses.replace(current, experts=experts, constraints=_constraints(experts),
+                                                    _lock=current._lock)
+            return False
+        if self._failed is not None and self._failed[:2] == (version_id, sha):
+            if time.monotonic() - self._failed[2] < _RETRY_FAILED_SECONDS:
+                return False
+        try:
+            loaded = self._load(version_id, uri, sha, order, experts)
+        except Exception as exc:
+            self._failed = (version_id, sha, time.monotonic())
+            self._record_error(f"router version {version_id} failed to load from {uri}: {exc}", count=True)
+            return False
+        previous = self._current
+        self._current = loaded
+        self._failed = None
+        self.swaps += 1
+        self.metrics.swaps.inc()
+        self.metrics.router_version.set(version_id)
+        log.info("serving router version %s (was %s)", version_id, previous.version_id if previous else None)
+        return True
+
+    def _load(self, version_id: int, uri: str, sha: str, order: tuple[str, ...],
+              experts: tuple[ExpertInfo, ...]) -> LoadedRouter:
+        from router.checkpoint import load_bundle
+
+        router = load_bundle(Path(uri), expected_sha256=sha, expected_experts=list(order))
+        names = tuple(str(name) for name in router.expert_names)
+        if names != order:
+            raise ValueError(f"bundle expert order {list(names)} differs from the version row's {list(order)}")
+        warm = np.asarray(router.predict([_WARMUP_PROMPT]))
+        if warm.shape != (1, len(names)) or not np.all(np.isfinite(warm)):
+            raise ValueError(f"warm-up prediction has shape {warm.shape} or non-finite values")
+        return LoadedRouter(version_id=version_id, sha256=sha, router=router, expert_names=names,
+                            experts=experts, constraints=_constraints(experts), loaded_at=_now())
+
+    def _record_error(self, message: str, count: bool) -> None:
+        log.error("%s", message)
+        self.last_error, self.last_error_at = message, _now()
+        if count:
+            self.failures += 1
+            self.metrics.swap_failures.inc()
+
+    # -- watching ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the watcher thread (idempotent)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._watch, name="thalamus-router-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _watch(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            if self.settings.is_sqlite:
+                self._poll_until_stopped()
+                return
+            try:
+                self._listen()
+                backoff = 0.5
+            except Exception as exc:
+                self.listening = False
+                log.warning("LISTEN connection lost (%s); polling, reconnecting in %.1f s", exc, backoff)
+                self.load_active()
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self.settings.swap_poll_seconds, 10.0)
+
+    def _poll_until_stopped(self) -> None:
+        while not self._stop.wait(self.settings.swap_poll_seconds):
+            self.load_active()
+
+    def _listen(self) -> None:
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(_conninfo(self.settings.db_url), autocommit=True, connect_timeout=5) as conn:
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(ACTIVATION_CHANNEL)))
+            self.listening = True
+            self.load_active()  # anything NOTIFYed while we were away
+            next_poll = time.monotonic() + self.settings.swap_poll_seconds
+            while not self._stop.is_set():
+                wait = max(0.0, min(0.5, next_poll - time.monotonic()))
+                notified = [n.payload for n in conn.notifies(timeout=wait, stop_after=1)]
+                if notified or time.monotonic() >= next_poll:
+                    if notified:
+                        log.info("activation notified: %s", notified)
+                    self.load_active()
+                    next_poll = time.monotonic() + self.settings.swap_poll_seconds
+        self.listening = False
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _conninfo(url: str) -> str:
+    """A libpq connection string for psycopg from an SQLAlchemy URL."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(normalize_url(url)).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _expert_infos(session: Any, order: Sequence[str]) -> tuple[ExpertInfo, ...]:
+    rows = {e.name: e for e in session.scalars(select(Expert).where(Expert.name.in_(list(order))))}
+    infos = []
+    for name in order:
+        row = rows.get(name)
+        if row is None:
+            infos.append(ExpertInfo(name, None, None, None, {}, None))
+        else:
+            infos.append(ExpertInfo(name, row.kind, row.uri, row.version, dict(row.attributes or {}), row.status))
+    return tuple(infos)
+
+
+def _constraints(experts: Sequence[ExpertInfo]) -> np.ndarray:
+    from router.constraints import constraint_matrix
+
+    matrix = np.array(constraint_matrix([dict(e.attributes) for e in experts]), dtype=np.float64)
+    if matrix.ndim != 2 or matrix.shape[0] != len(experts) or not np.all(np.isfinite(matrix)):
+        raise ValueError(f"constraint matrix has shape {matrix.shape} or non-finite values")
+    matrix.setflags(write=False)
+    return matrix
+

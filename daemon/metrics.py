@@ -1,0 +1,49 @@
+"""Prometheus metrics of one daemon, kept in their own registry (so tests can make fresh ones)."""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "default_metrics"]
+
+_LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class Metrics:
+    """Every metric the daemon exports; one instance per registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("thalamus_http_requests", "HTTP requests by endpoint and status code",
+                                ["endpoint", "status"], registry=r)
+        self.route_latency = Histogram("thalamus_route_latency_seconds", "Time to encode a prompt and choose an expert",
+                                       buckets=_LATENCY_BUCKETS, registry=r)
+        self.chosen = Counter("thalamus_chosen_expert", "Routing decisions by chosen expert", ["expert"], registry=r)
+        self.swaps = Counter("thalamus_router_swaps", "Router bundles swapped in", registry=r)
+        self.swap_failures = Counter("thalamus_router_swap_failures", "Router bundle loads that failed", registry=r)
+        self.router_version = Gauge("thalamus_router_version", "Id of the router version being served", registry=r)
+        self.queue_depth = Gauge("thalamus_log_queue_depth", "Request log rows waiting to be written", registry=r)
+        self.log_dropped = Counter("thalamus_log_dropped", "Request log rows dropped (queue full or unwritable)",
+                                   registry=r)
+        self.log_written = Counter("thalamus_log_written", "Request log rows written", registry=r)
+        self.log_failures = Counter("thalamus_log_batch_failures", "Request log batch writes that failed", registry=r)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
+
+
+_default: Metrics | None = None
+_default_lock = threading.Lock()
+
+
+def default_metrics() -> Metrics:
+    """The process-wide metrics, shared by the holder, the log writer and the app unless told otherwise."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Metrics()
+        return _default
