@@ -1,32 +1,68 @@
-"""The router's configuration: everything needed to rebuild its architecture from a bundle."""
+"""RouterConfig: everything needed to rebuild a router's architecture (not its weights)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
+
+POOLINGS: tuple[str, ...] = ("mean", "cls")
 
 
 @dataclass
 class RouterConfig:
+    """Architecture of a router.
+
+    backbone: local path of a BERT-like encoder (``embeddings`` + ``encoder.layer``), loaded
+        with ``AutoModel.from_pretrained``; never fetched from the network.
+    expert_names: the head's output order.
+    pooling: "mean" (mask-aware mean of the last hidden states) or "cls" (the first token's
+        last hidden state; BERT's pooler dense layer is not used).
+    lora_r: LoRA rank; 0 = head-only training (the whole encoder stays frozen).
+    lora_layers: LoRA only on the top K encoder layers; the layers below are frozen, so
+        training can cache their output once. K ≥ the number of layers means all layers.
+    lora_targets: names of nn.Linear modules inside each encoder layer that get LoRA,
+        matched by suffix as peft does: for BERT "query", "key", "value" (self-attention),
+        "attention.output.dense", "intermediate.dense", "output.dense" ("dense" = all three).
+    head_hidden: 0 = linear head on the pooled embedding; > 0 = one hidden GELU layer.
+    """
+
     backbone: str
     expert_names: list[str]
-    pooling: str = "mean"  # "mean" over tokens, or "cls"
+    pooling: Literal["mean", "cls"] = "mean"
     max_length: int = 128
-    lora_r: int = 8  # 0 = head only
+    lora_r: int = 8
     lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    lora_layers: int = 2  # LoRA on the top K encoder layers; the layers below stay frozen (and cacheable)
+    lora_dropout: float = 0.05
+    lora_layers: int = 2
     lora_targets: list[str] = field(default_factory=lambda: ["query", "value"])
-    head_hidden: int = 0  # 0 = linear head
-    output: str = "linear"  # "sigmoid" for losses in [0, 1] trained with BCE
+    head_hidden: int = 0
 
     def __post_init__(self) -> None:
-        if self.pooling not in ("mean", "cls"):
-            raise ValueError(f"pooling must be 'mean' or 'cls', not {self.pooling!r}")
-        if self.output not in ("linear", "sigmoid"):
-            raise ValueError(f"output must be 'linear' or 'sigmoid', not {self.output!r}")
-        if not self.expert_names or len(set(self.expert_names)) != len(self.expert_names):
-            raise ValueError("expert_names must be a non-empty list of distinct names")
+        self.backbone = str(self.backbone)
+        self.expert_names = [str(name) for name in self.expert_names]
+        self.lora_targets = [str(t) for t in self.lora_targets]
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError with a clear message for an unusable configuration."""
+        if not self.expert_names:
+            raise ValueError("a router needs at least one expert")
+        if len(set(self.expert_names)) != len(self.expert_names):
+            raise ValueError(f"expert names must be unique, got {self.expert_names}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.max_length < 2:
+            raise ValueError(f"max_length must be >= 2, got {self.max_length}")
+        if self.lora_r < 0:
+            raise ValueError(f"lora_r must be >= 0, got {self.lora_r}")
+        if self.lora_r > 0 and self.lora_layers < 1:
+            raise ValueError(f"lora_layers must be >= 1 when lora_r > 0, got {self.lora_layers}")
+        if self.lora_r > 0 and not self.lora_targets:
+            raise ValueError("lora_targets must name at least one module when lora_r > 0")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.head_hidden < 0:
+            raise ValueError(f"head_hidden must be >= 0, got {self.head_hidden}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -34,4 +70,7 @@ class RouterConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RouterConfig":
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown RouterConfig fields: {sorted(unknown)}")
+        return cls(**data)

@@ -1,216 +1,291 @@
-"""The perceptive router: a BERT-style encoder (LoRA on its top layers) and a loss-regression head.
-
-The encoder is split in two at ``n_layers - lora_layers``: the lower part is frozen, so its output
-can be computed once and cached during training (``lower``); the upper part (LoRA) and the head are
-trained (``upper``). Inference runs the same two halves, so cached and full paths agree exactly.
-"""
+"""The perceptive router: a BERT-like encoder (LoRA on its top layers) + a regression head
+that predicts every expert's loss for a prompt, in the original loss units."""
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
-from transformers.utils import logging as transformers_logging
+from transformers import AutoModel, AutoTokenizer
 
 from router.config import RouterConfig
+from router.layer import RegressionHead, additive_mask, pool
 
-transformers_logging.disable_progress_bar()
+__all__ = ["Router", "RouterConfig", "init_head_cold_start", "expand_experts", "renormalize"]
 
-
-def _lora(encoder: nn.Module, config: RouterConfig, split: int, n_layers: int) -> nn.Module:
-    from peft import LoraConfig, inject_adapter_in_model
-
-    layers = list(range(split, n_layers))
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=list(config.lora_targets), layers_to_transform=layers, layers_pattern="layer")
-    return inject_adapter_in_model(lora, encoder)
+INIT_SEED = 0
+"""LoRA and head initialisation are seeded so the same config always builds the same router."""
 
 
 class Router(nn.Module):
-    def __init__(self, config: RouterConfig, encoder: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Encoder + head. The forward pass is split in two stages so training can cache the first:
+
+    * ``lower``: embeddings and the frozen encoder layers below the LoRA layers;
+    * ``upper``: the LoRA layers, pooling, and the head.
+
+    With ``lora_r == 0`` every encoder layer is in ``lower``.
+    """
+
+    def __init__(self, config: RouterConfig, backbone: nn.Module, tokenizer) -> None:  # type: ignore[no-untyped-def]
         super().__init__()
+        if not hasattr(backbone, "embeddings") or not hasattr(getattr(backbone, "encoder", None), "layer"):
+            raise ValueError(f"backbone {config.backbone!r} is not BERT-like (needs .embeddings and .encoder.layer)")
         self.config = config
+        self.backbone = backbone
         self.tokenizer = tokenizer
-        n_layers = len(encoder.encoder.layer)
-        lora_layers = min(config.lora_layers, n_layers) if config.lora_r > 0 else 0
-        self.split = n_layers - lora_layers
-        for parameter in encoder.parameters():
-            parameter.requires_grad_(False)
-        already = getattr(encoder, "peft_config", None) is not None  # a copy of a LoRA'd encoder
-        self.encoder = _lora(encoder, config, self.split, n_layers) if lora_layers and not already else encoder
-        if already:
-            for name, parameter in self.encoder.named_parameters():
-                parameter.requires_grad_("lora_" in name)
-        hidden, experts = encoder.config.hidden_size, len(config.expert_names)
-        self.head: nn.Module = (
-            nn.Linear(hidden, experts) if config.head_hidden <= 0
-            else nn.Sequential(nn.Linear(hidden, config.head_hidden), nn.GELU(), nn.Linear(config.head_hidden, experts))
-        )
-        self.register_buffer("loss_mean", torch.zeros(experts))
-        self.register_buffer("loss_std", torch.ones(experts))
-        self.eval()
+        hidden = int(backbone.config.hidden_size)
+        num_experts = len(config.expert_names)
+        self.head = RegressionHead(hidden, num_experts, config.head_hidden)
+        self.register_buffer("loss_mean", torch.zeros(num_experts))
+        self.register_buffer("loss_std", torch.ones(num_experts))
 
+    # ---- construction -------------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: RouterConfig) -> "Router":
-        encoder = AutoModel.from_pretrained(config.backbone)
-        tokenizer = AutoTokenizer.from_pretrained(config.backbone)
-        return cls(config, encoder, tokenizer)
+    def from_config(cls, config: RouterConfig, tokenizer_path: str | Path | None = None) -> "Router":
+        """Load the backbone (and tokenizer, from ``tokenizer_path`` or the backbone) from local
+        paths; freeze it; add LoRA to the top ``lora_layers`` layers when ``lora_r > 0``."""
+        path = Path(config.backbone)
+        if not path.is_dir():
+            raise FileNotFoundError(f"router backbone {str(path)!r} is not a local directory")
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path or path))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(INIT_SEED)
+            backbone = AutoModel.from_pretrained(str(path))
+            for parameter in backbone.parameters():
+                parameter.requires_grad_(False)
+            num_layers = len(backbone.encoder.layer)
+            if config.lora_r > 0:
+                from peft import LoraConfig, inject_adapter_in_model
 
+                first = max(0, num_layers - config.lora_layers)
+                lora = LoraConfig(
+                    r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                    target_modules=list(config.lora_targets), layers_to_transform=list(range(first, num_layers)),
+                    layers_pattern="layer", bias="none",
+                )
+                backbone = inject_adapter_in_model(lora, backbone)
+                if not any("lora_" in name for name, _ in backbone.named_parameters()):
+                    raise ValueError(f"lora_targets {config.lora_targets} matched no module of the backbone")
+            router = cls(config, backbone, tokenizer)
+        router.eval()
+        return router
+
+    # ---- properties ---------------------------------------------------------------------
     @property
     def expert_names(self) -> list[str]:
         return list(self.config.expert_names)
 
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        """LoRA weights, head and normalisation: everything a version adds to the frozen base."""
-        names = {n for n, p in self.named_parameters() if p.requires_grad} | {"loss_mean", "loss_std"}
-        return {k: v.detach().clone() for k, v in self.state_dict().items() if k in names}
+    @property
+    def num_layers(self) -> int:
+        return len(self.backbone.encoder.layer)
 
-    # --- the two halves ----------------------------------------------------------------------
+    @property
+    def split(self) -> int:
+        """Index of the first trainable (LoRA) encoder layer; ``num_layers`` when head-only."""
+        if self.config.lora_r <= 0:
+            return self.num_layers
+        return max(0, self.num_layers - self.config.lora_layers)
 
-    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        return self.tokenizer(list(texts), truncation=True, max_length=self.config.max_length, padding=True,
-                              return_tensors="pt")
-
-    def _mask(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.encoder._create_attention_masks(attention_mask, None, hidden, None, None)[0]
-
-    def _run_layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        mask = self._mask(hidden, attention_mask)
-        for layer in self.encoder.encoder.layer[start:stop]:
-            out = layer(hidden, attention_mask=mask)
+    # ---- the two stages -----------------------------------------------------------------
+    def _layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        mask = additive_mask(attention_mask, hidden.dtype)
+        for layer in self.backbone.encoder.layer[start:stop]:
+            out = layer(hidden, mask)
             hidden = out[0] if isinstance(out, tuple) else out
         return hidden
 
     def lower(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Frozen part: embeddings and the layers below the split (pooled features when head-only)."""
-        hidden = self.encoder.embeddings(input_ids=input_ids)
-        hidden = self._run_layers(hidden, attention_mask, 0, self.split)
-        if self.split == len(self.encoder.encoder.layer):
-            return self.pool(hidden, attention_mask)
-        return hidden
+        """Hidden states after the frozen layers, (B, T, H)."""
+        hidden = self.backbone.embeddings(input_ids=input_ids)
+        return self._layers(hidden, attention_mask, 0, self.split)
 
-    def upper(self, lower: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Trainable part: LoRA layers, pooling and the head → normalised predictions (B, E)."""
-        if self.split < len(self.encoder.encoder.layer):
-            hidden = self._run_layers(lower, attention_mask, self.split, len(self.encoder.encoder.layer))
-            lower = self.pool(hidden, attention_mask)
-        return self.head(lower)
+    def upper(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Trainable layers + pooling: (B, T, H) → pooled (B, H)."""
+        hidden = self._layers(hidden, attention_mask, self.split, self.num_layers)
+        return pool(hidden, attention_mask, self.config.pooling)
 
-    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if self.config.pooling == "cls":
-            return hidden[:, 0]
-        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+    def normalized(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Head output in normalised units, (B, E)."""
+        return self.head(pooled)
 
     def denormalize(self, normalized: torch.Tensor) -> torch.Tensor:
-        if self.config.output == "sigmoid":
-            return torch.sigmoid(normalized)
         return normalized * self.loss_std + self.loss_mean
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            lower = self.lower(input_ids, attention_mask)
-        return self.denormalize(self.upper(lower, attention_mask))
+        """Predicted losses (B, E) in the original loss units."""
+        pooled = self.upper(self.lower(input_ids, attention_mask), attention_mask)
+        return self.denormalize(self.normalized(pooled))
 
-    @torch.no_grad()
-    def predict(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """Predicted loss of every expert for every text: (N, E) float32."""
+    # ---- inference helpers --------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.config.max_length,
+                               return_tensors="pt")
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    def _batched(self, texts: Sequence[str], batch_size: int, fn) -> np.ndarray:  # type: ignore[no-untyped-def]
+        texts = [str(t) for t in texts]
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        # Sort by length so each batch pads little; restore the caller's order at the end.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        chunks: list[np.ndarray] = []
         was_training = self.training
         self.eval()
-        outputs = []
-        for start in range(0, len(texts), batch_size):
-            batch = self.tokenize(texts[start : start + batch_size])
-            outputs.append(self(batch["input_ids"], batch["attention_mask"]).float().numpy())
-        self.train(was_training)
-        if not outputs:
-            return np.zeros((0, len(self.expert_names)), dtype=np.float32)
-        return np.concatenate(outputs).astype(np.float32)
+        try:
+            with torch.no_grad():
+                for start in range(0, len(order), batch_size):
+                    batch = self.tokenize([texts[i] for i in order[start:start + batch_size]])
+                    chunks.append(fn(batch["input_ids"], batch["attention_mask"]).float().numpy())
+        finally:
+            self.train(was_training)
+        if not chunks:
+            return np.zeros((0, 0), dtype=np.float32)
+        stacked = np.concatenate(chunks, axis=0)
+        out = np.empty_like(stacked)
+        out[np.asarray(order)] = stacked
+        return out.astype(np.float32)
 
-    @torch.no_grad()
+    def predict(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Predicted losses (N, E), float32, in eval mode without gradients."""
+        out = self._batched(texts, batch_size, self.forward)
+        return out if out.size else np.zeros((0, len(self.expert_names)), dtype=np.float32)
+
     def embed(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """Pooled embeddings of the base encoder's last layer (LoRA included): for baselines."""
+        """Pooled encoder embeddings (N, H) — the head's input (LoRA included), for baselines."""
+        out = self._batched(texts, batch_size, lambda ids, mask: self.upper(self.lower(ids, mask), mask))
+        return out if out.size else np.zeros((0, int(self.backbone.config.hidden_size)), dtype=np.float32)
+
+    # ---- trainable state ----------------------------------------------------------------
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """LoRA weights, head weights and normalisation buffers: everything that is not the frozen base."""
+        state = self.state_dict()
+        return {k: v.detach().clone().contiguous() for k, v in state.items() if _is_trainable_key(k)}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load what :meth:`trainable_state_dict` returned; keys must match exactly."""
+        expected = {k for k in self.state_dict() if _is_trainable_key(k)}
+        missing, unexpected = expected - set(state), set(state) - expected
+        if missing or unexpected:
+            raise KeyError(f"trainable state mismatch: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+        result = self.load_state_dict(state, strict=False)
+        if result.unexpected_keys:
+            raise KeyError(f"unexpected keys {result.unexpected_keys[:5]}")
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for name, p in self.named_parameters() if _is_trainable_key(name)]
+
+    def set_train_mode(self) -> None:
+        """Training mode used by :func:`router.training.train_router`: the frozen base runs in
+        eval mode (no base dropout, so cached lower layers equal what inference computes);
+        only LoRA dropout is active."""
         self.eval()
-        outputs = []
-        for start in range(0, len(texts), batch_size):
-            batch = self.tokenize(texts[start : start + batch_size])
-            hidden = self.encoder.embeddings(input_ids=batch["input_ids"])
-            hidden = self._run_layers(hidden, batch["attention_mask"], 0, len(self.encoder.encoder.layer))
-            outputs.append(self.pool(hidden, batch["attention_mask"]).numpy())
-        return np.concatenate(outputs) if outputs else np.zeros((0, self.encoder.config.hidden_size), np.float32)
+        for name, module in self.named_modules():
+            if "lora_dropout" in name:
+                module.train()
 
 
-def _last_linear(head: nn.Module) -> nn.Linear:
-    return head if isinstance(head, nn.Linear) else head[-1]  # type: ignore[index,return-value]
+def _is_trainable_key(key: str) -> bool:
+    return "lora_" in key or key.startswith("head.") or key in ("loss_mean", "loss_std")
 
 
-@torch.no_grad()
-def set_normalization(router: Router, mean: np.ndarray, std: np.ndarray) -> None:
-    """Change the de-normalisation while keeping every prediction the same (the head's last layer absorbs it)."""
-    if router.config.output == "sigmoid":
-        return
-    mean_t, std_t = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
-    last = _last_linear(router.head)
-    ratio = router.loss_std / std_t
-    last.weight.mul_(ratio.unsqueeze(1))
-    last.bias.copy_((last.bias * router.loss_std + router.loss_mean - mean_t) / std_t)
-    router.loss_mean.copy_(mean_t)
-    router.loss_std.copy_(std_t)
+# ---- head surgery --------------------------------------------------------------------------
+def renormalize(router: Router, mean: Sequence[float], std: Sequence[float]) -> None:
+    """Change the normalisation buffers while keeping every prediction unchanged (the head's
+    output layer is rescaled to compensate), so training can continue from any router."""
+    new_mean = torch.as_tensor(np.asarray(mean, dtype=np.float64), dtype=torch.float32)
+    new_std = torch.as_tensor(np.asarray(std, dtype=np.float64), dtype=torch.float32)
+    if bool((new_std <= 0).any()):
+        raise ValueError("std must be > 0")
+    with torch.no_grad():
+        old_mean, old_std = router.loss_mean.clone(), router.loss_std.clone()
+        scale = old_std / new_std
+        router.head.last.weight.mul_(scale[:, None])
+        router.head.last.bias.copy_((router.head.last.bias * old_std + old_mean - new_mean) / new_std)
+        router.loss_mean.copy_(new_mean)
+        router.loss_std.copy_(new_std)
 
 
-def _fallback_means(mean_losses: Sequence[float | None]) -> list[float]:
-    observed = [m for m in mean_losses if m is not None]
-    unseen = (max(observed) + 0.1 * (abs(max(observed)) + 1e-3)) if observed else 1.0
-    return [unseen if m is None else float(m) for m in mean_losses]
+def _cold_values(mean_losses: Sequence[float | None], params: Sequence[float | None] | None,
+                 margin: float) -> list[float]:
+    observed = [float(m) for m in mean_losses if m is not None and math.isfinite(float(m))]
+    if observed:
+        high = max(observed)
+        fallback = high + margin * max(1.0, abs(high))
+        return [float(m) if m is not None and math.isfinite(float(m)) else fallback for m in mean_losses]
+    sizes = [float(p) if p is not None and math.isfinite(float(p)) and float(p) > 0 else None
+             for p in (params or [None] * len(mean_losses))]
+    known = [s for s in sizes if s is not None]
+    if not known:
+        return [1.0] * len(mean_losses)
+    largest = max(known)
+    return [1.0 - s / largest if s is not None else 1.0 for s in sizes]
 
 
-@torch.no_grad()
-def init_head_cold_start(router: Router, mean_losses: Sequence[float | None], params: Sequence[float | None]) -> None:
-    """Before any training: predict each expert's mean observed loss (unseen experts a little worse
-    than the worst seen); with no observation at all, prefer the largest expert: 1 − params/max."""
-    last = _last_linear(router.head)
-    for module in router.head.modules():
-        if isinstance(module, nn.Linear) and module is last:
-            module.weight.zero_()
-            module.bias.zero_()
-    if any(m is not None for m in mean_losses):
-        means = _fallback_means(mean_losses)
-    else:
-        known = [p for p in params if p is not None and p > 0]
-        top = max(known) if known else 1.0
-        means = [1.0 - (p / top) if p is not None and p > 0 else 1.0 for p in params]
-    if router.config.output == "sigmoid":
-        clipped = torch.tensor(means, dtype=torch.float32).clamp(1e-3, 1 - 1e-3)
-        last.bias.copy_(torch.log(clipped / (1 - clipped)))
-        return
-    router.loss_mean.copy_(torch.tensor(means, dtype=torch.float32))
-    router.loss_std.fill_(1.0)
+def init_head_cold_start(router: Router, mean_losses: Sequence[float | None], params: Sequence[float | None],
+                         margin: float = 0.1) -> None:
+    """Make the router output a constant per expert before any training.
+
+    Output_i = expert i's mean observed loss; an expert without observations gets
+    max(observed means) + margin·max(1, |max|). With no observation at all, prefer the largest
+    expert: output_i = 1 − params_i / max(params) (unknown params → 1.0). The head's output
+    layer is zeroed, so the first training step starts from exactly these values.
+    """
+    n = len(router.expert_names)
+    if len(mean_losses) != n or len(params) != n:
+        raise ValueError(f"need one mean loss and one params value per expert ({n}), "
+                         f"got {len(mean_losses)} and {len(params)}")
+    values = _cold_values(mean_losses, params, margin)
+    with torch.no_grad():
+        router.head.last.weight.zero_()
+        router.head.last.bias.zero_()
+        router.loss_mean.copy_(torch.tensor(values, dtype=torch.float32))
+        router.loss_std.fill_(1.0)
 
 
-@torch.no_grad()
-def expand_experts(router: Router, expert_names: Sequence[str], mean_losses: Sequence[float | None]) -> Router:
-    """A copy of ``router`` whose head covers ``expert_names`` (in that order): known experts keep
-    their rows, new ones start from their mean observed loss."""
-    config = copy.deepcopy(router.config)
-    config.expert_names = list(expert_names)
-    new = Router(config, copy.deepcopy(router.encoder), router.tokenizer)
-    new.encoder.load_state_dict(router.encoder.state_dict())
-    if not isinstance(router.head, nn.Linear):
-        new.head[0].load_state_dict(router.head[0].state_dict())  # type: ignore[index]
-    old_last, new_last = _last_linear(router.head), _last_linear(new.head)
-    new_last.weight.zero_()
-    new_last.bias.zero_()
-    fallback = _fallback_means(mean_losses)
+def expand_experts(router: Router, new_expert_names: Sequence[str], mean_losses: Sequence[float | None],
+                   margin: float = 0.1) -> Router:
+    """A copy of ``router`` whose head follows ``new_expert_names``.
+
+    Experts the router already knows keep their head rows and normalisation; new experts get
+    a zero row predicting their mean loss (``mean_losses`` is aligned with
+    ``new_expert_names``; entries for known experts are ignored). Dropped experts disappear.
+    The encoder (LoRA included) is copied unchanged; ``router`` itself is not modified.
+    """
+    names = [str(n) for n in new_expert_names]
+    if len(mean_losses) != len(names):
+        raise ValueError(f"need one mean loss per new expert ({len(names)}), got {len(mean_losses)}")
+    config = RouterConfig.from_dict({**router.config.to_dict(), "expert_names": names})
+    fresh = copy.deepcopy(router)
+    fresh.config = config
     old_index = {name: i for i, name in enumerate(router.expert_names)}
-    for i, name in enumerate(expert_names):
-        if name in old_index:
-            j = old_index[name]
-            new_last.weight[i] = old_last.weight[j]
-            new_last.bias[i] = old_last.bias[j]
-            new.loss_mean[i], new.loss_std[i] = router.loss_mean[j], router.loss_std[j]
-        else:
-            new.loss_mean[i], new.loss_std[i] = fallback[i], 1.0
-    return new
+    # Unobserved new experts: above every known mean (from the data or from the old router).
+    known_means = [float(m) for m in mean_losses if m is not None and math.isfinite(float(m))]
+    known_means += [float(v) for v in router.loss_mean.tolist()]
+    high = max(known_means) if known_means else 1.0
+    default_new = high + margin * max(1.0, abs(high))
+    old_last = router.head.last
+    new_last = nn.Linear(old_last.in_features, len(names))
+    mean = torch.zeros(len(names))
+    std = torch.ones(len(names))
+    with torch.no_grad():
+        new_last.weight.zero_()
+        new_last.bias.zero_()
+        for i, name in enumerate(names):
+            if name in old_index:
+                j = old_index[name]
+                new_last.weight[i] = old_last.weight[j]
+                new_last.bias[i] = old_last.bias[j]
+                mean[i], std[i] = router.loss_mean[j], router.loss_std[j]
+            else:
+                m = mean_losses[i]
+                mean[i] = float(m) if m is not None and math.isfinite(float(m)) else default_new
+    fresh.head.last = new_last
+    fresh.loss_mean = mean
+    fresh.loss_std = std
+    fresh.eval()
+    return fresh

@@ -1,5 +1,14 @@
-"""Train a router on a loss table. Fast on a CPU: the frozen lower layers run once, then only the
-LoRA layers and the head train over the cached hidden states."""
+"""Training a router on a loss table with missing entries.
+
+Speed on CPU comes from the split forward pass (see :class:`router.model.Router`): prompts are
+tokenised once, the frozen lower part of the encoder runs once over all of them under
+``no_grad`` and its hidden states are cached (fp16 by default); each epoch then trains only
+the top ``lora_layers`` LoRA layers and the head on the cache. With ``lora_r == 0`` the
+pooled embeddings are cached and only the head trains.
+
+The frozen base stays in eval mode during training (no base dropout; LoRA dropout is the
+regulariser), which is what makes the cached lower stage identical to inference.
+"""
 
 from __future__ import annotations
 
@@ -7,173 +16,297 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
-from router.losses import masked_divergence, observed_stats
-from router.model import Router, set_normalization
+from router.losses import KINDS, Normalizer, masked_divergence
+from router.model import Router, renormalize
 
 Progress = Callable[[float, str], None]
 
 
 @dataclass
 class TrainConfig:
+    """Hyper-parameters of one training run.
+
+    val_share: share of prompts held out for early stopping, chosen by prompt hash (the same
+        prompt always lands on the same side, duplicates never straddle the split).
+    patience: stop after this many epochs without a better validation loss; the best state
+        (possibly the untrained one, epoch 0) is restored at the end.
+    normalize: refit the per-expert loss mean/std on the training targets (predictions are kept
+        unchanged by rescaling the head) so every expert's loss has unit scale.
+    cache: cache the frozen lower layers' output (False = full forward every step; for benchmarks).
+    cache_dtype: "float16" halves the cache's memory; "float32" makes training see exactly what
+        inference computes.
+    """
+
     epochs: int = 4
     batch_size: int = 32
     learning_rate: float = 1e-3
-    weight_decay: float = 0.01
     loss: str = "huber"
     seed: int = 0
     val_share: float = 0.1
     patience: int = 2
     normalize: bool = True
+    weight_decay: float = 0.01
+    cache: bool = True
+    cache_dtype: str = "float16"
+    eval_batch_size: int = 64
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ValueError("batch sizes must be >= 1")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate}")
+        if self.loss not in KINDS:
+            raise ValueError(f"loss must be one of {KINDS}, got {self.loss!r}")
+        if not 0.0 <= self.val_share < 1.0:
+            raise ValueError(f"val_share must be in [0, 1), got {self.val_share}")
+        if self.patience < 1:
+            raise ValueError(f"patience must be >= 1, got {self.patience}")
+        if self.cache_dtype not in ("float16", "float32"):
+            raise ValueError(f"cache_dtype must be 'float16' or 'float32', got {self.cache_dtype!r}")
 
 
 @dataclass
 class TrainReport:
+    """What happened in a training run. Epoch 0 is the state before training."""
+
     train_losses: list[float] = field(default_factory=list)
-    val_losses: list[float] = field(default_factory=list)
-    best_epoch: int = -1
-    seconds: float = 0.0
-    cache_seconds: float = 0.0
-    examples_per_second: float = 0.0
+    val_losses: list[float] = field(default_factory=list)  # index 0 = before training
+    best_epoch: int = 0
+    best_val_loss: float | None = None
+    epochs_run: int = 0
+    stopped_early: bool = False
     n_train: int = 0
     n_val: int = 0
+    seconds: float = 0.0
+    cache_seconds: float = 0.0
+    examples_per_second: float = 0.0  # training examples seen per second, whole run incl. cache
+    train_examples_per_second: float = 0.0  # epochs only, cache excluded
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
 
 
-def _val_rows(prompts: Sequence[str], share: float, seed: int) -> np.ndarray:
-    """Validation rows chosen by a hash of the prompt (stable under reordering)."""
-    values = np.array([int.from_bytes(hashlib.sha256(f"val{seed}:{p}".encode()).digest()[:8], "big") / 2**64
-                       for p in prompts])
-    return values < share
+def hash_split(prompts: Sequence[str], val_share: float) -> np.ndarray:
+    """Boolean validation mask chosen by sha256 of each prompt; at least one validation prompt
+    when val_share > 0 and there are two or more distinct prompts."""
+    if val_share <= 0 or not prompts:
+        return np.zeros(len(prompts), dtype=bool)
+    keys = np.array([int.from_bytes(hashlib.sha256(p.encode("utf-8")).digest()[:8], "big") / 2.0**64
+                     for p in prompts])
+    mask = keys < val_share
+    if not mask.any() and len(set(prompts)) >= 2:
+        mask = keys == keys.min()
+    if mask.all():
+        mask = keys < np.sort(np.unique(keys))[-1]
+    return mask
 
 
-@torch.no_grad()
-def _cache_lower(router: Router, prompts: Sequence[str], batch_size: int, report: Progress
-                 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Run the frozen part once. Batches are formed by length so padding stays small."""
-    order = np.argsort([len(p) for p in prompts], kind="stable")
-    lowers: list[torch.Tensor] = [None] * len(prompts)  # type: ignore[list-item]
-    masks: list[torch.Tensor] = [None] * len(prompts)  # type: ignore[list-item]
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        batch = router.tokenize([prompts[i] for i in rows])
-        lower = router.lower(batch["input_ids"], batch["attention_mask"])
-        for k, row in enumerate(rows):
-            length = int(batch["attention_mask"][k].sum())
-            if lower.dim() == 3:
-                lowers[row] = lower[k, :length].to(torch.float16)
-                masks[row] = batch["attention_mask"][k, :length]
-            else:
-                lowers[row] = lower[k]
-                masks[row] = batch["attention_mask"][k, :1]
-        report(min(start + batch_size, len(order)) / len(order), "encoding prompts with the frozen layers")
-    return lowers, masks
+class _Throttle:
+    def __init__(self, progress: Progress | None, every: float = 0.5) -> None:
+        self.progress, self.every, self.last = progress, every, 0.0
+
+    def __call__(self, fraction: float, message: str, force: bool = False) -> None:
+        now = time.perf_counter()
+        if self.progress is not None and (force or now - self.last >= self.every):
+            self.last = now
+            self.progress(min(max(fraction, 0.0), 1.0), message)
 
 
-def _collate(lowers: list[torch.Tensor], masks: list[torch.Tensor], rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    if lowers[rows[0]].dim() == 1:
-        return torch.stack([lowers[i] for i in rows]).float(), torch.ones(len(rows), 1, dtype=torch.long)
-    width = max(lowers[i].shape[0] for i in rows)
-    hidden = torch.zeros(len(rows), width, lowers[rows[0]].shape[1])
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for k, i in enumerate(rows):
-        n = lowers[i].shape[0]
-        hidden[k, :n] = lowers[i].float()
-        mask[k, :n] = masks[i]
+def _pad_ids(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, :len(r)] = 1
+    return ids, mask
+
+
+def _pad_hidden(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(r.shape[0] for r in rows)
+    hidden = torch.zeros((len(rows), width, rows[0].shape[1]), dtype=torch.float32)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        hidden[i, :r.shape[0]] = r.float()
+        mask[i, :r.shape[0]] = 1
     return hidden, mask
 
 
-def _targets(router: Router, targets: np.ndarray, kind: str) -> torch.Tensor:
-    if router.config.output == "sigmoid" or kind == "bce":
-        return torch.as_tensor(np.nan_to_num(targets), dtype=torch.float32)
-    normalized = (targets - router.loss_mean.numpy()) / router.loss_std.numpy()
-    return torch.as_tensor(np.nan_to_num(normalized), dtype=torch.float32)
+class _Data:
+    """Tokenised prompts plus, when caching, the frozen stage's output per prompt."""
+
+    def __init__(self, router: Router, prompts: Sequence[str], config: TrainConfig, report: _Throttle,
+                 span: tuple[float, float]) -> None:
+        self.router = router
+        encoded = router.tokenizer(list(prompts), truncation=True, max_length=router.config.max_length,
+                                   padding=False)
+        self.ids: list[list[int]] = [list(x) for x in encoded["input_ids"]]
+        self.pad_id = int(router.tokenizer.pad_token_id or 0)
+        self.head_only = router.split >= router.num_layers
+        self.cached = config.cache or self.head_only
+        self.items: list[torch.Tensor] | torch.Tensor | None = None
+        if self.cached:
+            self._build(config, report, span)
+
+    def _build(self, config: TrainConfig, report: _Throttle, span: tuple[float, float]) -> None:
+        dtype = torch.float16 if config.cache_dtype == "float16" else torch.float32
+        order = sorted(range(len(self.ids)), key=lambda i: len(self.ids[i]))
+        out: list[torch.Tensor | None] = [None] * len(self.ids)
+        router = self.router
+        router.eval()
+        step = config.eval_batch_size
+        with torch.no_grad():
+            for start in range(0, len(order), step):
+                chunk = order[start:start + step]
+                ids, mask = _pad_ids([self.ids[i] for i in chunk], self.pad_id)
+                hidden = router.lower(ids, mask)
+                if self.head_only:
+                    hidden = router.upper(hidden, mask)
+                for row, i in enumerate(chunk):
+                    value = hidden[row] if self.head_only else hidden[row, :len(self.ids[i])]
+                    out[i] = value.to(dtype).clone()
+                done = min(start + step, len(order)) / max(1, len(order))
+                report(span[0] + (span[1] - span[0]) * done, f"caching frozen layers: {start + len(chunk)}/{len(order)}")
+        self.items = torch.stack(out) if self.head_only else out  # type: ignore[arg-type]
+
+    def pooled(self, index: Sequence[int]) -> torch.Tensor:
+        """Pooled embeddings for a batch; gradients flow through the trainable layers only."""
+        router = self.router
+        if self.head_only:
+            assert isinstance(self.items, torch.Tensor)
+            return self.items[list(index)].float()
+        if self.cached:
+            assert isinstance(self.items, list)
+            hidden, mask = _pad_hidden([self.items[i] for i in index])
+        else:
+            ids, mask = _pad_ids([self.ids[i] for i in index], self.pad_id)
+            with torch.no_grad():
+                hidden = router.lower(ids, mask)
+        return router.upper(hidden, mask)
 
 
-def _epoch_loss(router: Router, lowers, masks, rows: np.ndarray, y: torch.Tensor, observed: torch.Tensor,  # type: ignore[no-untyped-def]
-                kind: str, batch_size: int) -> float:
-    total, weight = 0.0, 0.0
-    with torch.no_grad():
-        for start in range(0, len(rows), batch_size):
-            batch = rows[start : start + batch_size]
-            hidden, mask = _collate(lowers, masks, batch)
-            loss = masked_divergence(router.upper(hidden, mask), y[batch], observed[batch], kind)
-            n = float(observed[batch].sum())
-            total, weight = total + float(loss) * n, weight + n
-    return total / max(weight, 1.0)
+def _prepare_targets(router: Router, prompts: Sequence[str], targets: np.ndarray) -> tuple[list[str], np.ndarray]:
+    values = np.asarray(targets, dtype=np.float64)
+    n_experts = len(router.expert_names)
+    if values.ndim != 2 or values.shape != (len(prompts), n_experts):
+        raise ValueError(f"targets must have shape ({len(prompts)}, {n_experts}) = (prompts, experts), got {values.shape}")
+    if np.isinf(values).any():
+        raise ValueError("targets hold infinite values; use NaN for unobserved entries")
+    keep = ~np.isnan(values).all(axis=1)
+    if not keep.any():
+        raise ValueError("targets hold no observed loss at all")
+    return [str(prompts[i]) for i in np.flatnonzero(keep)], values[keep]
 
 
 def train_router(router: Router, prompts: Sequence[str], targets: np.ndarray, config: TrainConfig,
                  progress: Progress | None = None) -> TrainReport:
-    """Fit ``router`` in place on (prompt, expert) losses; NaN marks an unobserved entry.
+    """Train ``router`` in place on (prompt, per-expert loss) rows; NaN marks unobserved entries.
 
-    Early stopping on a validation split of the prompts; the best epoch's weights are kept.
+    Only observed entries contribute to the loss. The best state on the validation split
+    (possibly the starting state) is kept. Deterministic for a given ``config.seed``.
     """
-    report = progress or (lambda fraction, message: None)
-    targets = np.asarray(targets, dtype=np.float32)
-    if targets.shape != (len(prompts), len(router.expert_names)):
-        raise ValueError(f"targets shape {targets.shape} != ({len(prompts)}, {len(router.expert_names)})")
-    if config.loss == "bce" and router.config.output != "sigmoid":
-        raise ValueError("the bce divergence needs a router with output='sigmoid'")
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
+    config.validate()
     started = time.perf_counter()
+    report = _Throttle(progress)
+    texts, values = _prepare_targets(router, prompts, targets)
+    is_val = hash_split(texts, config.val_share)
+    train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    result = TrainReport(n_train=int(train_idx.size), n_val=int(val_idx.size))
+    report(0.0, f"training on {train_idx.size} prompts, validating on {val_idx.size}", force=True)
 
-    if config.normalize and router.config.output == "linear":
-        mean, std = observed_stats(targets)
-        seen = ~np.isnan(targets).all(0)
-        set_normalization(router, np.where(seen, mean, router.loss_mean.numpy()),
-                          np.where(seen, std, router.loss_std.numpy()))
-    observed = torch.as_tensor(~np.isnan(targets))
-    y = _targets(router, targets, config.loss)
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    if config.normalize:
+        fitted = Normalizer.fit(values[train_idx])
+        old_mean = router.loss_mean.numpy().astype(np.float64)
+        old_std = router.loss_std.numpy().astype(np.float64)
+        seen = fitted.count > 0
+        renormalize(router, np.where(seen, fitted.mean, old_mean), np.where(seen, fitted.std, old_std))
 
-    router.eval()  # dropout off: cached and full paths agree
-    lowers, masks = _cache_lower(router, prompts, max(config.batch_size, 64), lambda f, m: report(0.3 * f, m))
-    cache_seconds = time.perf_counter() - started
+    cache_span = (0.0, 0.2) if config.cache or router.split >= router.num_layers else (0.0, 0.0)
+    data = _Data(router, texts, config, report, cache_span)
+    result.cache_seconds = time.perf_counter() - started
+    target = torch.tensor(values, dtype=torch.float32)
+    observed = ~torch.isnan(target)
 
-    has_rows = observed.any(1).numpy()
-    val = _val_rows(prompts, config.val_share, config.seed) & has_rows if len(prompts) >= 10 else np.zeros(len(prompts), bool)
-    train_rows, val_rows = np.flatnonzero(has_rows & ~val), np.flatnonzero(val)
-    parameters = [p for p in router.parameters() if p.requires_grad]
+    def batch_loss(index: Sequence[int]) -> tuple[torch.Tensor, int]:
+        normalized = router.normalized(data.pooled(index))
+        t, m = target[list(index)], observed[list(index)]
+        if config.loss == "bce":
+            return masked_divergence(router.denormalize(normalized), t, m, "bce"), int(m.sum())
+        t_norm = (t - router.loss_mean) / router.loss_std
+        return masked_divergence(normalized, t_norm, m, config.loss), int(m.sum())
+
+    def evaluate(index: np.ndarray) -> float | None:
+        if index.size == 0:
+            return None
+        router.eval()
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for start in range(0, index.size, config.eval_batch_size):
+                loss, n = batch_loss(index[start:start + config.eval_batch_size].tolist())
+                total, count = total + float(loss.detach()) * n, count + n
+        return total / max(count, 1)
+
+    parameters = router.trainable_parameters()
+    for p in parameters:
+        p.requires_grad_(True)
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
-    result = TrainReport(cache_seconds=cache_seconds, n_train=len(train_rows), n_val=len(val_rows))
-    best, best_state, stale = math.inf, router.trainable_state(), 0
-    steps_per_epoch = max(1, math.ceil(len(train_rows) / config.batch_size))
-    seen_examples = 0
+    initial = evaluate(val_idx)
+    result.val_losses.append(initial if initial is not None else float("nan"))
+    best_state = router.trainable_state_dict()
+    best_loss, result.best_val_loss = (initial, initial) if initial is not None else (math.inf, None)
+    stale = 0
     train_started = time.perf_counter()
-    for epoch in range(config.epochs):
-        order = rng.permutation(train_rows)
-        running = 0.0
-        for step, start in enumerate(range(0, len(order), config.batch_size)):
-            batch = order[start : start + config.batch_size]
-            hidden, mask = _collate(lowers, masks, batch)
-            loss = masked_divergence(router.upper(hidden, mask), y[batch], observed[batch], config.loss)
-            optimizer.zero_grad()
+    steps_per_epoch = max(1, math.ceil(train_idx.size / config.batch_size))
+    low, high = cache_span[1], 0.98
+    for epoch in range(1, config.epochs + 1):
+        router.set_train_mode()
+        permutation = train_idx[torch.randperm(train_idx.size, generator=generator).numpy()]
+        total, count = 0.0, 0
+        for step in range(steps_per_epoch):
+            index = permutation[step * config.batch_size:(step + 1) * config.batch_size].tolist()
+            if not index:
+                continue
+            loss, n = batch_loss(index)
+            optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
             optimizer.step()
-            running += float(loss.detach())
-            seen_examples += len(batch)
-            done = (epoch + (step + 1) / steps_per_epoch) / config.epochs
-            report(0.3 + 0.7 * done, f"epoch {epoch + 1}/{config.epochs}, loss {running / (step + 1):.4f}")
-        result.train_losses.append(running / steps_per_epoch)
-        if len(val_rows):
-            val_loss = _epoch_loss(router, lowers, masks, val_rows, y, observed, config.loss, config.batch_size)
-            result.val_losses.append(val_loss)
-            if val_loss < best - 1e-6:
-                best, best_state, stale, result.best_epoch = val_loss, router.trainable_state(), 0, epoch
-            else:
-                stale += 1
-                if stale > config.patience:
-                    break
+            total, count = total + float(loss.detach()) * n, count + n
+            done = ((epoch - 1) * steps_per_epoch + step + 1) / (config.epochs * steps_per_epoch)
+            report(low + (high - low) * done, f"epoch {epoch}/{config.epochs}, step {step + 1}/{steps_per_epoch}, "
+                                              f"loss {total / max(count, 1):.4f}")
+        result.train_losses.append(total / max(count, 1))
+        result.epochs_run = epoch
+        val = evaluate(val_idx)
+        result.val_losses.append(val if val is not None else float("nan"))
+        report(low + (high - low) * epoch / config.epochs,
+               f"epoch {epoch}: train {result.train_losses[-1]:.4f}" + (f", val {val:.4f}" if val is not None else ""),
+               force=True)
+        if val is None:
+            best_state, result.best_epoch = router.trainable_state_dict(), epoch
+            continue
+        if val < best_loss:
+            best_loss, result.best_val_loss, result.best_epoch = val, val, epoch
+            best_state, stale = router.trainable_state_dict(), 0
         else:
-            best_state, result.best_epoch = router.trainable_state(), epoch
-    router.load_state_dict(best_state, strict=False)
+            stale += 1
+            if stale >= config.patience:
+                result.stopped_early = epoch < config.epochs
+                break
+    router.load_trainable_state_dict(best_state)
     router.eval()
-    result.seconds = time.perf_counter() - started
-    result.examples_per_second = seen_examples / max(time.perf_counter() - train_started, 1e-9)
-    report(1.0, f"trained: best epoch {result.best_epoch + 1}, {result.examples_per_second:.0f} examples/s")
+    finished = time.perf_counter()
+    seen = result.n_train * result.epochs_run
+    result.seconds = finished - started
+    result.examples_per_second = seen / max(result.seconds, 1e-9)
+    result.train_examples_per_second = seen / max(finished - train_started, 1e-9)
+    report(1.0, f"done: best epoch {result.best_epoch}, {result.examples_per_second:.1f} examples/s", force=True)
     return result

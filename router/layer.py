@@ -1,0 +1,36 @@
+"""Building blocks on top of the encoder: pooling and the regression head."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """(B, T, H) → (B, H): mask-aware mean, or the first ([CLS]) token."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, T) 0/1 mask → (B, 1, 1, T) additive mask (0 keep, dtype-min drop), as BERT layers take it."""
+    keep = attention_mask[:, None, None, :].to(dtype)
+    return (1.0 - keep) * torch.finfo(dtype).min
+
+
+class RegressionHead(nn.Module):
+    """Pooled embedding → one normalised loss per expert. ``last`` is always the output Linear."""
+
+    def __init__(self, hidden_size: int, num_experts: int, head_hidden: int = 0) -> None:
+        super().__init__()
+        if head_hidden > 0:
+            self.body: nn.Module = nn.Sequential(nn.Linear(hidden_size, head_hidden), nn.GELU())
+            self.last = nn.Linear(head_hidden, num_experts)
+        else:
+            self.body = nn.Identity()
+            self.last = nn.Linear(hidden_size, num_experts)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.last(self.body(pooled))
