@@ -1,0 +1,108 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from router.model import Router, RouterConfig, expand_experts, init_head_cold_start, renormalize
+
+TEXTS = ["short one", "a considerably longer prompt about databases and indexes", "mid length text here"]
+
+
+def make(path: str, names: list[str] | None = None, **kw) -> Router:  # type: ignore[no-untyped-def]
+    return Router.from_config(RouterConfig(backbone=path, expert_names=names or ["a", "b", "c"], **kw))
+
+
+def test_config_json_round_trip_and_validation(tiny_bert: str) -> None:
+    config = RouterConfig(backbone=tiny_bert, expert_names=["x", "y"], lora_targets=["query", "key"], head_hidden=8)
+    again = RouterConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config
+    for bad in [{"expert_names": []}, {"expert_names": ["x", "x"]}, {"pooling": "max"}, {"lora_r": -1},
+                {"lora_layers": 0}]:
+        with pytest.raises(ValueError):
+            RouterConfig(**{"backbone": tiny_bert, "expert_names": ["x"], **bad})
+    with pytest.raises(ValueError, match="unknown RouterConfig fields"):
+        RouterConfig.from_dict({**config.to_dict(), "colour": 1})
+
+
+def test_lora_only_on_top_layers_and_base_frozen(minilm_path: str) -> None:
+    router = make(minilm_path, lora_layers=2)
+    assert router.num_layers == 6 and router.split == 4
+    trainable = {n for n, p in router.named_parameters() if p.requires_grad}
+    lora = {n for n in trainable if "lora_" in n}
+    assert lora and all(".layer.4." in n or ".layer.5." in n for n in lora)
+    assert {n.split(".")[-4] for n in lora} == {"query", "value"}
+    assert trainable == lora | {"head.last.weight", "head.last.bias"}
+    assert router.expert_names == ["a", "b", "c"] and router.tokenizer is not None
+
+
+def test_staged_forward_equals_hf_forward(minilm_path: str) -> None:
+    router = make(minilm_path)
+    batch = router.tokenize(TEXTS)
+    with torch.no_grad():
+        reference = router.backbone(**batch).last_hidden_state
+        ours = router._layers(router.lower(**batch), batch["attention_mask"], router.split, router.num_layers)
+    keep = batch["attention_mask"].bool()
+    torch.testing.assert_close(ours[keep], reference[keep], atol=1e-5, rtol=1e-5)
+
+
+def test_predict_shapes_order_and_head_only(tiny_bert: str) -> None:
+    router = make(tiny_bert, lora_r=0, head_hidden=16)
+    assert not any("lora_" in n for n, _ in router.named_parameters())
+    out = router.predict(TEXTS, batch_size=2)
+    assert out.shape == (3, 3) and out.dtype == np.float32
+    one_by_one = np.concatenate([router.predict([t]) for t in TEXTS])
+    np.testing.assert_allclose(out, one_by_one, atol=1e-5)
+    assert router.embed(TEXTS).shape == (3, 32)
+    assert router.predict([]).shape == (0, 3)
+
+
+def test_forward_is_in_original_units(tiny_bert: str) -> None:
+    router = make(tiny_bert)
+    base = router.predict(TEXTS)
+    with torch.no_grad():
+        router.loss_mean.fill_(10.0)
+        router.loss_std.fill_(2.0)
+    np.testing.assert_allclose(router.predict(TEXTS), base * 2.0 + 10.0, rtol=1e-5, atol=1e-5)
+
+
+def test_cold_start_without_data_prefers_the_largest_expert(tiny_bert: str) -> None:
+    router = make(tiny_bert)
+    init_head_cold_start(router, [None, None, None], [1e9, 7e9, None])
+    out = router.predict(TEXTS)
+    np.testing.assert_allclose(out, np.tile([1 - 1 / 7, 0.0, 1.0], (3, 1)), atol=1e-6)
+    assert (out.argmin(axis=1) == 1).all()
+
+
+def test_cold_start_with_data_prefers_the_lowest_mean_loss(tiny_bert: str) -> None:
+    router = make(tiny_bert)
+    init_head_cold_start(router, [2.0, 1.5, None], [7e9, 1e9, 1e10])
+    out = router.predict(TEXTS)
+    assert (out.argmin(axis=1) == 1).all()
+    np.testing.assert_allclose(out[0, :2], [2.0, 1.5], atol=1e-6)
+    assert out[0, 2] > 2.0  # unobserved expert: above the worst observed mean
+    with pytest.raises(ValueError):
+        init_head_cold_start(router, [1.0], [1.0])
+
+
+def test_renormalize_keeps_predictions(tiny_bert: str) -> None:
+    router = make(tiny_bert)
+    before = router.predict(TEXTS)
+    renormalize(router, [1.0, -2.0, 3.0], [0.5, 2.0, 4.0])
+    np.testing.assert_allclose(router.predict(TEXTS), before, atol=1e-5)
+
+
+def test_expand_experts_keeps_old_rows(tiny_bert: str) -> None:
+    router = make(tiny_bert, names=["a", "b"])
+    with torch.no_grad():
+        router.head.last.weight.normal_()
+        router.loss_mean.copy_(torch.tensor([1.0, 2.0]))
+    before = router.predict(TEXTS)
+    bigger = expand_experts(router, ["b", "new", "a"], [None, 0.7, None])
+    after = bigger.predict(TEXTS)
+    assert bigger.expert_names == ["b", "new", "a"] and router.expert_names == ["a", "b"]
+    np.testing.assert_allclose(after[:, [2, 0]], before, atol=1e-5)
+    np.testing.assert_allclose(after[:, 1], 0.7, atol=1e-6)
+    np.testing.assert_allclose(router.predict(TEXTS), before)  # the original is untouched
+    unseen = expand_experts(router, ["a", "ghost"], [None, None])
+    assert (unseen.predict(TEXTS)[:, 1] > 2.0).all()
