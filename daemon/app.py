@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import func, select
@@ -295,8 +294,8 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
         elif error.get("type") == "missing" and not loc:
             message = "a JSON object body is required"
         parts.append(f"{'.'.join(loc)}: {message}" if loc else message)
-    body = {"detail": "; ".join(parts) or "invalid request", "errors": jsonable_encoder(errors, custom_encoder={
-        Exception: str, ValueError: str})}
+    brief = [{"type": e.get("type"), "loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg")} for e in errors]
+    body = {"detail": "; ".join(parts) or "invalid request", "errors": brief}
     return JSONResponse(body, status_code=400 if malformed else 422)
 
 

@@ -1,0 +1,164 @@
+"""Daemon fixtures: a temp SQLite database, three experts, and real router bundles on a tiny encoder.
+
+Experts: ``large`` and ``small`` are tiny real masked-LMs; ``api`` is external. Bundle A predicts
+api 0.1 < large 0.2 < small 0.5 (plus a little prompt-dependent noise), so:
+no λ → api; ``[Flag: smallest model]`` → small; ``{"cost": 1}`` → large.
+Bundle B predicts small 0.1, the others 0.9: swapping A → B changes the default choice to small.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, update
+
+from tests.conftest import make_settings
+
+EXPERTS = ("large", "small", "api")
+ATTRIBUTES = {
+    "large": {"params": 1e8, "cost": 1.0},
+    "small": {"params": 1e6, "cost": 0.1},
+    "api": {"cost": 10.0},
+}
+LOSSES_A = (0.2, 0.5, 0.1)
+LOSSES_B = (0.9, 0.1, 0.9)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    sha256: str
+
+
+def _build_bundle(directory: Path, backbone: str, losses: tuple[float, ...], noise: float, seed: int) -> Bundle:
+    import torch
+
+    from router.checkpoint import save_bundle
+    from router.config import RouterConfig
+    from router.model import Router, init_head_cold_start
+
+    router = Router.from_config(RouterConfig(backbone=backbone, expert_names=list(EXPERTS), lora_r=4, lora_layers=1))
+    init_head_cold_start(router, list(losses), [None] * len(losses))
+    if noise:
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            weight = router.head.last.weight
+            weight.copy_(torch.randn(weight.shape, generator=generator) * noise)
+    return Bundle(directory, save_bundle(router, directory))
+
+
+def _masked_lm(path: Path, tokenizer_dir: str, hidden: int, seed: int) -> str:
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=2 * hidden)
+    BertForMaskedLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: str) -> dict[str, Bundle]:
+    root = tmp_path_factory.mktemp("bundles")
+    return {
+        "a": _build_bundle(root / "a", tiny_backbone, LOSSES_A, noise=0.01, seed=1),
+        "b": _build_bundle(root / "b", tiny_backbone, LOSSES_B, noise=0.0, seed=2),
+    }
+
+
+@pytest.fixture(scope="session")
+def expert_models(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: str) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("experts")
+    return {"large": _masked_lm(root / "large", tiny_backbone, 32, 1),
+            "small": _masked_lm(root / "small", tiny_backbone, 16, 2)}
+
+
+@pytest.fixture
+def settings(tmp_path: Path, thalamus_env: None, tiny_backbone: str, expert_models: dict[str, str]):  # type: ignore[no-untyped-def]
+    """A fresh SQLite database with the three experts registered and no router version yet."""
+    from store.db import get_engine, session_scope
+    from store.schema import Base, Expert
+
+    settings = make_settings(tmp_path / "home", backbone=tiny_backbone, swap_poll_seconds="0.2",
+                             log_flush_seconds="0.05", label_share="0.5")
+    Base.metadata.create_all(get_engine(settings))
+    with session_scope(settings) as session:
+        for name in EXPERTS:
+            kind = "external" if name == "api" else "masked-lm"
+            session.add(Expert(name=name, kind=kind, uri=expert_models.get(name), attributes=ATTRIBUTES[name]))
+    return settings
+
+
+def register_version(settings, bundle: Bundle, status: str = "active", sha256: str | None = None) -> int:  # type: ignore[no-untyped-def]
+    """Insert a router version row for ``bundle``; when active, retire the previously active one."""
+    from store.db import session_scope
+    from store.schema import RouterVersion
+
+    with session_scope(settings) as session:
+        if status == "active":
+            session.execute(update(RouterVersion).where(RouterVersion.status == "active").values(status="retired"))
+        version = RouterVersion(base_encoder="tiny", checkpoint_uri=str(bundle.path),
+                                checkpoint_sha256=sha256 or bundle.sha256, expert_order=list(EXPERTS), status=status)
+        session.add(version)
+        session.flush()
+        return version.id
+
+
+def activate(settings, version_id: int) -> None:  # type: ignore[no-untyped-def]
+    from store.db import session_scope
+    from store.schema import RouterVersion
+
+    with session_scope(settings) as session:
+        session.execute(update(RouterVersion).where(RouterVersion.status == "active").values(status="retired"))
+        session.execute(update(RouterVersion).where(RouterVersion.id == version_id).values(status="active"))
+
+
+def copy_bundle(bundle: Bundle, directory: Path) -> Bundle:
+    shutil.copytree(bundle.path, directory)
+    return Bundle(directory, bundle.sha256)
+
+
+def row_counts(settings) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """Rows in every table: bad input must leave all of them unchanged."""
+    from store.db import session_scope
+    from store.schema import Base
+
+    with session_scope(settings) as session:
+        return {name: session.scalar(select(func.count()).select_from(table)) or 0
+                for name, table in Base.metadata.tables.items()}
+
+
+@pytest.fixture
+def served(settings, bundles: dict[str, Bundle]) -> int:  # type: ignore[no-untyped-def]
+    """Bundle A registered as the active version; returns its id."""
+    return register_version(settings, bundles["a"])
+
+
+@pytest.fixture
+def client(settings, served: int) -> Iterator[Any]:  # type: ignore[no-untyped-def]
+    """A TestClient over the full app (lifespan included) with fresh metrics."""
+    from fastapi.testclient import TestClient
+
+    from daemon.app import create_app
+    from daemon.holder import RouterHolder
+    from daemon.logwriter import RequestLogWriter
+    from daemon.metrics import Metrics
+
+    metrics = Metrics()
+    holder = RouterHolder(settings, metrics=metrics)
+    writer = RequestLogWriter(settings, metrics=metrics)
+    with TestClient(create_app(settings, holder, writer)) as test_client:
+        yield test_client
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
