@@ -1,0 +1,116 @@
+import numpy as np
+import pytest
+import torch
+
+from router.model import Router, RouterConfig, init_head_cold_start
+from router.training import TrainConfig, _Data, _Throttle, hash_split, train_router
+
+from .conftest import two_domains
+
+
+def make(path: str, **kw) -> Router:  # type: ignore[no-untyped-def]
+    return Router.from_config(RouterConfig(backbone=path, expert_names=["code", "food"], **kw))
+
+
+def domain_data(n: int = 24, offset: int = 0) -> tuple[list[str], np.ndarray]:
+    code, food = two_domains(n, offset)
+    targets = np.array([[0.5, 2.0]] * n + [[2.0, 0.5]] * n)
+    targets[::3, 1] = np.nan  # some rows only have one expert's loss
+    return code + food, targets
+
+
+@pytest.mark.parametrize("lora_r, cache_dtype, atol", [(8, "float32", 1e-5), (0, "float32", 1e-5), (8, "float16", 5e-3)])
+def test_cached_forward_equals_full_forward(tiny_bert: str, lora_r: int, cache_dtype: str, atol: float) -> None:
+    router = make(tiny_bert, lora_r=lora_r, lora_layers=1)
+    with torch.no_grad():
+        for p in router.trainable_parameters():
+            p.normal_(0, 0.3)  # LoRA B starts at 0; make the top layer really differ from the base
+    prompts, _ = domain_data(6)
+    data = _Data(router, prompts, TrainConfig(cache_dtype=cache_dtype, eval_batch_size=5), _Throttle(None), (0, 0))
+    router.eval()
+    with torch.no_grad():
+        cached = router.denormalize(router.normalized(data.pooled(list(range(len(prompts))))))
+    np.testing.assert_allclose(cached.numpy(), router.predict(prompts), atol=atol)
+
+
+def test_hash_split_is_stable_and_never_empty() -> None:
+    prompts = [f"prompt {i}" for i in range(200)]
+    mask = hash_split(prompts, 0.1)
+    assert 5 < mask.sum() < 40
+    np.testing.assert_array_equal(mask, hash_split(list(reversed(prompts)), 0.1)[::-1])
+    assert hash_split(["a", "b"], 0.1).sum() == 1
+    assert hash_split(["same", "same"], 0.1).sum() == 0
+    assert hash_split(prompts, 0.0).sum() == 0
+
+
+def test_head_only_training_learns_and_reports(tiny_bert: str) -> None:
+    router = make(tiny_bert, lora_r=0)
+    prompts, targets = domain_data()
+    calls: list[tuple[float, str]] = []
+    report = train_router(router, prompts, targets, TrainConfig(epochs=30, learning_rate=5e-2, patience=30,
+                                                                 val_share=0.2), progress=lambda f, m: calls.append((f, m)))
+    assert report.epochs_run == 30 and len(report.train_losses) == 30 and len(report.val_losses) == 31
+    assert report.val_losses[report.best_epoch] == min(report.val_losses) == report.best_val_loss
+    assert report.train_losses[-1] < report.train_losses[0]
+    assert report.n_train + report.n_val == len(prompts) and report.examples_per_second > 0
+    fractions = [f for f, _ in calls]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(calls) >= 3
+    assert not router.training
+
+
+def test_training_is_deterministic(tiny_bert: str) -> None:
+    prompts, targets = domain_data(8)
+    config = TrainConfig(epochs=2, batch_size=8, seed=7)
+    outputs = []
+    for _ in range(2):
+        router = make(tiny_bert, lora_layers=1)
+        report = train_router(router, prompts, targets, config)
+        outputs.append((router.predict(prompts), report.train_losses))
+    np.testing.assert_array_equal(outputs[0][0], outputs[1][0])
+    assert outputs[0][1] == outputs[1][1]
+
+
+def test_uncached_path_trains_the_same_way(tiny_bert: str) -> None:
+    prompts, targets = domain_data(8)
+    results = []
+    for cache in (True, False):
+        router = make(tiny_bert, lora_layers=1)
+        report = train_router(router, prompts, targets, TrainConfig(epochs=2, cache=cache, cache_dtype="float32"))
+        results.append(report.train_losses)
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-4)
+
+
+def test_bad_targets_are_refused(tiny_bert: str) -> None:
+    router = make(tiny_bert, lora_r=0)
+    with pytest.raises(ValueError, match="shape"):
+        train_router(router, ["a", "b"], np.zeros((2, 3)), TrainConfig())
+    with pytest.raises(ValueError, match="no observed"):
+        train_router(router, ["a", "b"], np.full((2, 2), np.nan), TrainConfig())
+    with pytest.raises(ValueError, match="infinite"):
+        train_router(router, ["a", "b"], np.array([[np.inf, 1.0], [1.0, 1.0]]), TrainConfig())
+    with pytest.raises(ValueError, match="loss must be"):
+        train_router(router, ["a", "b"], np.ones((2, 2)), TrainConfig(loss="kl"))
+
+
+def test_bce_training_on_scores(tiny_bert: str) -> None:
+    router = make(tiny_bert, lora_r=0)
+    prompts, targets = domain_data(8)
+    report = train_router(router, prompts, targets / 2.0, TrainConfig(loss="bce", epochs=3))
+    assert np.isfinite(report.train_losses).all()
+
+
+@pytest.mark.slow
+def test_minilm_lora_training_routes_each_domain_to_its_expert(minilm_path: str) -> None:
+    """Real LoRA training on the real MiniLM: expert "code" is good on code, "food" on recipes."""
+    router = make(minilm_path, lora_r=8, lora_layers=2)
+    init_head_cold_start(router, [1.25, 1.25], [1e9, 2e9])
+    prompts, targets = domain_data(24)
+    report = train_router(router, prompts, targets, TrainConfig(epochs=4, learning_rate=2e-3, val_share=0.15))
+    assert report.n_val >= 3
+    assert report.best_val_loss is not None and report.best_val_loss < 0.5 * report.val_losses[0]
+    assert report.best_epoch >= 1
+    code, food = two_domains(5, offset=1000)
+    code = [c.replace("compute", "transform") for c in code]
+    food = [f.replace("cake", "bread") for f in food]
+    chosen = router.predict(code + food).argmin(axis=1)
+    np.testing.assert_array_equal(chosen, [0] * 5 + [1] * 5)
