@@ -70,7 +70,7 @@ def _masked_lm(path: Path, tokenizer_dir: str, hidden: int, seed: int) -> str:
 def bundles(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: str) -> dict[str, Bundle]:
     root = tmp_path_factory.mktemp("bundles")
     return {
-        "a": _build_bundle(root / "a", tiny_backbone, LOSSES_A, noise=0.01, seed=1),
+        "a": _build_bundle(root / "a", tiny_backbone, LOSSES_A, noise=0.003, seed=1),
         "b": _build_bundle(root / "b", tiny_backbone, LOSSES_B, noise=0.0, seed=2),
     }
 
