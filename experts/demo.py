@@ -1,0 +1,208 @@
+"""The demo expert library, built offline and deterministically from text every Python install has.
+
+Three domains (see ``experts.corpus``) give three small domain experts and one larger generalist,
+all ``BertForMaskedLM`` sharing one WordPiece tokenizer trained here. Prompts are split by hash
+into ``train`` (the experts learn from it), ``traffic`` (for demo requests; no expert saw it) and
+``heldout`` (evaluation only). The library is written to a temp dir and renamed into place; a
+build with the same spec (seed, sizes, steps) and build version returns the existing one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from experts.corpus import DOMAINS, collect_prompts
+from experts.training import ExpertRecipe, measure_latency_ms, train_masked_lm, train_tokenizer
+
+BUILD_VERSION = 2
+Progress = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    """Everything a build depends on; tests shrink it to build a miniature library fast."""
+
+    seed: int = 0
+    vocab_size: int = 4000
+    max_length: int = 128
+    batch_size: int = 32
+    max_snippets: int = 1600  # per domain
+    experts: tuple[ExpertRecipe, ...] = (
+        ExpertRecipe("code-small", ("code",), 64, 2, 300, release_date="2025-06-01"),
+        ExpertRecipe("docs-small", ("docs",), 64, 2, 300, release_date="2025-09-01"),
+        ExpertRecipe("legal-small", ("legal",), 64, 2, 300, release_date="2026-01-15"),
+        ExpertRecipe("general-large", DOMAINS, 128, 4, 450, lr=1e-3, release_date="2025-03-01"),
+    )
+
+
+@dataclass
+class DemoLibrary:
+    root: Path
+    experts: list[dict[str, Any]]
+    quality: dict[str, Any] = field(default_factory=dict)
+    build_seconds: float | None = None
+
+    def prompts(self, split: str | None = None, domain: str | None = None) -> list[dict[str, Any]]:
+        """Rows of prompts.jsonl (prompt, domain, split), optionally filtered."""
+        with (self.root / "prompts.jsonl").open(encoding="utf-8") as handle:
+            rows = [json.loads(line) for line in handle if line.strip()]
+        return [r for r in rows if (split is None or r["split"] == split) and (domain is None or r["domain"] == domain)]
+
+
+def _fingerprint(spec: DemoSpec) -> dict[str, Any]:
+    return json.loads(json.dumps({"build_version": BUILD_VERSION, "seed": spec.seed, "spec": asdict(spec)}))
+
+
+@contextlib.contextmanager
+def _build_lock(out_dir: Path) -> Iterator[None]:
+    """One build per output directory at a time (across processes)."""
+    with open(out_dir.parent / f".{out_dir.name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _cached(out_dir: Path, fingerprint: dict[str, Any]) -> bool:
+    try:
+        manifest = json.loads((out_dir / "library.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return manifest.get("fingerprint") == fingerprint
+
+
+def _swap_into_place(tmp: Path, out_dir: Path) -> None:
+    """Rename the finished build over ``out_dir``; the old one is moved aside first, then deleted."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}-{time.monotonic_ns()}"
+        os.rename(out_dir, old)
+    os.rename(tmp, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def quality_matrix(models: dict[str, Any], tokenizer: Any, rows: list[dict[str, Any]],
+                   max_length: int) -> dict[str, dict[str, float]]:
+    """Mean held-out MLM loss of each expert on each domain, and on the whole mix ("all")."""
+    from experts.scoring import mlm_losses
+
+    heldout = [r for r in rows if r["split"] == "heldout"]
+    matrix: dict[str, dict[str, float]] = {}
+    for name, model in models.items():
+        losses = mlm_losses(model, tokenizer, [r["prompt"] for r in heldout], max_length=max_length, batch_size=32)
+        by_domain = {d: [x for x, r in zip(losses, heldout) if r["domain"] == d] for d in DOMAINS}
+        matrix[name] = {d: round(sum(v) / len(v), 4) for d, v in by_domain.items() if v}
+        matrix[name]["all"] = round(sum(losses) / max(len(losses), 1), 4)
+    return matrix
+
+
+def format_matrix(matrix: dict[str, dict[str, float]]) -> str:
+    columns = [*DOMAINS, "all"]
+    lines = ["expert".ljust(16) + "".join(c.rjust(9) for c in columns)]
+    for name, row in matrix.items():
+        lines.append(name.ljust(16) + "".join(f"{row.get(c, float('nan')):9.3f}" for c in columns))
+    return "\n".join(lines)
+
+
+def _expert_entry(recipe: ExpertRecipe, final: Path, model: Any, tokenizer: Any) -> dict[str, Any]:
+    params = sum(p.numel() for p in model.parameters())
+    return {
+        "name": recipe.name, "kind": "masked-lm", "uri": str(final.resolve()),
+        "attributes": {
+            "params": params,
+            "cost": round(params / 1e6, 6),  # notional price per 1k tokens: 1 unit per million parameters
+            "latency_ms": measure_latency_ms(model, tokenizer),  # measured: one forward of 8 short prompts
+            "release_date": recipe.release_date,
+            "domain": "+".join(recipe.domains) if len(recipe.domains) < len(DOMAINS) else "general",
+            "layers": recipe.layers, "hidden": recipe.hidden, "license": "PSF-2.0 (demo)",
+        },
+    }
+
+
+def build_demo_library(out_dir: Path, seed: int = 0, progress: Progress | None = None,
+                       spec: DemoSpec | None = None, verbose: bool = True) -> DemoLibrary:
+    """Build (or return the cached) demo library in ``out_dir``. ``spec`` overrides sizes and steps."""
+    spec = replace(spec, seed=seed) if spec is not None else DemoSpec(seed=seed)
+    report = progress or (lambda fraction, message: None)
+    out_dir = Path(out_dir).resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    fingerprint = _fingerprint(spec)
+    with _build_lock(out_dir):
+        if _cached(out_dir, fingerprint):
+            report(1.0, "demo library cached")
+            return load_demo_library(out_dir)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+        try:
+            seconds, quality = _build_into(tmp, out_dir, spec, fingerprint, report)
+            _swap_into_place(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    if verbose:
+        print(f"demo library built in {seconds:.1f} s; mean held-out MLM loss (lower is better):")
+        print(format_matrix(quality))
+    report(1.0, "demo library built")
+    return load_demo_library(out_dir)
+
+
+def _build_into(tmp: Path, out_dir: Path, spec: DemoSpec, fingerprint: dict[str, Any],
+                report: Progress) -> tuple[float, dict[str, dict[str, float]]]:
+    import torch
+
+    started = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    try:
+        report(0.01, "collecting text")
+        rows = collect_prompts(spec.max_snippets)
+        with (tmp / "prompts.jsonl").open("w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(row) + "\n" for row in rows)
+        train = {d: [r["prompt"] for r in rows if r["domain"] == d and r["split"] == "train"] for d in DOMAINS}
+        report(0.03, "training the tokenizer")
+        tokenizer = train_tokenizer([p for d in DOMAINS for p in train[d]], spec.vocab_size, tmp / "_tokenizer")
+        shutil.rmtree(tmp / "_tokenizer")
+        total = sum(r.steps for r in spec.experts) or 1
+        done, experts, models = 0, [], {}
+        for recipe in spec.experts:
+            def tick(fraction: float, before: int = done, recipe: ExpertRecipe = recipe) -> None:
+                report(0.05 + 0.85 * (before + fraction * recipe.steps) / total, f"training {recipe.name}")
+
+            texts = [p for d in recipe.domains for p in train[d]]
+            model = train_masked_lm(recipe, texts, tokenizer, spec.seed, spec.max_length, spec.batch_size, tick)
+            done += recipe.steps
+            model.save_pretrained(tmp / recipe.name)
+            tokenizer.save_pretrained(tmp / recipe.name)
+            experts.append(_expert_entry(recipe, out_dir / recipe.name, model, tokenizer))
+            models[recipe.name] = model
+        report(0.92, "measuring held-out losses")
+        quality = quality_matrix(models, tokenizer, rows, spec.max_length)
+        seconds = round(time.perf_counter() - started, 1)
+        counts = {f"{d}/{s}": sum(1 for r in rows if r["domain"] == d and r["split"] == s)
+                  for d in DOMAINS for s in ("train", "traffic", "heldout")}
+        manifest = {"fingerprint": fingerprint, "experts": experts, "quality": quality,
+                    "quality_note": "mean MLM loss on held-out prompts (deterministic 15 % mask)",
+                    "prompt_counts": counts, "build_seconds": seconds}
+        (tmp / "library.json").write_text(json.dumps(manifest, indent=2))
+        return seconds, quality
+    finally:
+        torch.set_num_threads(threads)
+
+
+def load_demo_library(out_dir: Path) -> DemoLibrary:
+    path = Path(out_dir) / "library.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no demo library at {out_dir}: run `thalamus experts build-demo` first")
+    manifest = json.loads(path.read_text())
+    return DemoLibrary(Path(out_dir), manifest["experts"], manifest.get("quality", {}), manifest.get("build_seconds"))

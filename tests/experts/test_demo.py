@@ -1,0 +1,109 @@
+"""A miniature demo library (same code path as the real build, tiny sizes and steps)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from experts.corpus import DOMAINS, snippets, split_of
+from experts.demo import DemoLibrary, DemoSpec, build_demo_library, load_demo_library
+from experts.training import ExpertRecipe
+
+MINI = DemoSpec(
+    vocab_size=800, max_length=64, batch_size=16, max_snippets=150,
+    experts=(
+        ExpertRecipe("code-small", ("code",), 32, 1, 40),
+        ExpertRecipe("docs-small", ("docs",), 32, 1, 40),
+        ExpertRecipe("legal-small", ("legal",), 32, 1, 40),
+        ExpertRecipe("general-large", DOMAINS, 64, 2, 40),
+    ),
+)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoLibrary, list[tuple[float, str]]]:
+    out = tmp_path_factory.mktemp("demo") / "lib"
+    calls: list[tuple[float, str]] = []
+    library = build_demo_library(out, seed=0, spec=MINI, progress=lambda f, m: calls.append((f, m)), verbose=False)
+    return library, calls
+
+
+def test_manifest_lists_real_experts_of_two_sizes(built) -> None:  # type: ignore[no-untyped-def]
+    library, calls = built
+    manifest = json.loads((library.root / "library.json").read_text())
+    assert [e["name"] for e in manifest["experts"]] == ["code-small", "docs-small", "legal-small", "general-large"]
+    for expert in library.experts:
+        assert expert["kind"] == "masked-lm"
+        uri = Path(expert["uri"])
+        assert uri.is_absolute() and (uri / "config.json").is_file() and (uri / "tokenizer.json").is_file()
+        attrs = expert["attributes"]
+        assert isinstance(attrs["params"], int) and attrs["latency_ms"] > 0 and attrs["release_date"]
+    params = {e["name"]: e["attributes"]["params"] for e in library.experts}
+    costs = {e["name"]: e["attributes"]["cost"] for e in library.experts}
+    assert params["general-large"] > 1.5 * params["code-small"]
+    assert costs["general-large"] / costs["code-small"] == pytest.approx(
+        params["general-large"] / params["code-small"], rel=1e-3)
+    assert set(manifest["quality"]) == set(params)
+    fractions = [f for f, _ in calls]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+def test_experts_load_share_a_tokenizer_and_differ(built) -> None:  # type: ignore[no-untyped-def]
+    from experts.local import LocalExpert
+
+    library, _ = built
+    loaded = [LocalExpert.load(e["name"], e["kind"], e["uri"]) for e in library.experts]
+    assert len({tuple(sorted(x.tokenizer.get_vocab().items())) for x in loaded}) == 1
+    prompts = [p["prompt"] for p in library.prompts(split="heldout")][:6]
+    losses = [tuple(round(v, 4) for v in x.losses(prompts)) for x in loaded]
+    assert len(set(losses)) == len(loaded)
+
+
+def test_domain_experts_specialise(built) -> None:  # type: ignore[no-untyped-def]
+    library, _ = built
+    quality = library.quality
+    for domain in DOMAINS:
+        own = quality[f"{domain}-small"][domain]
+        others = [quality[f"{d}-small"][domain] for d in DOMAINS if d != domain]
+        assert own < min(others), (domain, quality)
+
+
+def test_prompt_splits_are_disjoint_and_by_hash(built) -> None:  # type: ignore[no-untyped-def]
+    library, _ = built
+    rows = library.prompts()
+    assert {r["domain"] for r in rows} == set(DOMAINS)
+    assert {r["split"] for r in rows} == {"train", "traffic", "heldout"}
+    train = {r["prompt"] for r in library.prompts(split="train")}
+    heldout = library.prompts(split="heldout")
+    assert heldout and not train & {r["prompt"] for r in heldout}
+    assert all(r["split"] == split_of(r["prompt"]) for r in rows)
+    assert all(r["domain"] == "legal" for r in library.prompts(domain="legal", split="heldout"))
+    assert len({r["prompt"] for r in rows}) == len(rows)
+
+
+def test_cached_build_is_returned_and_a_new_seed_rebuilds_atomically(built) -> None:  # type: ignore[no-untyped-def]
+    library, _ = built
+    manifest = library.root / "library.json"
+    before = manifest.stat().st_mtime_ns
+    calls: list[str] = []
+    again = build_demo_library(library.root, seed=0, spec=MINI, progress=lambda f, m: calls.append(m))
+    assert manifest.stat().st_mtime_ns == before and calls == ["demo library cached"]
+    assert again.experts == library.experts == load_demo_library(library.root).experts
+
+    def fail(fraction: float, message: str) -> None:
+        if message.startswith("training docs-small"):
+            raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        build_demo_library(library.root, seed=1, spec=MINI, progress=fail, verbose=False)
+    assert manifest.stat().st_mtime_ns == before  # the old library is untouched
+    assert sorted(p.name for p in library.root.parent.iterdir()) == [".lib.lock", "lib"]  # no temp dir left
+
+
+def test_snippets_are_whole_lines_of_bounded_size() -> None:
+    text = "\n".join(f"line {i} with a few more words in it to be long enough" for i in range(200))
+    parts = snippets(text)
+    assert parts and all(200 <= len(p) <= 600 for p in parts)
+    assert all(line in text.splitlines() for p in parts for line in p.splitlines())
