@@ -49,6 +49,9 @@ _BOOTSTRAP_WAIT_SECONDS = 120.0
 def create_app(settings: Settings, holder: RouterHolder | None = None,
                writer: RequestLogWriter | None = None) -> FastAPI:
     """The daemon's ASGI app; its lifespan bootstraps a router, starts the watcher and the log writer."""
+    from router.constraints import validate_lambdas
+
+    validate_lambdas(settings.default_lambdas)  # a misconfigured default fails at start-up, not per request
     holder = holder or RouterHolder(settings)
     writer = writer or RequestLogWriter(settings, metrics=holder.metrics)
     metrics = holder.metrics
@@ -218,10 +221,9 @@ def _prompt_and_lambdas(settings: Settings, body: RouteRequest) -> tuple[str, di
         raise HTTPException(422, "prompt is empty once its flags are removed")
     try:
         requested = validate_lambdas(body.lambdas or {})
-        defaults = validate_lambdas(settings.default_lambdas)
     except LambdaError as exc:
         raise HTTPException(422, f"lambdas: {exc}") from None
-    return prompt, {**defaults, **flagged, **requested}
+    return prompt, {**validate_lambdas(settings.default_lambdas), **flagged, **requested}
 
 
 def _sampled(prompt: str, share: float) -> bool:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
+from daemon.batcher import MicroBatcher
 from daemon.metrics import Metrics, default_metrics
 from store.db import normalize_url, session_scope
 from store.queries import ACTIVATION_CHANNEL, active_router_version
@@ -72,12 +73,17 @@ class LoadedRouter:
     experts: tuple[ExpertInfo, ...]
     constraints: np.ndarray  # (E, C) in head order, read-only
     loaded_at: dt.datetime
-    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+    batcher: MicroBatcher = dataclasses.field(repr=False, default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.batcher is None:
+            object.__setattr__(self, "batcher", MicroBatcher(self.router.predict))
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
-        """Predicted losses (N, E). Serialised per bundle: fast tokenizers are not re-entrant."""
-        with self._lock:
-            return np.asarray(self.router.predict(list(texts)), dtype=np.float64)
+        """Predicted losses (N, E); a single prompt is micro-batched with concurrent requests."""
+        if len(texts) == 1:
+            return np.asarray(self.batcher.predict_one(texts[0]), dtype=np.float64)[None, :]
+        return np.asarray(self.batcher.predict_many(texts), dtype=np.float64)
 
     def decide(self, predicted: np.ndarray, lambdas: Mapping[str, float]) -> Decision:
         """Choose among the experts for one row of predicted losses."""
@@ -149,8 +155,7 @@ class RouterHolder:
         current = self._current
         if current is not None and current.version_id == version_id:
             if current.experts != experts:  # attributes or versions changed: cheap refresh, same model
-                self._current = dataclasses.replace(current, experts=experts, constraints=_constraints(experts),
-                                                    _lock=current._lock)
+                self._current = dataclasses.replace(current, experts=experts, constraints=_constraints(experts))
             return False
         if self._failed is not None and self._failed[:2] == (version_id, sha):
             if time.monotonic() - self._failed[2] < _RETRY_FAILED_SECONDS:
@@ -181,8 +186,9 @@ class RouterHolder:
         warm = np.asarray(router.predict([_WARMUP_PROMPT]))
         if warm.shape != (1, len(names)) or not np.all(np.isfinite(warm)):
             raise ValueError(f"warm-up prediction has shape {warm.shape} or non-finite values")
+        batcher = MicroBatcher(router.predict, on_batch=self.metrics.route_batch_size.observe)
         return LoadedRouter(version_id=version_id, sha256=sha, router=router, expert_names=names,
-                            experts=experts, constraints=_constraints(experts), loaded_at=_now())
+                            experts=experts, constraints=_constraints(experts), loaded_at=_now(), batcher=batcher)
 
     def _record_error(self, message: str, count: bool) -> None:
         log.error("%s", message)

@@ -21,6 +21,8 @@ class Metrics:
                                 ["endpoint", "status"], registry=r)
         self.route_latency = Histogram("thalamus_route_latency_seconds", "Time to encode a prompt and choose an expert",
                                        buckets=_LATENCY_BUCKETS, registry=r)
+        self.route_batch_size = Histogram("thalamus_route_batch_size", "Prompts per micro-batched forward pass",
+                                          buckets=(1, 2, 4, 8, 16, 32), registry=r)
         self.chosen = Counter("thalamus_chosen_expert", "Routing decisions by chosen expert", ["expert"], registry=r)
         self.swaps = Counter("thalamus_router_swaps", "Router bundles swapped in", registry=r)
         self.swap_failures = Counter("thalamus_router_swap_failures", "Router bundle loads that failed", registry=r)

@@ -202,3 +202,10 @@ def test_start_up_creates_a_cold_start_router(settings) -> None:  # type: ignore
         assert health.status_code == 200, health.text
         body = client.post("/v1/route", json={"prompt": "first request ever"}).json()
         assert body["expert"] == "large", "with no data the cold start prefers the largest expert"
+
+
+def test_bad_default_lambdas_fail_at_start_up(settings) -> None:  # type: ignore[no-untyped-def]
+    from router.constraints import LambdaError
+
+    with pytest.raises(LambdaError, match="quality"):
+        create_app(settings.model_copy(update={"default_lambdas": {"quality": 1.0}}))
