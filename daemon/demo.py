@@ -157,7 +157,7 @@ def run_demo(settings: Settings, prompts: int = 300) -> dict[str, Any]:
     from experts.demo import load_demo_library
 
     library = load_demo_library(settings.experts_dir / "demo")
-    traffic_prompts = [p["prompt"] for p in library.prompts(split="train")][:prompts]
+    traffic_prompts = [p["prompt"] for p in library.prompts(split="traffic")][:prompts]
 
     _say(f"step 2/7: starting daemon + worker + scheduler (log: {settings.home / 'daemon.log'})")
     log = open(settings.home / "daemon.log", "ab")
