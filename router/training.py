@@ -192,6 +192,18 @@ class _Data:
         return router.upper(hidden, mask)
 
 
+def _batches(indices: np.ndarray, lengths: np.ndarray, batch_size: int, generator: torch.Generator) -> list[list[int]]:
+    """Random batches of similar length: shuffle, sort within windows of 16 batches, shuffle
+    the batches. Less padding on real prompts of mixed length; deterministic under the generator."""
+    shuffled = indices[torch.randperm(indices.size, generator=generator).numpy()].tolist()
+    window = batch_size * 16
+    batches: list[list[int]] = []
+    for start in range(0, len(shuffled), window):
+        part = sorted(shuffled[start:start + window], key=lambda i: int(lengths[i]))
+        batches += [part[j:j + batch_size] for j in range(0, len(part), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
 def _prepare_targets(router: Router, prompts: Sequence[str], targets: np.ndarray) -> tuple[list[str], np.ndarray]:
     values = np.asarray(targets, dtype=np.float64)
     n_experts = len(router.expert_names)
@@ -234,6 +246,7 @@ def train_router(router: Router, prompts: Sequence[str], targets: np.ndarray, co
     data = _Data(router, texts, config, report, cache_span)
     result.cache_seconds = time.perf_counter() - started
     target = torch.tensor(values, dtype=torch.float32)
+    lengths = np.array([len(ids) for ids in data.ids])
     observed = ~torch.isnan(target)
 
     def batch_loss(index: Sequence[int]) -> tuple[torch.Tensor, int]:
@@ -269,12 +282,8 @@ def train_router(router: Router, prompts: Sequence[str], targets: np.ndarray, co
     low, high = cache_span[1], 0.98
     for epoch in range(1, config.epochs + 1):
         router.set_train_mode()
-        permutation = train_idx[torch.randperm(train_idx.size, generator=generator).numpy()]
         total, count = 0.0, 0
-        for step in range(steps_per_epoch):
-            index = permutation[step * config.batch_size:(step + 1) * config.batch_size].tolist()
-            if not index:
-                continue
+        for step, index in enumerate(_batches(train_idx, lengths, config.batch_size, generator)):
             loss, n = batch_loss(index)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
