@@ -77,12 +77,15 @@ class Traffic:
             response = client.post(f"{self.base}/v1/route", json={"prompt": prompt, "app": "demo"})
             ok = response.status_code == 200
             detail = "" if ok else f"HTTP {response.status_code}: {response.text[:200]}"
+            server = response.json().get("latency_ms") if ok else None
         except httpx.HTTPError as exc:
-            ok, detail = False, f"{type(exc).__name__}: {exc}"
+            ok, detail, server = False, f"{type(exc).__name__}: {exc}", None
         elapsed = 1000 * (time.perf_counter() - started)
         with self._lock:
             self.sent += 1
             self.latencies_ms.append(elapsed)
+            if server is not None:
+                self.server_ms.append(float(server))
             if not ok:
                 self.failures.append(detail)
 
@@ -213,6 +216,7 @@ def run_demo(settings: Settings, prompts: int = 300) -> dict[str, Any]:
             "active_version_after_swap": after,
             "swap_seconds": None if swapped is None else round(swapped, 3),
             "route_latency_ms_p50": round(p50, 2),
+            "router_latency_ms_p50": round(statistics.median(traffic.server_ms), 2) if traffic.server_ms else None,
             "route_latency_ms_p95": round(sorted(traffic.latencies_ms)[int(0.95 * len(traffic.latencies_ms)) - 1], 2),
             "train_seconds": result["metrics"].get("train_seconds"),
             "candidate_metrics": result["metrics"].get("candidate"),
@@ -229,6 +233,6 @@ def run_demo(settings: Settings, prompts: int = 300) -> dict[str, Any]:
     path.write_text(json.dumps(report, indent=2))
     _say(f"report written to {path}")
     for key in ("requests", "failed_requests", "loss_rows", "candidate_version", "active_version_after_swap",
-                "swap_seconds", "route_latency_ms_p50", "train_seconds", "wall_seconds"):
+                "swap_seconds", "route_latency_ms_p50", "router_latency_ms_p50", "train_seconds", "wall_seconds"):
         print(f"  {key:26} {report[key]}")
     return report
