@@ -13,7 +13,7 @@ truncated to 128 tokens (the worst case for the encoder):
 epochs); "end-to-end ex/s" includes tokenising and building the cache, amortised over the
 given number of epochs. Ratios are against (c).
 
-Measured 2025-11-22 on the 2-core AMD EPYC dev box, shared with other test runs (load 5-8,
+Measured 2026-11-23 on the 2-core AMD EPYC dev box, shared with other test runs (load 5-8,
 so absolute numbers are pessimistic; the ratios are the claim):
 
   N=256, epochs=2            epoch ex/s  vs (c)   end-to-end ex/s  vs (c)
