@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from experts.corpus import DOMAINS, collect_prompts
+from experts.local import quiet_hf_progress
 from experts.training import ExpertRecipe, measure_latency_ms, train_masked_lm, train_tokenizer
 
 BUILD_VERSION = 3
@@ -74,20 +75,6 @@ def _build_lock(out_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-@contextlib.contextmanager
-def _quiet_saving() -> Iterator[None]:
-    """No "Writing model shards" bars from transformers under the caller's own progress bar."""
-    from transformers.utils import logging
-
-    enabled = logging.is_progress_bar_enabled()
-    logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            logging.enable_progress_bar()
-
-
 def _cached(out_dir: Path, fingerprint: dict[str, Any]) -> bool:
     try:
         manifest = json.loads((out_dir / "library.json").read_text())
@@ -120,6 +107,21 @@ def quality_matrix(models: dict[str, Any], tokenizer: Any, rows: list[dict[str, 
         matrix[name] = {d: round(sum(v) / len(v), 4) for d, v in by_domain.items() if v}
         matrix[name]["all"] = round(sum(losses) / max(len(losses), 1), 4)
     return matrix
+
+
+def specialisation_problems(quality: dict[str, dict[str, float]]) -> list[str]:
+    """Where the held-out matrix fails the demo's premise: each ``<domain>-small`` expert beats the other
+    small experts on its own domain, and the generalist is the best single expert on the mix."""
+    problems = []
+    smalls = {d: f"{d}-small" for d in DOMAINS if f"{d}-small" in quality}
+    for domain, own in smalls.items():
+        rivals = [quality[name][domain] for d, name in smalls.items() if d != domain]
+        if rivals and quality[own][domain] >= min(rivals):
+            problems.append(f"{own} is not the best small expert on {domain}")
+    best = min(quality, key=lambda name: quality[name]["all"]) if quality else None
+    if "general-large" in quality and best != "general-large":
+        problems.append(f"{best}, not general-large, is the best single expert on the mix")
+    return problems
 
 
 def format_matrix(matrix: dict[str, dict[str, float]]) -> str:
@@ -167,6 +169,8 @@ def build_demo_library(out_dir: Path, seed: int = 0, progress: Progress | None =
     if verbose:
         print(f"demo library built in {seconds:.1f} s; mean held-out MLM loss (lower is better):")
         print(format_matrix(quality))
+        for problem in specialisation_problems(quality):
+            print(f"warning: {problem}")
     report(1.0, "demo library built")
     return load_demo_library(out_dir)
 
@@ -196,7 +200,7 @@ def _build_into(tmp: Path, out_dir: Path, spec: DemoSpec, fingerprint: dict[str,
             texts = [p for d in recipe.domains for p in train[d]]
             model = train_masked_lm(recipe, texts, tokenizer, spec.seed, spec.max_length, spec.batch_size, tick)
             done += recipe.steps
-            with _quiet_saving():
+            with quiet_hf_progress():
                 model.save_pretrained(tmp / recipe.name)
                 tokenizer.save_pretrained(tmp / recipe.name)
             experts.append(_expert_entry(recipe, out_dir / recipe.name, model, tokenizer))

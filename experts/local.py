@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,20 @@ _ARCHITECTURE_SUFFIXES = {
 
 class ExpertError(ValueError):
     """An expert that cannot be loaded or used as asked."""
+
+
+@contextlib.contextmanager
+def quiet_hf_progress() -> Iterator[None]:
+    """No "Loading weights" / "Writing model shards" bars from transformers (they garble logs and our own bars)."""
+    from transformers.utils import logging
+
+    enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            logging.enable_progress_bar()
 
 
 def check_model_dir(name: str, kind: str, uri: str | None) -> Path:
@@ -59,8 +74,9 @@ class LocalExpert:
         path = check_model_dir(name, kind, uri)
         loader = AutoModelForMaskedLM if kind == "masked-lm" else AutoModelForCausalLM
         try:
-            model = loader.from_pretrained(path)
-            tokenizer = AutoTokenizer.from_pretrained(path)
+            with quiet_hf_progress():
+                model = loader.from_pretrained(path)
+                tokenizer = AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError, KeyError) as exc:
             raise ExpertError(f"expert {name!r}: cannot load a {kind} model from {uri}: {exc}") from None
         if kind == "masked-lm" and tokenizer.mask_token_id is None:

@@ -51,9 +51,7 @@ def train_masked_lm(recipe: ExpertRecipe, texts: Sequence[str], tokenizer: Any, 
     encoded = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15, return_tensors="pt")
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01)
-    warmup = max(1, recipe.steps // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then linear decay to 5 %
-        optimizer, lambda step: min((step + 1) / warmup, max(0.05, (recipe.steps - step) / (recipe.steps - warmup + 1))))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, recipe.steps))
     generator = torch.Generator().manual_seed(seed)
     model.train()
     for step in range(recipe.steps):
@@ -69,6 +67,12 @@ def train_masked_lm(recipe: ExpertRecipe, texts: Sequence[str], tokenizer: Any, 
             report(step / recipe.steps)
     model.eval()
     return model
+
+
+def _lr_factor(step: int, steps: int) -> float:
+    """Linear warm-up over the first 10 % of steps, then linear decay to 5 %."""
+    warmup = max(1, steps // 10)
+    return min((step + 1) / warmup, max(0.05, (steps - step) / (steps - warmup + 1)))
 
 
 def _masked_loss(model: Any, batch: Any) -> Any:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from experts.corpus import DOMAINS, snippets, split_of
-from experts.demo import DemoLibrary, DemoSpec, build_demo_library, load_demo_library
+from experts.demo import DemoLibrary, DemoSpec, build_demo_library, load_demo_library, specialisation_problems
 from experts.training import ExpertRecipe
 
 MINI = DemoSpec(
@@ -68,6 +68,9 @@ def test_domain_experts_specialise(built) -> None:  # type: ignore[no-untyped-de
         own = quality[f"{domain}-small"][domain]
         others = [quality[f"{d}-small"][domain] for d in DOMAINS if d != domain]
         assert own < min(others), (domain, quality)
+    assert specialisation_problems(quality) == []
+    assert specialisation_problems({**quality, "code-small": {**quality["code-small"], "all": 0.0}}) == [
+        "code-small, not general-large, is the best single expert on the mix"]
 
 
 def test_prompt_splits_are_disjoint_and_by_hash(built) -> None:  # type: ignore[no-untyped-def]
