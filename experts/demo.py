@@ -25,7 +25,7 @@ from experts.corpus import DOMAINS, collect_prompts
 from experts.local import quiet_hf_progress
 from experts.training import ExpertRecipe, measure_latency_ms, train_masked_lm, train_tokenizer
 
-BUILD_VERSION = 3
+BUILD_VERSION = 4
 Progress = Callable[[float, str], None]
 
 
@@ -224,4 +224,6 @@ def load_demo_library(out_dir: Path) -> DemoLibrary:
     if not path.is_file():
         raise FileNotFoundError(f"no demo library at {out_dir}: run `thalamus experts build-demo` first")
     manifest = json.loads(path.read_text())
-    return DemoLibrary(Path(out_dir), manifest["experts"], manifest.get("quality", {}), manifest.get("build_seconds"))
+    root = Path(out_dir).resolve()
+    experts = [{**e, "uri": str(root / e["name"])} for e in manifest["experts"]]  # valid if the library moved
+    return DemoLibrary(root, experts, manifest.get("quality", {}), manifest.get("build_seconds"))

@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Any
 
 
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
 @dataclass(frozen=True)
 class ExpertRecipe:
     """One demo expert: what it reads and how big it is."""
@@ -21,18 +24,45 @@ class ExpertRecipe:
     release_date: str = "2026-01-01"
 
 
+def wordpiece_vocab(texts: Sequence[str], vocab_size: int, min_frequency: int = 2) -> list[str]:
+    """A WordPiece vocabulary chosen deterministically (the ``tokenizers`` trainer breaks ties differently
+    from run to run, so the same corpus could give different token ids).
+
+    Pieces: the special tokens, every character seen ``min_frequency`` times (alone and as ``##c``),
+    then word prefixes and ``##`` suffixes ranked by frequency × characters saved, ties by the piece.
+    """
+    from collections import Counter
+
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+
+    split = BertPreTokenizer()
+    words = Counter(word for text in texts for word, _ in split.pre_tokenize_str(text))
+    chars: Counter[str] = Counter()
+    pieces: Counter[str] = Counter()
+    for word, count in words.items():
+        for char in word:
+            chars[char] += count
+        word = word[:24]
+        for i in range(2, len(word) + 1):
+            pieces[word[:i]] += count
+        for i in range(1, len(word) - 1):
+            pieces["##" + word[i:]] += count
+    alphabet = sorted(c for c, n in chars.items() if n >= min_frequency)
+    base = [*SPECIAL, *alphabet, *(f"##{c}" for c in alphabet)]
+    ranked = sorted((p for p, n in pieces.items() if n >= min_frequency),
+                    key=lambda p: (-pieces[p] * (len(p.removeprefix("##")) - 1), p))
+    return [*base, *ranked[: max(0, vocab_size - len(base))]]
+
+
 def train_tokenizer(texts: Sequence[str], vocab_size: int, directory: Path) -> Any:
-    """A cased WordPiece vocabulary trained on ``texts``, returned as a BertTokenizerFast."""
-    from tokenizers import BertWordPieceTokenizer
+    """A cased WordPiece tokenizer for ``texts`` (deterministic), returned as a BertTokenizerFast."""
     from transformers import BertTokenizerFast
 
-    raw = BertWordPieceTokenizer(lowercase=False, strip_accents=False)
-    raw.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, show_progress=False)
     directory.mkdir(parents=True, exist_ok=True)
-    raw.save_model(str(directory))
+    vocab = wordpiece_vocab(texts, vocab_size)
+    (directory / "vocab.txt").write_text("".join(f"{token}\n" for token in vocab), encoding="utf-8")
     return BertTokenizerFast(str(directory / "vocab.txt"),  # positional: vocab_file (v4) / vocab (v5)
-                             do_lower_case=False, strip_accents=False,
-                             model_max_length=512)
+                             do_lower_case=False, strip_accents=False, model_max_length=512)
 
 
 def train_masked_lm(recipe: ExpertRecipe, texts: Sequence[str], tokenizer: Any, seed: int, max_length: int,

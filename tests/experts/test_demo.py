@@ -110,3 +110,18 @@ def test_snippets_are_whole_lines_of_bounded_size() -> None:
     parts = snippets(text)
     assert parts and all(200 <= len(p) <= 600 for p in parts)
     assert all(line in text.splitlines() for p in parts for line in p.splitlines())
+
+
+def test_build_is_deterministic_and_relocatable(built, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    from experts.registry import content_hash
+
+    library, _ = built
+    twin = build_demo_library(tmp_path / "twin", seed=0, spec=MINI, verbose=False)
+    for a, b in zip(library.experts, twin.experts):
+        assert content_hash(Path(a["uri"])) == content_hash(Path(b["uri"]))
+    assert twin.prompts() == library.prompts() and twin.quality == library.quality
+    moved = tmp_path / "moved"
+    shutil.move(tmp_path / "twin", moved)
+    assert all(Path(e["uri"]).parent == moved.resolve() for e in load_demo_library(moved).experts)
