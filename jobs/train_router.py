@@ -14,7 +14,7 @@ from jobs.promote import activate
 from jobs.router_store import load_version, router_config, save_version
 from jobs.runs import Progress
 from router.metrics import routing_metrics
-from router.model import Router, expand_experts
+from router.model import Router, expand_experts, init_head_cold_start
 from router.training import TrainConfig, train_router as fit
 from store.db import session_scope
 from store.queries import active_experts, active_router_version
@@ -56,6 +56,7 @@ def train_router(settings: Settings, progress: Progress | None = None, params: d
             parent = active_router_version(session)
             parent_id = parent.id if parent else None
             parent_router = load_version(parent) if parent else None
+            parent_is_cold = bool(parent and (parent.metrics or {}).get("cold_start"))
         if len(table) < 4:
             raise JobInputError(f"the loss table has {len(table)} prompts; at least 4 are needed to train")
         names = table.experts
@@ -75,6 +76,10 @@ def train_router(settings: Settings, progress: Progress | None = None, params: d
             router = expand_experts(parent_router, names, train.mean_losses())
         else:
             router = Router.from_config(router_config(settings, names))
+        if parent_router is None or parent_is_cold:
+            # A cold-start head predicts constants (or a size prior) that can sit far from the
+            # observed losses; start from the training means so the first epochs refine, not travel.
+            init_head_cold_start(router, train.mean_losses(), [None if np.isnan(s) else s for s in sizes])
 
         started = time.perf_counter()
         config = train_config(settings, params)
