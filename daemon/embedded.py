@@ -46,6 +46,9 @@ def run_all(settings: Settings, pool: str = "solo") -> None:
     from daemon.server import run_server
     from workers.scheduler import background_scheduler
 
+    # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; Python's default SIGTERM
+    # action would then kill us before the ``finally`` blocks stop the worker and the scheduler.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     with worker_process(settings, pool):
         scheduler = background_scheduler(settings)
         scheduler.start()
