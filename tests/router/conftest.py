@@ -20,19 +20,9 @@ def minilm_path() -> str:
 
 
 @pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory: pytest.TempPathFactory, minilm_path: str) -> str:
-    """A 2-layer, 32-wide random BERT with MiniLM's tokenizer: a real encoder, fast to run."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    path = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=512)
-    BertModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
+def tiny_bert(tiny_backbone: str) -> str:
+    """The suite's tiny random BERT (see tests/conftest.py)."""
+    return tiny_backbone
 
 
 def two_domains(n: int, offset: int = 0) -> tuple[list[str], list[str]]:
