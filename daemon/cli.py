@@ -288,6 +288,25 @@ def cmd_demo(args: argparse.Namespace) -> None:
         sys.exit(1)
 
 
+# --- benchmarks ----------------------------------------------------------------------------
+
+def cmd_bench_quality(args: argparse.Namespace) -> None:
+    from jobs import bench_quality as bq
+
+    dataset = Path(args.dataset)
+    if not dataset.exists():
+        raise CliError(f"dataset {dataset} does not exist")
+    recipe = bq.main_env_recipe(bq.QUICK_RECIPE if args.quick else bq.RECIPE)
+    report = bq.run(dataset, seeds=args.seeds, quick=args.quick, recipe=recipe,
+                    progress=lambda message: print(message, file=sys.stderr, flush=True))
+    print(bq.format_report(report))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    if args.plot:
+        bq.plot(report, Path(args.plot))
+
+
 # --- parser --------------------------------------------------------------------------------
 
 def _positive_int(raw: str) -> int:
@@ -367,6 +386,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo = verbs.add_parser("demo", help="drive the whole loop once on the embedded default")
     demo.add_argument("--prompts", type=_positive_int, default=300)
     demo.set_defaults(func=cmd_demo)
+
+    bench = verbs.add_parser("bench", help="benchmarks").add_subparsers(dest="b_verb", required=True)
+    quality = bench.add_parser("quality", help="routing quality vs baselines on a loss/score dataset")
+    quality.add_argument("--dataset", required=True, help="directory with train.*/test.* [+ models.json], or one file")
+    quality.add_argument("--json", help="write the full report here")
+    quality.add_argument("--plot", help="write the λ_size Pareto plot (PNG) here")
+    quality.add_argument("--quick", action="store_true", help="fixed-seed slice, head-only router, 1 seed (< 5 min)")
+    quality.add_argument("--seeds", type=_positive_int, default=3)
+    quality.set_defaults(func=cmd_bench_quality)
     return parser
 
 
