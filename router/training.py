@@ -40,6 +40,11 @@ class TrainConfig:
     cache: cache the frozen lower layers' output (False = full forward every step; for benchmarks).
     cache_dtype: "float16" halves the cache's memory; "float32" makes training see exactly what
         inference computes.
+    head_ridge: > 0 = before the first epoch, set a linear head (``head_hidden == 0``) to the
+        closed-form ridge regression of the (normalised) observed losses on the pooled training
+        embeddings, per expert over its observed rows, with this L2 penalty α (absolute, as in
+        scikit-learn's Ridge; the bias is not penalised). That state is epoch 0, so early stopping
+        keeps it unless gradient epochs lower the validation loss. 0 = off.
     """
 
     epochs: int = 4
@@ -54,6 +59,7 @@ class TrainConfig:
     cache: bool = True
     cache_dtype: str = "float16"
     eval_batch_size: int = 64
+    head_ridge: float = 0.0
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -68,6 +74,8 @@ class TrainConfig:
             raise ValueError(f"val_share must be in [0, 1), got {self.val_share}")
         if self.patience < 1:
             raise ValueError(f"patience must be >= 1, got {self.patience}")
+        if not (self.head_ridge >= 0 and math.isfinite(self.head_ridge)):
+            raise ValueError(f"head_ridge must be a finite number >= 0, got {self.head_ridge}")
         if self.cache_dtype not in ("float16", "float32"):
             raise ValueError(f"cache_dtype must be 'float16' or 'float32', got {self.cache_dtype!r}")
 
@@ -204,6 +212,45 @@ def _batches(indices: np.ndarray, lengths: np.ndarray, batch_size: int, generato
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
+def ridge_solution(features: np.ndarray, targets: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column ridge regression with an unpenalised bias, over each column's non-NaN rows.
+
+    Returns (weight (E, H), bias (E,)) so that prediction = features @ weight.T + bias. A column
+    with no observed row gets weight 0 and bias 0.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(targets, dtype=np.float64)
+    weight = np.zeros((y.shape[1], x.shape[1]))
+    bias = np.zeros(y.shape[1])
+    eye = alpha * np.eye(x.shape[1])
+    for j in range(y.shape[1]):
+        seen = ~np.isnan(y[:, j])
+        if not seen.any():
+            continue
+        xs, ys = x[seen], y[seen, j]
+        x_mean, y_mean = xs.mean(axis=0), ys.mean()
+        xc = xs - x_mean
+        w = np.linalg.solve(xc.T @ xc + eye, xc.T @ (ys - y_mean))
+        weight[j], bias[j] = w, y_mean - x_mean @ w
+    return weight, bias
+
+
+def fit_ridge_head(router: Router, data: "_Data", index: np.ndarray, target: torch.Tensor, alpha: float,
+                   batch_size: int) -> None:
+    """Set the linear head to the ridge fit of the normalised targets on the pooled embeddings."""
+    router.eval()
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, index.size, batch_size):
+            chunks.append(data.pooled(index[start:start + batch_size].tolist()).double().numpy())
+    features = np.concatenate(chunks) if chunks else np.zeros((0, router.head.last.in_features))
+    normalized = ((target[list(index)] - router.loss_mean) / router.loss_std).double().numpy()
+    weight, bias = ridge_solution(features, normalized, alpha)
+    with torch.no_grad():
+        router.head.last.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+        router.head.last.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+
+
 def _prepare_targets(router: Router, prompts: Sequence[str], targets: np.ndarray) -> tuple[list[str], np.ndarray]:
     values = np.asarray(targets, dtype=np.float64)
     n_experts = len(router.expert_names)
@@ -267,6 +314,11 @@ def train_router(router: Router, prompts: Sequence[str], targets: np.ndarray, co
                 loss, n = batch_loss(index[start:start + config.eval_batch_size].tolist())
                 total, count = total + float(loss.detach()) * n, count + n
         return total / max(count, 1)
+
+    if config.head_ridge > 0:
+        if router.config.head_hidden != 0:
+            raise ValueError("head_ridge needs a linear head (head_hidden == 0)")
+        fit_ridge_head(router, data, train_idx, target, config.head_ridge, config.eval_batch_size)
 
     parameters = router.trainable_parameters()
     for p in parameters:
