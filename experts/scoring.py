@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from router.layer import pad_token_ids
 from store.queries import prompt_hash
 
 
@@ -31,17 +32,6 @@ def mask_positions(prompt: str, candidates: int, rate: float = 0.15) -> np.ndarr
 
 def _device(model: Any) -> torch.device:
     return next(model.parameters()).device
-
-
-def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token id lists; returns (input_ids, attention_mask)."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        attention[i, : len(row)] = 1
-    return ids, attention
 
 
 def _mean_per_row(logits: torch.Tensor, labels: torch.Tensor) -> list[float]:
@@ -64,7 +54,7 @@ def mlm_losses(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int
     for start in range(0, len(texts), batch_size):
         chunk = list(texts[start : start + batch_size])
         encoded = tokenizer(chunk, truncation=True, max_length=max_length)["input_ids"]
-        ids, attention = _pad([list(e) for e in encoded], pad_id)
+        ids, attention = pad_token_ids([list(e) for e in encoded], pad_id)
         labels = torch.full_like(ids, -100)
         masked = ids.clone()
         for row, (text, tokens) in enumerate(zip(chunk, encoded)):
@@ -99,7 +89,7 @@ def causal_nll(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int
         rows = [list(e) if bos is None or (e and e[0] == bos) else [bos, *e][:max_length] for e in encoded]
         rows = [r if len(r) > 1 or tokenizer.eos_token_id is None else [*r, tokenizer.eos_token_id] for r in rows]
         rows = [r or [pad_id] for r in rows]
-        ids, attention = _pad(rows, pad_id)
+        ids, attention = pad_token_ids(rows, pad_id)
         logits = model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits[:, :-1]
         targets = ids[:, 1:].masked_fill(attention[:, 1:] == 0, -100)
         losses.extend(_mean_per_row(logits, targets.to(device)))

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from router.layer import pad_token_ids
 from router.losses import KINDS, Normalizer, masked_divergence
 from router.model import Router, renormalize
 
@@ -127,16 +128,6 @@ class _Throttle:
             self.progress(min(max(fraction, 0.0), 1.0), message)
 
 
-def _pad_ids(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, :len(r)] = 1
-    return ids, mask
-
-
 def _pad_hidden(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(r.shape[0] for r in rows)
     hidden = torch.zeros((len(rows), width, rows[0].shape[1]), dtype=torch.float32)
@@ -173,7 +164,7 @@ class _Data:
         with torch.no_grad():
             for start in range(0, len(order), step):
                 chunk = order[start:start + step]
-                ids, mask = _pad_ids([self.ids[i] for i in chunk], self.pad_id)
+                ids, mask = pad_token_ids([self.ids[i] for i in chunk], self.pad_id)
                 hidden = router.lower(ids, mask)
                 if self.head_only:
                     hidden = router.upper(hidden, mask)
@@ -194,7 +185,7 @@ class _Data:
             assert isinstance(self.items, list)
             hidden, mask = _pad_hidden([self.items[i] for i in index])
         else:
-            ids, mask = _pad_ids([self.ids[i] for i in index], self.pad_id)
+            ids, mask = pad_token_ids([self.ids[i] for i in index], self.pad_id)
             with torch.no_grad():
                 hidden = router.lower(ids, mask)
         return router.upper(hidden, mask)
