@@ -307,6 +307,26 @@ def cmd_bench_quality(args: argparse.Namespace) -> None:
         bq.plot(report, Path(args.plot))
 
 
+def cmd_bench_demo_dataset(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from experts.demo import build_demo_library
+    from jobs.demo_dataset import export_demo_dataset
+
+    settings = _settings(args)
+    with tqdm(total=100, desc="demo dataset", unit="%", file=sys.stderr) as bar:
+        def progress(fraction: float, message: str) -> None:
+            bar.n = round(100 * fraction)
+            bar.set_postfix_str(message[:60])
+            bar.refresh()
+
+        library = build_demo_library(settings.experts_dir / "demo", seed=args.seed, verbose=False,
+                                     progress=lambda f, m: progress(0.5 * f, m))
+        counts = export_demo_dataset(library, Path(args.out), progress=lambda f, m: progress(0.5 + 0.5 * f, m))
+    print(f"wrote {counts['train']} train and {counts['test']} test rows to {args.out}; "
+          f"next: thalamus bench quality --dataset {args.out}")
+
+
 # --- parser --------------------------------------------------------------------------------
 
 def _positive_int(raw: str) -> int:
@@ -395,6 +415,11 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("--quick", action="store_true", help="fixed-seed slice, head-only router, 1 seed (< 5 min)")
     quality.add_argument("--seeds", type=_positive_int, default=3)
     quality.set_defaults(func=cmd_bench_quality)
+    demo_data = bench.add_parser("demo-dataset", help="score the demo library's traffic/held-out prompts with every "
+                                                      "demo expert and write them as a bench quality dataset")
+    demo_data.add_argument("--out", required=True, help="output directory (train.jsonl, test.jsonl, models.json)")
+    demo_data.add_argument("--seed", type=int, default=0, help="demo library seed")
+    demo_data.set_defaults(func=cmd_bench_demo_dataset)
     return parser
 
 

@@ -38,16 +38,19 @@ LAMBDA_GRID: tuple[float, ...] = (0.0, 0.0625, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 
 
 RECIPE: dict[str, str] = {
     # The benchmark's router recipe, chosen by 5-fold CV on the training split (docs/benchmarks.md):
-    # frozen MiniLM, mean pooling, a linear head set in closed form by ridge regression
-    # (TRAIN_PARAMS["head_ridge"]); one epoch at a negligible learning rate keeps that fit.
+    # frozen MiniLM, mean pooling of the top 3 hidden states concatenated, a neighbour head
+    # (k = 100 most similar training prompts) over a linear head fitted in closed form by ridge
+    # regression; one epoch at a negligible learning rate keeps that fit.
     "THALAMUS_TRAIN_MAX_LENGTH": "256",
     "THALAMUS_TRAIN_LORA_R": "0",
+    "THALAMUS_TRAIN_POOL_LAYERS": "3",
+    "THALAMUS_TRAIN_HEAD_NEIGHBORS": "100",
+    "THALAMUS_TRAIN_HEAD_RIDGE": "1000",
     "THALAMUS_TRAIN_EPOCHS": "1",
     "THALAMUS_TRAIN_LOSS": "huber",
     "THALAMUS_TRAIN_LEARNING_RATE": "0.000001",
     "THALAMUS_TRAIN_HOLDOUT_SHARE": "0.05",
 }
-TRAIN_PARAMS: dict[str, float] = {"head_ridge": 1000.0}
 QUICK_RECIPE: dict[str, str] = {**RECIPE, "THALAMUS_TRAIN_MAX_LENGTH": "128"}
 QUICK_TRAIN, QUICK_TEST = 1500, 300
 
@@ -213,7 +216,7 @@ def train_and_predict(settings, seed: int, test_prompts: Sequence[str], params: 
     from store.schema import RouterVersion
 
     started = time.perf_counter()
-    result = train_router(settings, None, {"seed": seed, **TRAIN_PARAMS, **(params or {})})
+    result = train_router(settings, None, {"seed": seed, **(params or {})})
     with session_scope(settings) as session:
         version = session.get(RouterVersion, result["version_id"])
         router = load_version(version)
@@ -364,7 +367,7 @@ def format_report(report: dict[str, Any]) -> str:
              f"| policy | seeds | mean {metric} | hit rate | regret | gap captured | mean params | wall s |",
              "|---|---|---|---|---|---|---|---|"]
     for name, s in report["summary"].items():
-        params = f"{s['mean_params']:.1f}" if "mean_params" in s else "–"
+        params = f"{s['mean_params']:.4g}" if "mean_params" in s else "–"
         lines.append(f"| {name} | {s['n']} | {s[metric]:.4f} ± {s[metric + '_sd']:.4f} | {s['hit_rate']:.3f} | "
                      f"{s['regret']:.4f} | {s['gap_captured']:.3f} | {params} | {s['seconds']:.1f} |")
     eps = report["summary"].get("thalamus", {}).get("examples_per_second")

@@ -23,6 +23,8 @@ def router_config(settings: Settings, expert_names: list[str]) -> RouterConfig:
         max_length=settings.train_max_length,
         lora_r=settings.train_lora_r,
         lora_layers=settings.train_lora_layers,
+        pool_layers=settings.train_pool_layers,
+        head_neighbors=settings.train_head_neighbors,
     )
 
 

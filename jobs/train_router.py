@@ -25,6 +25,7 @@ def train_config(settings: Settings, overrides: dict[str, Any] | None = None) ->
     values: dict[str, Any] = {
         "epochs": settings.train_epochs, "batch_size": settings.train_batch_size,
         "learning_rate": settings.train_learning_rate, "loss": settings.train_loss, "seed": settings.train_seed,
+        "head_ridge": settings.train_head_ridge,
     }
     values.update({k: v for k, v in (overrides or {}).items() if k in values or hasattr(TrainConfig, k)})
     return TrainConfig(**values)

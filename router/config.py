@@ -24,6 +24,13 @@ class RouterConfig:
         matched by suffix as peft does: for BERT "query", "key", "value" (self-attention),
         "attention.output.dense", "intermediate.dense", "output.dense" ("dense" = all three).
     head_hidden: 0 = linear head on the pooled embedding; > 0 = one hidden GELU layer.
+    pool_layers: pool each of the top N hidden states (the outputs of the last N encoder layers)
+        and concatenate them, so the head sees N × hidden features. With LoRA, N ≤ lora_layers + 1
+        (the pooled states must come from the trainable stage or its cached input).
+    head_neighbors: k > 0 = neighbour head: an expert's predicted loss is the mean observed loss
+        of the k most cosine-similar prompts in the router's memory (pooled embeddings and losses
+        of its training prompts, rebuilt by every training run); the parametric head answers for
+        an expert none of the k neighbours observed. 0 = parametric head only.
     """
 
     backbone: str
@@ -36,6 +43,8 @@ class RouterConfig:
     lora_layers: int = 2
     lora_targets: list[str] = field(default_factory=lambda: ["query", "value"])
     head_hidden: int = 0
+    pool_layers: int = 1
+    head_neighbors: int = 0
 
     def __post_init__(self) -> None:
         self.backbone = str(self.backbone)
@@ -61,6 +70,13 @@ class RouterConfig:
             raise ValueError("lora_targets must name at least one module when lora_r > 0")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.pool_layers < 1:
+            raise ValueError(f"pool_layers must be >= 1, got {self.pool_layers}")
+        if self.lora_r > 0 and self.pool_layers > self.lora_layers + 1:
+            raise ValueError(f"pool_layers ({self.pool_layers}) must be <= lora_layers + 1 ({self.lora_layers + 1}) "
+                             "when lora_r > 0")
+        if self.head_neighbors < 0:
+            raise ValueError(f"head_neighbors must be >= 0, got {self.head_neighbors}")
         if self.head_hidden < 0:
             raise ValueError(f"head_hidden must be >= 0, got {self.head_hidden}")
 

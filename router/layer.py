@@ -45,3 +45,19 @@ class RegressionHead(nn.Module):
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.last(self.body(pooled))
+
+
+def neighbour_losses(query: torch.Tensor, keys: torch.Tensor, losses: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean observed loss of each query's k most cosine-similar memory rows, (B, E).
+
+    ``keys`` (N, D) are unit-norm memory embeddings, ``losses`` (N, E) their losses with NaN for
+    unobserved entries. An expert that none of the k neighbours observed gets NaN.
+    """
+    k = max(1, min(int(k), keys.shape[0]))
+    unit = query.float() / query.float().norm(dim=1, keepdim=True).clamp(min=1e-12)
+    nearest = (unit @ keys.float().T).topk(k, dim=1).indices  # (B, k)
+    values = losses[nearest]  # (B, k, E)
+    seen = ~torch.isnan(values)
+    total = torch.where(seen, values, torch.zeros_like(values)).sum(dim=1)
+    count = seen.sum(dim=1)
+    return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, float("nan")))

@@ -14,12 +14,14 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
 from router.config import RouterConfig
-from router.layer import RegressionHead, additive_mask, pool
+from router.layer import RegressionHead, additive_mask, neighbour_losses, pool
 
 __all__ = ["Router", "RouterConfig", "init_head_cold_start", "expand_experts", "renormalize"]
 
 INIT_SEED = 0
 """LoRA and head initialisation are seeded so the same config always builds the same router."""
+MEMORY_LIMIT = 50_000
+"""Most prompts a neighbour head remembers (a seeded sample when training has more)."""
 
 
 class Router(nn.Module):
@@ -28,7 +30,10 @@ class Router(nn.Module):
     * ``lower``: embeddings and the frozen encoder layers below the LoRA layers;
     * ``upper``: the LoRA layers, pooling, and the head.
 
-    With ``lora_r == 0`` every encoder layer is in ``lower``.
+    With ``lora_r == 0`` the upper stage holds just the layers whose outputs are pooled
+    (``pool_layers - 1`` frozen layers), and training caches the pooled embedding itself.
+    With ``head_neighbors > 0`` the router also carries a memory (``memory_keys``,
+    ``memory_losses``) of its training prompts, see :meth:`set_memory`.
     """
 
     def __init__(self, config: RouterConfig, backbone: nn.Module, tokenizer) -> None:  # type: ignore[no-untyped-def]
@@ -40,9 +45,14 @@ class Router(nn.Module):
         self.tokenizer = tokenizer
         hidden = int(backbone.config.hidden_size)
         num_experts = len(config.expert_names)
-        self.head = RegressionHead(hidden, num_experts, config.head_hidden)
+        if config.pool_layers > len(backbone.encoder.layer):
+            raise ValueError(f"pool_layers ({config.pool_layers}) exceeds the backbone's "
+                             f"{len(backbone.encoder.layer)} layers")
+        self.head = RegressionHead(hidden * config.pool_layers, num_experts, config.head_hidden)
         self.register_buffer("loss_mean", torch.zeros(num_experts))
         self.register_buffer("loss_std", torch.ones(num_experts))
+        self.register_buffer("memory_keys", torch.zeros((0, hidden * config.pool_layers), dtype=torch.float16))
+        self.register_buffer("memory_losses", torch.zeros((0, num_experts)))
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -85,33 +95,63 @@ class Router(nn.Module):
         return len(self.backbone.encoder.layer)
 
     @property
+    def head_only(self) -> bool:
+        """True when the encoder has no trainable (LoRA) weights: only the head learns."""
+        return self.config.lora_r <= 0
+
+    @property
     def split(self) -> int:
-        """Index of the first trainable (LoRA) encoder layer; ``num_layers`` when head-only."""
-        if self.config.lora_r <= 0:
-            return self.num_layers
+        """Index of the first encoder layer of the upper stage: the first LoRA layer, or, head-only,
+        the first layer whose input is pooled (``num_layers`` when only the last state is pooled)."""
+        if self.head_only:
+            return self.num_layers - (self.config.pool_layers - 1)
         return max(0, self.num_layers - self.config.lora_layers)
 
     # ---- the two stages -----------------------------------------------------------------
-    def _layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    def _layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int, stop: int) -> list[torch.Tensor]:
+        """The input followed by each layer's output: ``stop - start + 1`` hidden states."""
         mask = additive_mask(attention_mask, hidden.dtype)
+        states = [hidden]
         for layer in self.backbone.encoder.layer[start:stop]:
-            out = layer(hidden, mask)
-            hidden = out[0] if isinstance(out, tuple) else out
-        return hidden
+            out = layer(states[-1], mask)
+            states.append(out[0] if isinstance(out, tuple) else out)
+        return states
 
     def lower(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Hidden states after the frozen layers, (B, T, H)."""
         hidden = self.backbone.embeddings(input_ids=input_ids)
-        return self._layers(hidden, attention_mask, 0, self.split)
+        return self._layers(hidden, attention_mask, 0, self.split)[-1]
 
     def upper(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Trainable layers + pooling: (B, T, H) → pooled (B, H)."""
-        hidden = self._layers(hidden, attention_mask, self.split, self.num_layers)
-        return pool(hidden, attention_mask, self.config.pooling)
+        """Upper layers + pooling: (B, T, H) → pooled (B, pool_layers · H)."""
+        states = self._layers(hidden, attention_mask, self.split, self.num_layers)[-self.config.pool_layers:]
+        return torch.cat([pool(s, attention_mask, self.config.pooling) for s in states], dim=-1)
+
+    def head_normalized(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The parametric head's output in normalised units, (B, E)."""
+        return self.head(pooled)
 
     def normalized(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Head output in normalised units, (B, E)."""
-        return self.head(pooled)
+        """Predicted losses in normalised units, (B, E): the neighbour head where it has an
+        answer (``head_neighbors > 0`` and a memory), the parametric head elsewhere."""
+        out = self.head(pooled)
+        if self.config.head_neighbors <= 0 or self.memory_keys.shape[0] == 0:
+            return out
+        near = neighbour_losses(pooled, self.memory_keys, self.memory_losses, self.config.head_neighbors)
+        return torch.where(torch.isnan(near), out, (near - self.loss_mean) / self.loss_std)
+
+    def set_memory(self, pooled: torch.Tensor, losses: torch.Tensor, seed: int = 0) -> None:
+        """Remember (pooled embedding, losses in original units, NaN = unobserved) rows for the
+        neighbour head; rows with no observed loss are dropped, at most MEMORY_LIMIT are kept."""
+        losses = losses.float()
+        keep = torch.nonzero(~torch.isnan(losses).all(dim=1)).flatten()
+        if keep.numel() > MEMORY_LIMIT:
+            generator = torch.Generator().manual_seed(seed)
+            keep = keep[torch.randperm(keep.numel(), generator=generator)[:MEMORY_LIMIT]].sort().values
+        keys = pooled[keep].float()
+        keys = keys / keys.norm(dim=1, keepdim=True).clamp(min=1e-12)
+        self.memory_keys = keys.to(torch.float16).contiguous()
+        self.memory_losses = losses[keep].contiguous()
 
     def denormalize(self, normalized: torch.Tensor) -> torch.Tensor:
         return normalized * self.loss_std + self.loss_mean
@@ -167,11 +207,15 @@ class Router(nn.Module):
         return {k: v.detach().clone().contiguous() for k, v in state.items() if _is_trainable_key(k)}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Load what :meth:`trainable_state_dict` returned; keys must match exactly."""
+        """Load what :meth:`trainable_state_dict` returned; keys must match exactly, except that a
+        state saved before routers had a memory loads with an empty one."""
+        state = {**{name: buffer[:0] for name, buffer in self.named_buffers() if name.startswith("memory_")}, **state}
         expected = {k for k in self.state_dict() if _is_trainable_key(k)}
         missing, unexpected = expected - set(state), set(state) - expected
         if missing or unexpected:
             raise KeyError(f"trainable state mismatch: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+        for name in ("memory_keys", "memory_losses"):  # the memory's row count varies between versions
+            setattr(self, name, torch.empty_like(state[name]))
         result = self.load_state_dict(state, strict=False)
         if result.unexpected_keys:
             raise KeyError(f"unexpected keys {result.unexpected_keys[:5]}")
@@ -190,7 +234,7 @@ class Router(nn.Module):
 
 
 def _is_trainable_key(key: str) -> bool:
-    return "lora_" in key or key.startswith("head.") or key in ("loss_mean", "loss_std")
+    return "lora_" in key or key.startswith("head.") or key in ("loss_mean", "loss_std", "memory_keys", "memory_losses")
 
 
 # ---- head surgery --------------------------------------------------------------------------
@@ -287,5 +331,10 @@ def expand_experts(router: Router, new_expert_names: Sequence[str], mean_losses:
     fresh.head.last = new_last
     fresh.loss_mean = mean
     fresh.loss_std = std
+    memory = torch.full((router.memory_losses.shape[0], len(names)), float("nan"))
+    for i, name in enumerate(names):
+        if name in old_index:
+            memory[:, i] = router.memory_losses[:, old_index[name]]
+    fresh.memory_losses = memory
     fresh.eval()
     return fresh

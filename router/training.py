@@ -148,7 +148,7 @@ class _Data:
                                    padding=False)
         self.ids: list[list[int]] = [list(x) for x in encoded["input_ids"]]
         self.pad_id = int(router.tokenizer.pad_token_id or 0)
-        self.head_only = router.split >= router.num_layers
+        self.head_only = router.head_only
         self.cached = config.cache or self.head_only
         self.items: list[torch.Tensor] | torch.Tensor | None = None
         if self.cached:
@@ -226,15 +226,25 @@ def ridge_solution(features: np.ndarray, targets: np.ndarray, alpha: float) -> t
     return weight, bias
 
 
-def fit_ridge_head(router: Router, data: "_Data", index: np.ndarray, target: torch.Tensor, alpha: float,
-                   batch_size: int) -> None:
-    """Set the linear head to the ridge fit of the normalised targets on the pooled embeddings."""
+def _pooled_features(router: Router, data: "_Data", index: np.ndarray, batch_size: int) -> torch.Tensor:
     router.eval()
     chunks = []
     with torch.no_grad():
         for start in range(0, index.size, batch_size):
-            chunks.append(data.pooled(index[start:start + batch_size].tolist()).double().numpy())
-    features = np.concatenate(chunks) if chunks else np.zeros((0, router.head.last.in_features))
+            chunks.append(data.pooled(index[start:start + batch_size].tolist()).float())
+    return torch.cat(chunks) if chunks else torch.zeros((0, router.head.last.in_features))
+
+
+def remember(router: Router, data: "_Data", index: np.ndarray, target: torch.Tensor, config: TrainConfig) -> None:
+    """Fill the neighbour head's memory with these rows' pooled embeddings and losses."""
+    router.set_memory(_pooled_features(router, data, index, config.eval_batch_size), target[list(index)],
+                      seed=config.seed)
+
+
+def fit_ridge_head(router: Router, data: "_Data", index: np.ndarray, target: torch.Tensor, alpha: float,
+                   batch_size: int) -> None:
+    """Set the linear head to the ridge fit of the normalised targets on the pooled embeddings."""
+    features = _pooled_features(router, data, index, batch_size).double().numpy()
     normalized = ((target[list(index)] - router.loss_mean) / router.loss_std).double().numpy()
     weight, bias = ridge_solution(features, normalized, alpha)
     with torch.no_grad():
@@ -280,15 +290,18 @@ def train_router(router: Router, prompts: Sequence[str], targets: np.ndarray, co
         seen = fitted.count > 0
         renormalize(router, np.where(seen, fitted.mean, old_mean), np.where(seen, fitted.std, old_std))
 
-    cache_span = (0.0, 0.2) if config.cache or router.split >= router.num_layers else (0.0, 0.0)
+    cache_span = (0.0, 0.2) if config.cache or router.head_only else (0.0, 0.0)
     data = _Data(router, texts, config, report, cache_span)
     result.cache_seconds = time.perf_counter() - started
     target = torch.tensor(values, dtype=torch.float32)
     lengths = np.array([len(ids) for ids in data.ids])
     observed = ~torch.isnan(target)
 
-    def batch_loss(index: Sequence[int]) -> tuple[torch.Tensor, int]:
-        normalized = router.normalized(data.pooled(index))
+    def batch_loss(index: Sequence[int], full: bool = False) -> tuple[torch.Tensor, int]:
+        # Gradient steps train the parametric head everywhere; evaluation scores the whole router
+        # (the neighbour head, where it answers, included).
+        pooled = data.pooled(index)
+        normalized = router.normalized(pooled) if full else router.head_normalized(pooled)
         t, m = target[list(index)], observed[list(index)]
         if config.loss == "bce":
             return masked_divergence(router.denormalize(normalized), t, m, "bce"), int(m.sum())
@@ -302,7 +315,7 @@ def train_router(router: Router, prompts: Sequence[str], targets: np.ndarray, co
         total, count = 0.0, 0
         with torch.no_grad():
             for start in range(0, index.size, config.eval_batch_size):
-                loss, n = batch_loss(index[start:start + config.eval_batch_size].tolist())
+                loss, n = batch_loss(index[start:start + config.eval_batch_size].tolist(), full=True)
                 total, count = total + float(loss.detach()) * n, count + n
         return total / max(count, 1)
 
@@ -310,6 +323,8 @@ def train_router(router: Router, prompts: Sequence[str], targets: np.ndarray, co
         if router.config.head_hidden != 0:
             raise ValueError("head_ridge needs a linear head (head_hidden == 0)")
         fit_ridge_head(router, data, train_idx, target, config.head_ridge, config.eval_batch_size)
+    if router.config.head_neighbors > 0:
+        remember(router, data, train_idx, target, config)
 
     parameters = router.trainable_parameters()
     for p in parameters:
@@ -354,6 +369,8 @@ def train_router(router: Router, prompts: Sequence[str], targets: np.ndarray, co
                 result.stopped_early = epoch < config.epochs
                 break
     router.load_trainable_state_dict(best_state)
+    if router.config.head_neighbors > 0:  # validation is over: remember every row
+        remember(router, data, np.arange(len(texts)), target, config)
     router.eval()
     finished = time.perf_counter()
     seen = result.n_train * result.epochs_run

@@ -41,7 +41,7 @@ def test_staged_forward_equals_hf_forward(minilm_path: str) -> None:
     batch = router.tokenize(TEXTS)
     with torch.no_grad():
         reference = router.backbone(**batch).last_hidden_state
-        ours = router._layers(router.lower(**batch), batch["attention_mask"], router.split, router.num_layers)
+        ours = router._layers(router.lower(**batch), batch["attention_mask"], router.split, router.num_layers)[-1]
     keep = batch["attention_mask"].bool()
     torch.testing.assert_close(ours[keep], reference[keep], atol=1e-5, rtol=1e-5)
 
@@ -106,3 +106,56 @@ def test_expand_experts_keeps_old_rows(tiny_bert: str) -> None:
     np.testing.assert_allclose(router.predict(TEXTS), before)  # the original is untouched
     unseen = expand_experts(router, ["a", "ghost"], [None, None])
     assert (unseen.predict(TEXTS)[:, 1] > 2.0).all()
+
+
+def test_pool_layers_concatenates_the_top_hidden_states(minilm_path: str) -> None:
+    router = make(minilm_path, lora_r=0, pool_layers=3)
+    batch = router.tokenize(TEXTS)
+    with torch.no_grad():
+        states = router.backbone(**batch, output_hidden_states=True).hidden_states[-3:]
+    weights = batch["attention_mask"].unsqueeze(-1).float()
+    expected = torch.cat([(s * weights).sum(1) / weights.sum(1) for s in states], dim=-1)
+    embedded = router.embed(TEXTS)
+    assert embedded.shape == (3, 3 * 384) and router.head.last.in_features == 3 * 384
+    np.testing.assert_allclose(embedded, expected.numpy(), atol=1e-5)
+    lora = make(minilm_path, lora_r=4, lora_layers=2, pool_layers=3)
+    np.testing.assert_allclose(lora.embed(TEXTS), embedded, atol=1e-5)  # LoRA B starts at zero
+    with pytest.raises(ValueError, match="pool_layers"):
+        make(minilm_path, lora_r=4, lora_layers=2, pool_layers=4)
+    with pytest.raises(ValueError, match="exceeds"):
+        make(minilm_path, lora_r=0, pool_layers=7)
+
+
+def test_neighbour_head_answers_from_memory_and_falls_back_to_the_head(tiny_bert: str) -> None:
+    router = make(tiny_bert, head_neighbors=1)
+    init_head_cold_start(router, [5.0, 6.0, 7.0], [None, None, None])
+    assert router.memory_keys.shape[0] == 0
+    np.testing.assert_allclose(router.predict(TEXTS), [[5.0, 6.0, 7.0]] * 3, atol=1e-6)  # empty memory
+    pooled = torch.tensor(router.embed(TEXTS))
+    losses = torch.tensor([[0.1, 0.2, float("nan")], [1.1, 1.2, 1.3], [2.1, float("nan"), 2.3]])
+    router.set_memory(pooled, losses)
+    predicted = router.predict(TEXTS)  # each prompt's nearest neighbour is itself
+    np.testing.assert_allclose(predicted, [[0.1, 0.2, 7.0], [1.1, 1.2, 1.3], [2.1, 6.0, 2.3]], atol=1e-5)
+    # the memory travels with the trainable state, whatever its size, and old states load empty
+    clone = make(tiny_bert, head_neighbors=1)
+    clone.load_trainable_state_dict(router.trainable_state_dict())
+    np.testing.assert_allclose(clone.predict(TEXTS), predicted, atol=1e-6)
+    old = {k: v for k, v in router.trainable_state_dict().items() if not k.startswith("memory_")}
+    clone.load_trainable_state_dict(old)
+    assert clone.memory_keys.shape[0] == 0
+    # adding an expert keeps the memory, with nothing observed for the newcomer
+    grown = expand_experts(router, ["c", "a", "new"], [None, None, 9.0])
+    np.testing.assert_allclose(grown.predict(TEXTS)[:, :2], predicted[:, [2, 0]], atol=1e-5)
+    np.testing.assert_allclose(grown.predict(TEXTS)[:, 2], 9.0, atol=1e-5)
+
+
+def test_neighbour_losses_average_observed_entries_of_the_k_nearest() -> None:
+    from router.layer import neighbour_losses
+
+    keys = torch.eye(3)
+    losses = torch.tensor([[1.0, float("nan")], [3.0, float("nan")], [5.0, 4.0]])
+    query = torch.tensor([[1.0, 0.2, 0.0], [0.0, 1.0, 0.9]])
+    # query 0: nearest rows 0 then 1; query 1: rows 1 then 2
+    np.testing.assert_allclose(neighbour_losses(query, keys, losses, 1).numpy(), [[1.0, np.nan], [3.0, np.nan]])
+    np.testing.assert_allclose(neighbour_losses(query, keys, losses, 2).numpy(), [[2.0, np.nan], [4.0, 4.0]])
+    np.testing.assert_allclose(neighbour_losses(query, keys, losses, 99).numpy(), [[3.0, 4.0], [3.0, 4.0]])

@@ -114,3 +114,15 @@ def test_minilm_lora_training_routes_each_domain_to_its_expert(minilm_path: str)
     food = [f.replace("cake", "bread") for f in food]
     chosen = router.predict(code + food).argmin(axis=1)
     np.testing.assert_array_equal(chosen, [0] * 5 + [1] * 5)
+
+
+def test_neighbour_head_remembers_every_observed_row_and_routes_by_domain(tiny_bert: str) -> None:
+    prompts, targets = domain_data(12)
+    targets[0] = np.nan  # a row with nothing observed is dropped before training
+    router = make(tiny_bert, lora_r=0, head_neighbors=3, pool_layers=2)
+    report = train_router(router, prompts, targets, TrainConfig(epochs=2, head_ridge=1.0, val_share=0.25))
+    assert router.memory_keys.shape == (len(prompts) - 1, router.head.last.in_features)
+    assert report.n_val > 0 and len(report.val_losses) >= 2
+    fresh_code, fresh_food = two_domains(4, offset=100)
+    predicted = router.predict(fresh_code + fresh_food)
+    assert (predicted[:4, 0] < predicted[:4, 1]).all() and (predicted[4:, 1] < predicted[4:, 0]).all()
