@@ -33,8 +33,8 @@ from jobs.errors import JobInputError
 
 Progress = Callable[[str], None]
 
-LAMBDA_GRID: tuple[float, ...] = (0.0, 0.0625, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
-"""λ_size sweep: 0 plus a log2 grid up to 16 (size constraint = params / max params)."""
+LAMBDA_GRID: tuple[float, ...] = (0.0, *(round(2.0 ** (e / 2), 4) for e in range(-10, 9)))
+"""λ_size sweep: 0 plus a log grid of √2 steps from 1/32 to 16 (size constraint = params / max params)."""
 
 RECIPE: dict[str, str] = {
     # The benchmark's router recipe, chosen by 5-fold CV on the training split (docs/benchmarks.md):
