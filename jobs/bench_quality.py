@@ -270,6 +270,8 @@ def run(dataset: Path, seeds: int = 3, quick: bool = False, progress: Progress |
     t = time.perf_counter()
     add("random", None, B.expected_random_loss(y), time.perf_counter() - t,
         mean_params=float(np.nanmean(params)) if np.isfinite(params).any() else None)
+    # A random pick hits a best expert with probability (number of best experts) / (number of experts).
+    report["policies"]["random"][-1]["hit_rate"] = float(np.mean((y <= y.min(axis=1, keepdims=True) + 1e-12).mean(axis=1)))
     add("best_single", np.full(len(y), single), y[:, single], 0.0)
     oracle = y.argmin(axis=1)
     add("oracle", oracle, y[rows, oracle], 0.0)
@@ -384,13 +386,13 @@ def format_report(report: dict[str, Any]) -> str:
     lines += ["", f"| λ_size | mean {metric} | sd | mean params |", "|---|---|---|---|"]
     for p in report["pareto"]["thalamus"]:
         value = 1 - p["loss"] if hib else p["loss"]
-        lines.append(f"| {p['lambda_size']:g} | {value:.4f} | {p['loss_sd']:.4f} | {p['mean_params']:.2f} |")
+        lines.append(f"| {p['lambda_size']:g} | {value:.4f} | {p['loss_sd']:.4f} | {p['mean_params']:.4g} |")
     for p in report["pareto"]["single"]:
         value = 1 - p["loss"] if hib else p["loss"]
         lines.append(f"| single {p['expert']} | {value:.4f} | – | {p['mean_params']} |")
     cheap = report["pareto"]["cheapest_keeping_best_single"]
     lines.append("cheapest λ keeping the best single model's quality: " + (
-        f"λ_size={cheap['lambda_size']:g} at {cheap['mean_params']:.2f} mean params" if cheap else "none"))
+        f"λ_size={cheap['lambda_size']:g} at {cheap['mean_params']:.4g} mean params" if cheap else "none"))
     lines.append(f"wall time {report['wall_seconds']:.0f}s sign={sign:+.0f}")
     return "\n".join(lines)
 

@@ -74,6 +74,7 @@ def test_quick_bench_router_beats_random_and_best_single(tmp_path: Path) -> None
     assert s["thalamus"]["score"] > s["random"]["score"]
     assert s["thalamus"]["score"] > s["best_single"]["score"]
     assert s["oracle"]["score"] >= s["thalamus"]["score"]
+    assert 0.0 < s["random"]["hit_rate"] < s["thalamus"]["hit_rate"] <= s["oracle"]["hit_rate"] == 1.0
     sweep = report["pareto"]["thalamus"]
     assert [p["lambda_size"] for p in sweep] == list(bq.LAMBDA_GRID)
     assert sweep[-1]["mean_params"] < sweep[0]["mean_params"]  # a size penalty picks smaller experts
