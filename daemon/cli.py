@@ -313,6 +313,9 @@ def cmd_bench_demo_dataset(args: argparse.Namespace) -> None:
     from experts.demo import build_demo_library
     from jobs.demo_dataset import export_demo_dataset
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out} exists and is not a directory")
     settings = _settings(args)
     with tqdm(total=100, desc="demo dataset", unit="%", file=sys.stderr) as bar:
         def progress(fraction: float, message: str) -> None:
@@ -322,7 +325,7 @@ def cmd_bench_demo_dataset(args: argparse.Namespace) -> None:
 
         library = build_demo_library(settings.experts_dir / "demo", seed=args.seed, verbose=False,
                                      progress=lambda f, m: progress(0.5 * f, m))
-        counts = export_demo_dataset(library, Path(args.out), progress=lambda f, m: progress(0.5 + 0.5 * f, m))
+        counts = export_demo_dataset(library, out, progress=lambda f, m: progress(0.5 + 0.5 * f, m))
     print(f"wrote {counts['train']} train and {counts['test']} test rows to {args.out}; "
           f"next: thalamus bench quality --dataset {args.out}")
 

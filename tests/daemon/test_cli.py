@@ -48,6 +48,9 @@ BAD = [
     (["jobs", "run", "train_router", "--param", "epochs"], "KEY=VALUE"),
     (["jobs", "list", "--limit", "0"], "positive integer"),
     (["frobnicate"], "invalid choice"),
+    (["bench", "quality", "--dataset", "/nonexistent/data"], "does not exist"),
+    (["bench", "quality", "--dataset", "/", "--seeds", "0"], "positive integer"),
+    (["bench", "demo-dataset", "--out", "/etc/hostname"], "not a directory"),
 ]
 
 
