@@ -45,9 +45,9 @@ class Router(nn.Module):
         self.tokenizer = tokenizer
         hidden = int(backbone.config.hidden_size)
         num_experts = len(config.expert_names)
-        if config.pool_layers > len(backbone.encoder.layer):
+        if config.pool_layers > len(backbone.encoder.layer) + 1:
             raise ValueError(f"pool_layers ({config.pool_layers}) exceeds the backbone's "
-                             f"{len(backbone.encoder.layer)} layers")
+                             f"{len(backbone.encoder.layer) + 1} hidden states")
         self.head = RegressionHead(hidden * config.pool_layers, num_experts, config.head_hidden)
         self.register_buffer("loss_mean", torch.zeros(num_experts))
         self.register_buffer("loss_std", torch.ones(num_experts))

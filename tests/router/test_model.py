@@ -123,7 +123,8 @@ def test_pool_layers_concatenates_the_top_hidden_states(minilm_path: str) -> Non
     with pytest.raises(ValueError, match="pool_layers"):
         make(minilm_path, lora_r=4, lora_layers=2, pool_layers=4)
     with pytest.raises(ValueError, match="exceeds"):
-        make(minilm_path, lora_r=0, pool_layers=7)
+        make(minilm_path, lora_r=0, pool_layers=8)
+    assert make(minilm_path, lora_r=0, pool_layers=7).embed(TEXTS).shape == (3, 7 * 384)  # embeddings + 6 layers
 
 
 def test_neighbour_head_answers_from_memory_and_falls_back_to_the_head(tiny_bert: str) -> None:
