@@ -72,9 +72,6 @@ class RouterConfig:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.pool_layers < 1:
             raise ValueError(f"pool_layers must be >= 1, got {self.pool_layers}")
-        if self.lora_r > 0 and self.pool_layers > self.lora_layers + 1:
-            raise ValueError(f"pool_layers ({self.pool_layers}) must be <= lora_layers + 1 ({self.lora_layers + 1}) "
-                             "when lora_r > 0")
         if self.head_neighbors < 0:
             raise ValueError(f"head_neighbors must be >= 0, got {self.head_neighbors}")
         if self.head_hidden < 0:

@@ -30,8 +30,8 @@ class Router(nn.Module):
     * ``lower``: embeddings and the frozen encoder layers below the LoRA layers;
     * ``upper``: the LoRA layers, pooling, and the head.
 
-    With ``lora_r == 0`` the upper stage holds just the layers whose outputs are pooled
-    (``pool_layers - 1`` frozen layers), and training caches the pooled embedding itself.
+    The upper stage also holds any frozen layer whose output is pooled (``pool_layers``); with
+    ``lora_r == 0`` training caches the pooled embedding itself.
     With ``head_neighbors > 0`` the router also carries a memory (``memory_keys``,
     ``memory_losses``) of its training prompts, see :meth:`set_memory`.
     """
@@ -101,11 +101,11 @@ class Router(nn.Module):
 
     @property
     def split(self) -> int:
-        """Index of the first encoder layer of the upper stage: the first LoRA layer, or, head-only,
-        the first layer whose input is pooled (``num_layers`` when only the last state is pooled)."""
-        if self.head_only:
-            return self.num_layers - (self.config.pool_layers - 1)
-        return max(0, self.num_layers - self.config.lora_layers)
+        """Index of the first encoder layer of the upper stage: the first LoRA layer or the first
+        layer whose input is pooled, whichever is lower (``num_layers`` when head-only and only
+        the last state is pooled). Frozen layers in the upper stage just run forward."""
+        trainable = self.config.lora_layers if not self.head_only else 0
+        return max(0, self.num_layers - max(trainable, self.config.pool_layers - 1))
 
     # ---- the two stages -----------------------------------------------------------------
     def _layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int, stop: int) -> list[torch.Tensor]:

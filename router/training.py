@@ -352,6 +352,8 @@ def train_router(router: Router, prompts: Sequence[str], targets: np.ndarray, co
                                               f"loss {total / max(count, 1):.4f}")
         result.train_losses.append(total / max(count, 1))
         result.epochs_run = epoch
+        if router.config.head_neighbors > 0 and not router.head_only:
+            remember(router, data, train_idx, target, config)  # LoRA moved the embeddings
         val = evaluate(val_idx)
         result.val_losses.append(val if val is not None else float("nan"))
         report(low + (high - low) * epoch / config.epochs,

@@ -43,9 +43,11 @@ class Settings(BaseSettings):
     train_max_length: int = Field(128, gt=8)
     train_lora_r: int = Field(8, ge=0)
     train_lora_layers: int = Field(2, ge=0)
-    train_pool_layers: int = Field(1, ge=1)
-    train_head_neighbors: int = Field(0, ge=0)
-    train_head_ridge: float = Field(0.0, ge=0)
+    # Head recipe chosen by 5-fold CV on dcrouter's train split (docs/benchmarks.md): top-3 pooling,
+    # a k=100 neighbour head, a closed-form ridge head as its fallback and the LoRA epochs' start.
+    train_pool_layers: int = Field(3, ge=1)
+    train_head_neighbors: int = Field(100, ge=0)
+    train_head_ridge: float = Field(1000.0, ge=0)
     train_batch_size: int = Field(32, gt=0)
     train_learning_rate: float = Field(1e-3, gt=0)
     train_loss: str = "huber"

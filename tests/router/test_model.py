@@ -120,8 +120,9 @@ def test_pool_layers_concatenates_the_top_hidden_states(minilm_path: str) -> Non
     np.testing.assert_allclose(embedded, expected.numpy(), atol=1e-5)
     lora = make(minilm_path, lora_r=4, lora_layers=2, pool_layers=3)
     np.testing.assert_allclose(lora.embed(TEXTS), embedded, atol=1e-5)  # LoRA B starts at zero
-    with pytest.raises(ValueError, match="pool_layers"):
-        make(minilm_path, lora_r=4, lora_layers=2, pool_layers=4)
+    deep = make(minilm_path, lora_r=4, lora_layers=1, pool_layers=3)  # pools below the LoRA layer too
+    assert deep.split == 4
+    np.testing.assert_allclose(deep.embed(TEXTS), embedded, atol=1e-5)
     with pytest.raises(ValueError, match="exceeds"):
         make(minilm_path, lora_r=0, pool_layers=8)
     assert make(minilm_path, lora_r=0, pool_layers=7).embed(TEXTS).shape == (3, 7 * 384)  # embeddings + 6 layers

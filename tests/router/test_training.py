@@ -19,9 +19,11 @@ def domain_data(n: int = 24, offset: int = 0) -> tuple[list[str], np.ndarray]:
     return code + food, targets
 
 
-@pytest.mark.parametrize("lora_r, cache_dtype, atol", [(8, "float32", 1e-5), (0, "float32", 1e-5), (8, "float16", 5e-3)])
-def test_cached_forward_equals_full_forward(tiny_bert: str, lora_r: int, cache_dtype: str, atol: float) -> None:
-    router = make(tiny_bert, lora_r=lora_r, lora_layers=1)
+@pytest.mark.parametrize("lora_r, cache_dtype, atol, pool_layers", [
+    (8, "float32", 1e-5, 1), (0, "float32", 1e-5, 1), (8, "float16", 5e-3, 1), (8, "float32", 1e-5, 3), (0, "float32", 1e-5, 3)])
+def test_cached_forward_equals_full_forward(tiny_bert: str, lora_r: int, cache_dtype: str, atol: float,
+                                            pool_layers: int) -> None:
+    router = make(tiny_bert, lora_r=lora_r, lora_layers=1, pool_layers=pool_layers)
     with torch.no_grad():
         for p in router.trainable_parameters():
             p.normal_(0, 0.3)  # LoRA B starts at 0; make the top layer really differ from the base
@@ -126,3 +128,15 @@ def test_neighbour_head_remembers_every_observed_row_and_routes_by_domain(tiny_b
     fresh_code, fresh_food = two_domains(4, offset=100)
     predicted = router.predict(fresh_code + fresh_food)
     assert (predicted[:4, 0] < predicted[:4, 1]).all() and (predicted[4:, 1] < predicted[4:, 0]).all()
+
+
+def test_lora_training_refreshes_the_neighbour_memory_with_the_adapted_encoder(tiny_bert: str) -> None:
+    prompts, targets = domain_data(10)
+    router = make(tiny_bert, lora_r=4, lora_layers=1, pool_layers=2, head_neighbors=5)
+    train_router(router, prompts, targets, TrainConfig(epochs=2, learning_rate=5e-2, val_share=0.0))
+    assert any(float(p.detach().abs().max()) > 0 for n, p in router.named_parameters() if "lora_B" in n)  # trained
+    keys = router.memory_keys.float()
+    fresh = torch.tensor(router.embed(prompts))
+    fresh = fresh / fresh.norm(dim=1, keepdim=True)
+    assert keys.shape[0] == len(prompts)
+    torch.testing.assert_close(keys, fresh, atol=2e-3, rtol=0)  # the memory holds the final embeddings
