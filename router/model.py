@@ -137,8 +137,16 @@ class Router(nn.Module):
         out = self.head(pooled)
         if self.config.head_neighbors <= 0 or self.memory_keys.shape[0] == 0:
             return out
-        near = neighbour_losses(pooled, self.memory_keys, self.memory_losses, self.config.head_neighbors)
+        near = neighbour_losses(pooled, self._float_keys(), self.memory_losses, self.config.head_neighbors)
         return torch.where(torch.isnan(near), out, (near - self.loss_mean) / self.loss_std)
+
+    def _float_keys(self) -> torch.Tensor:
+        """float32 copy of the fp16 memory keys, made once per memory rather than once per batch."""
+        cached = getattr(self, "_keys_f32", None)
+        if cached is None or cached[0] is not self.memory_keys:
+            cached = (self.memory_keys, self.memory_keys.float())
+            object.__setattr__(self, "_keys_f32", cached)
+        return cached[1]
 
     def set_memory(self, pooled: torch.Tensor, losses: torch.Tensor, seed: int = 0) -> None:
         """Remember (pooled embedding, losses in original units, NaN = unobserved) rows for the
