@@ -25,8 +25,8 @@ class RouterConfig:
         "attention.output.dense", "intermediate.dense", "output.dense" ("dense" = all three).
     head_hidden: 0 = linear head on the pooled embedding; > 0 = one hidden GELU layer.
     pool_layers: pool each of the top N hidden states (the outputs of the last N encoder layers;
-        the embeddings' output counts as the lowest state) and concatenate them, so the head sees N × hidden features. With LoRA, N ≤ lora_layers + 1
-        (the pooled states must come from the trainable stage or its cached input).
+        the embeddings' output counts as the lowest state) and concatenate them, so the head sees
+        N × hidden features.
     head_neighbors: k > 0 = neighbour head: an expert's predicted loss is the mean observed loss
         of the k most cosine-similar prompts in the router's memory (pooled embeddings and losses
         of its training prompts, rebuilt by every training run); the parametric head answers for
