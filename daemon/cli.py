@@ -6,11 +6,12 @@ Bad input ends with a sentence on stderr and exit code 2, and changes nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,21 +101,28 @@ def cmd_db_upgrade(args: argparse.Namespace) -> None:
 
 # --- experts -------------------------------------------------------------------------------
 
-def cmd_experts_build_demo(args: argparse.Namespace) -> None:
+@contextlib.contextmanager
+def _percent_bar(desc: str) -> Iterator[Callable[[float, str], None]]:
+    """A 0–100 % progress bar on stderr; yields the ``progress(fraction, message)`` callback jobs take."""
     from tqdm import tqdm
 
+    with tqdm(total=100, desc=desc, unit="%", file=sys.stderr) as bar:
+        def progress(fraction: float, message: str) -> None:
+            bar.n = round(100 * fraction)
+            bar.set_postfix_str(message[:60])
+            bar.refresh()
+
+        yield progress
+
+
+def cmd_experts_build_demo(args: argparse.Namespace) -> None:
     from experts.demo import build_demo_library
     from experts.registry import register_experts
     from store.db import session_scope
 
     settings = _settings(args)
     _upgrade(settings)
-    with tqdm(total=100, desc="demo experts", unit="%", file=sys.stderr) as bar:
-        def progress(fraction: float, message: str) -> None:
-            bar.n = round(100 * fraction)
-            bar.set_postfix_str(message[:60])
-            bar.refresh()
-
+    with _percent_bar("demo experts") as progress:
         library = build_demo_library(settings.experts_dir / "demo", seed=args.seed, progress=progress)
     with session_scope(settings) as session:
         experts = register_experts(session, library.experts)
@@ -308,8 +316,6 @@ def cmd_bench_quality(args: argparse.Namespace) -> None:
 
 
 def cmd_bench_demo_dataset(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
     from experts.demo import build_demo_library
     from jobs.demo_dataset import export_demo_dataset
 
@@ -317,12 +323,7 @@ def cmd_bench_demo_dataset(args: argparse.Namespace) -> None:
     if out.exists() and not out.is_dir():
         raise CliError(f"--out {out} exists and is not a directory")
     settings = _settings(args)
-    with tqdm(total=100, desc="demo dataset", unit="%", file=sys.stderr) as bar:
-        def progress(fraction: float, message: str) -> None:
-            bar.n = round(100 * fraction)
-            bar.set_postfix_str(message[:60])
-            bar.refresh()
-
+    with _percent_bar("demo dataset") as progress:
         library = build_demo_library(settings.experts_dir / "demo", seed=args.seed, verbose=False,
                                      progress=lambda f, m: progress(0.5 * f, m))
         counts = export_demo_dataset(library, out, progress=lambda f, m: progress(0.5 + 0.5 * f, m))

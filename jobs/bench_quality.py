@@ -268,10 +268,10 @@ def run(dataset: Path, seeds: int = 3, quick: bool = False, progress: Progress |
         report["policies"].setdefault(name, []).append(row)
 
     t = time.perf_counter()
-    add("random", None, B.expected_random_loss(y), time.perf_counter() - t,
-        mean_params=float(np.nanmean(params)) if np.isfinite(params).any() else None)
     # A random pick hits a best expert with probability (number of best experts) / (number of experts).
-    report["policies"]["random"][-1]["hit_rate"] = float(np.mean((y <= y.min(axis=1, keepdims=True) + 1e-12).mean(axis=1)))
+    add("random", None, B.expected_random_loss(y), time.perf_counter() - t,
+        mean_params=float(np.nanmean(params)) if np.isfinite(params).any() else None,
+        hit_rate=float(np.mean((y <= y.min(axis=1, keepdims=True) + 1e-12).mean(axis=1))))
     add("best_single", np.full(len(y), single), y[:, single], 0.0)
     oracle = y.argmin(axis=1)
     add("oracle", oracle, y[rows, oracle], 0.0)
