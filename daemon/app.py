@@ -148,7 +148,7 @@ def create_app(settings: Settings, holder: RouterHolder | None = None,
     @app.get("/v1/status", response_model=StatusResponse)
     def status() -> dict[str, Any]:
         """What is served, what the database says is active, counts, and the log writer's state."""
-        loaded = holder.current
+        loaded, fallback = holder.current, holder.fallback
         with session_scope(settings) as session:
             active = active_router_version(session)
             registered = active_experts(session)
@@ -171,6 +171,8 @@ def create_app(settings: Settings, holder: RouterHolder | None = None,
             "router_sha256": loaded.sha256 if loaded else None,
             "loaded_at": _iso(loaded.loaded_at if loaded else None),
             "active_in_db": active_id,
+            "serving_fallback": fallback is not None,
+            "active_load_error": fallback.error if fallback is not None else None,
             "last_checked_at": _iso(holder.last_checked_at),
             "last_swap_error": holder.last_error,
             "last_swap_error_at": _iso(holder.last_error_at),

@@ -13,7 +13,7 @@ import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from store.settings import Settings, get_settings
 
@@ -268,6 +268,15 @@ def cmd_admin_approve(args: argparse.Namespace) -> None:
         print(f"router version {version.id} approved and active")
 
 
+def cmd_admin_activate(args: argparse.Namespace) -> None:
+    from jobs.promote import activate_version
+    from store.db import session_scope
+
+    with session_scope(_settings(args)) as session:
+        version = activate_version(session, args.id, actor=args.actor, reason=args.reason)
+        print(f"router version {version.id} is active: {args.reason}")
+
+
 def cmd_admin_reject(args: argparse.Namespace) -> None:
     from jobs.promote import reject
     from store.db import session_scope
@@ -343,8 +352,18 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes end like every other bad input: one sentence on stderr, exit code 2 (``-h`` shows usage).
+
+    Subparsers are made with the parent's class, so every verb gets this too.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="thalamus", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="thalamus", description=__doc__.splitlines()[0])
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
 
     verbs.add_parser("serve", help="run the HTTP daemon").set_defaults(func=cmd_serve)
@@ -395,12 +414,14 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_parser("versions", help="list router versions").set_defaults(func=cmd_admin_versions)
     for name, func, help_text in (("show", cmd_admin_show, "show one version"),
                                   ("approve", cmd_admin_approve, "approve and activate a candidate"),
+                                  ("activate", cmd_admin_activate,
+                                   "activate any version that was not rejected (e.g. go back to a retired one)"),
                                   ("reject", cmd_admin_reject, "reject a candidate")):
         verb = admin.add_parser(name, help=help_text)
         verb.add_argument("id", type=_positive_int)
         if name != "show":
             verb.add_argument("--actor", default="admin")
-            verb.add_argument("--reason", required=name == "reject", default=None)
+            verb.add_argument("--reason", required=name in ("reject", "activate"), default=None)
         verb.set_defaults(func=func)
     back = admin.add_parser("rollback", help="re-activate the previously active version")
     back.add_argument("--actor", default="admin")

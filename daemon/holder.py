@@ -2,7 +2,9 @@
 
 The watcher LISTENs for activations on PostgreSQL and, on every backend, also re-reads the active
 version every ``swap_poll_seconds`` and after every reconnect (NOTIFY is lost while disconnected and
-SQLite has none). A load that fails leaves the old bundle serving and records the error.
+SQLite has none). A load that fails leaves the old bundle serving and records the error; with
+nothing served yet (a start-up), the newest loadable version that was once active serves instead,
+and ``fallback`` says so until the active version loads or another one is activated.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from store.settings import Settings
 log = logging.getLogger(__name__)
 
 _RETRY_FAILED_SECONDS = 30.0
-_WARMUP_PROMPT = "warm-up: route this prompt once before serving"
+_FALLBACK_TRIES = 5
+_FALLBACK_STATUSES = ("retired", "approved")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +63,15 @@ class Decision:
     expert: str
     predicted: dict[str, float]
     objective: dict[str, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class Fallback:
+    """The active version cannot be loaded, so another one serves."""
+
+    active_version: int
+    error: str
+    since: dt.datetime
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -122,6 +134,7 @@ class RouterHolder:
         self.swaps = 0
         self.failures = 0
         self.listening = False
+        self.fallback: Fallback | None = None  # set while serving another version than the unloadable active one
 
     @property
     def current(self) -> LoadedRouter | None:
@@ -154,6 +167,7 @@ class RouterHolder:
         self.last_checked_at = _now()
         current = self._current
         if current is not None and current.version_id == version_id:
+            self._clear_fallback()
             if current.experts != experts:  # attributes or versions changed: cheap refresh, same model
                 self._current = dataclasses.replace(current, experts=experts, constraints=_constraints(experts))
             return False
@@ -164,31 +178,69 @@ class RouterHolder:
             loaded = self._load(version_id, uri, sha, order, experts)
         except Exception as exc:
             self._failed = (version_id, sha, time.monotonic())
-            self._record_error(f"router version {version_id} failed to load from {uri}: {exc}", count=True)
-            return False
+            message = f"router version {version_id} failed to load from {uri}: {exc}"
+            self._record_error(message, count=True)
+            fallback = self._load_fallback(version_id) if self._current is None else None
+            if fallback is not None:
+                self._go_live(fallback)
+            if self._current is not None:
+                self._mark_fallback(version_id, message)
+            return fallback is not None
+        self._go_live(loaded)
+        self._failed = None
+        self._clear_fallback()
+        return True
+
+    def _go_live(self, loaded: LoadedRouter) -> None:
         previous = self._current
         self._current = loaded
-        self._failed = None
         self.swaps += 1
         self.metrics.swaps.inc()
-        self.metrics.router_version.set(version_id)
-        log.info("serving router version %s (was %s)", version_id, previous.version_id if previous else None)
-        return True
+        self.metrics.router_version.set(loaded.version_id)
+        log.info("serving router version %s (was %s)", loaded.version_id, previous.version_id if previous else None)
+
+    def _load_fallback(self, failed_id: int) -> LoadedRouter | None:
+        """With nothing served, the newest loadable version that was once active (a bounded number of tries)."""
+        from store.schema import RouterVersion
+
+        with session_scope(self.settings) as session:
+            rows = session.scalars(
+                select(RouterVersion)
+                .where(RouterVersion.status.in_(_FALLBACK_STATUSES), RouterVersion.id != failed_id)
+                .order_by(RouterVersion.id.desc()).limit(_FALLBACK_TRIES)
+            ).all()
+            options = []
+            for row in rows:
+                order = tuple(str(name) for name in row.expert_order)
+                options.append((row.id, row.checkpoint_uri, row.checkpoint_sha256, order, _expert_infos(session, order)))
+        for option in options:
+            try:
+                loaded = self._load(*option)
+            except Exception as exc:
+                log.warning("fallback router version %s cannot be loaded either: %s", option[0], exc)
+                continue
+            log.warning("active router version %s cannot be loaded; serving version %s instead", failed_id, option[0])
+            return loaded
+        return None
+
+    def _mark_fallback(self, active_id: int, error: str) -> None:
+        """An older version serves because the active one cannot be loaded: say so in status and metrics."""
+        since = self.fallback.since if self.fallback and self.fallback.active_version == active_id else _now()
+        self.fallback = Fallback(active_version=active_id, error=error, since=since)
+        self.metrics.router_fallback.set(1)
+
+    def _clear_fallback(self) -> None:
+        self.fallback = None
+        self.metrics.router_fallback.set(0)
 
     def _load(self, version_id: int, uri: str, sha: str, order: tuple[str, ...],
               experts: tuple[ExpertInfo, ...]) -> LoadedRouter:
-        from router.checkpoint import load_bundle
+        from router.serving import load_for_serving
 
-        router = load_bundle(Path(uri), expected_sha256=sha, expected_experts=list(order))
-        names = tuple(str(name) for name in router.expert_names)
-        if names != order:
-            raise ValueError(f"bundle expert order {list(names)} differs from the version row's {list(order)}")
-        warm = np.asarray(router.predict([_WARMUP_PROMPT]))
-        if warm.shape != (1, len(names)) or not np.all(np.isfinite(warm)):
-            raise ValueError(f"warm-up prediction has shape {warm.shape} or non-finite values")
+        router, constraints = load_for_serving(Path(uri), sha, order, [e.attributes for e in experts])
         batcher = MicroBatcher(router.predict, on_batch=self.metrics.route_batch_size.observe)
-        return LoadedRouter(version_id=version_id, sha256=sha, router=router, expert_names=names,
-                            experts=experts, constraints=_constraints(experts), loaded_at=_now(), batcher=batcher)
+        return LoadedRouter(version_id=version_id, sha256=sha, router=router, expert_names=order,
+                            experts=experts, constraints=constraints, loaded_at=_now(), batcher=batcher)
 
     def _record_error(self, message: str, count: bool) -> None:
         log.error("%s", message)
@@ -277,11 +329,7 @@ def _expert_infos(session: Any, order: Sequence[str]) -> tuple[ExpertInfo, ...]:
 
 
 def _constraints(experts: Sequence[ExpertInfo]) -> np.ndarray:
-    from router.constraints import constraint_matrix
+    from router.serving import constraints_for
 
-    matrix = np.array(constraint_matrix([dict(e.attributes) for e in experts]), dtype=np.float64)
-    if matrix.ndim != 2 or matrix.shape[0] != len(experts) or not np.all(np.isfinite(matrix)):
-        raise ValueError(f"constraint matrix has shape {matrix.shape} or non-finite values")
-    matrix.setflags(write=False)
-    return matrix
+    return constraints_for([e.attributes for e in experts])
 

@@ -27,6 +27,9 @@ class Metrics:
         self.swaps = Counter("thalamus_router_swaps", "Router bundles swapped in", registry=r)
         self.swap_failures = Counter("thalamus_router_swap_failures", "Router bundle loads that failed", registry=r)
         self.router_version = Gauge("thalamus_router_version", "Id of the router version being served", registry=r)
+        self.router_fallback = Gauge("thalamus_router_fallback",
+                                     "1 while an older version serves because the active one cannot be loaded",
+                                     registry=r)
         self.queue_depth = Gauge("thalamus_log_queue_depth", "Request log rows waiting to be written", registry=r)
         self.log_dropped = Counter("thalamus_log_dropped", "Request log rows dropped (queue full or unwritable)",
                                    registry=r)

@@ -88,6 +88,8 @@ class StatusResponse(BaseModel):
     router_sha256: str | None
     loaded_at: str | None
     active_in_db: int | None
+    serving_fallback: bool = Field(description="true while router_version serves because active_in_db cannot be loaded")
+    active_load_error: str | None = Field(description="why the active version cannot be loaded, while falling back")
     last_checked_at: str | None
     last_swap_error: str | None
     last_swap_error_at: str | None

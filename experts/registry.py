@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from experts.attributes import validate_attributes
 from experts.local import LOCAL_KINDS, ExpertError, check_model_dir
 from store.queries import expert_by_name
 from store.schema import EXPERT_KINDS, Expert
@@ -35,17 +36,18 @@ def content_hash(directory: Path) -> str:
 
 
 def validate_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """Normalise one spec (name, kind, uri, attributes) or raise ExpertError saying what is wrong."""
+    """Normalise one spec (name, kind, uri, attributes) or raise ExpertError saying what is wrong.
+
+    Attributes follow the typed schema of :mod:`experts.attributes` (``params > 0``, ``cost >= 0``,
+    ``latency_ms > 0``, ``release_date`` an ISO date, ...).
+    """
     name, kind, uri = spec.get("name"), spec.get("kind"), spec.get("uri")
     if not isinstance(name, str) or not name.strip() or len(name.strip()) > 200:
         raise ExpertError("an expert needs a name of 1 to 200 characters")
     name = name.strip()
     if kind not in EXPERT_KINDS:
         raise ExpertError(f"expert {name!r}: kind must be one of {', '.join(EXPERT_KINDS)}, not {kind!r}")
-    attributes = spec.get("attributes") or {}
-    if not isinstance(attributes, Mapping):
-        raise ExpertError(f"expert {name!r}: attributes must be a mapping")
-    attributes = dict(attributes)
+    attributes = validate_attributes(name, spec.get("attributes") or {})
     if kind in LOCAL_KINDS:
         path = check_model_dir(name, kind, uri).resolve()
         uri = str(path)
@@ -56,13 +58,17 @@ def validate_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def register_experts(session: Session, specs: Sequence[Mapping[str, Any]]) -> list[Expert]:
-    """Upsert experts by name; all specs are validated before any row changes.
+    """Upsert experts by name; all specs (and the attributes they merge into) are validated before any row changes.
 
     A new uri, kind or model content bumps ``version`` (the expert's old loss rows become stale);
     re-registering an identical expert leaves the version alone. Given attributes are merged over
     the stored ones. Registering reactivates a retired expert. The session is flushed, not committed.
     """
     validated = [validate_spec(spec) for spec in specs]
+    for spec in validated:  # stored attributes written before the schema existed must not survive a merge
+        stored = expert_by_name(session, spec["name"])
+        if stored is not None:
+            validate_attributes(spec["name"], {**(stored.attributes or {}), **spec["attributes"]})
     experts: list[Expert] = []
     for spec in validated:
         expert = expert_by_name(session, spec["name"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jobs.errors import JobInputError
+from jobs.errors import CandidateRejected, JobInputError
 from jobs.locks import exclusive
 from jobs.loss_table import load_loss_table
 from jobs.promote import activate
@@ -28,10 +28,19 @@ def ensure_active_router(settings: Settings) -> int:
         active = active_router_version(session)
         if active is not None:
             return active.id
-    with exclusive(settings, "bootstrap"), session_scope(settings) as session:
+    with exclusive(settings, "bootstrap"):
+        version_id, rejected = _create_cold_start(settings)
+    if rejected:
+        raise CandidateRejected(f"the cold-start router version {version_id} was recorded as rejected: {rejected}")
+    return version_id
+
+
+def _create_cold_start(settings: Settings) -> tuple[int, str | None]:
+    """(version id, None) once a version is active, or (id, reason) when the new bundle failed its load check."""
+    with session_scope(settings) as session:
         active = active_router_version(session)
         if active is not None:
-            return active.id
+            return active.id, None
         experts = active_experts(session)
         if not experts:
             raise JobInputError(
@@ -44,5 +53,7 @@ def ensure_active_router(settings: Settings) -> int:
             session, settings, router, parent_id=None, status="candidate",
             metrics={"cold_start": True, "observed_rows": len(table)}, training_window={"rows": len(table)},
         )
+        if version.status == "rejected":
+            return version.id, version.reason
         activate(session, version, actor="system", reason="cold start")
-        return version.id
+        return version.id, None

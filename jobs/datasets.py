@@ -110,11 +110,16 @@ def read_loss_records(path: Path) -> list[LossRecord]:
         raise JobInputError(f"{path} is not a file")
     records: list[LossRecord] = []
     errors: list[str] = []
-    for where, row in _rows(path):
-        try:
-            records.extend(_records_of(row, where))
-        except JobInputError as exc:
-            errors.append(str(exc))
+    try:
+        for where, row in _rows(path):
+            try:
+                records.extend(_records_of(row, where))
+            except JobInputError as exc:
+                errors.append(str(exc))
+    except UnicodeDecodeError:  # a binary file, or another encoding: say which file
+        raise JobInputError(f"{path} is not UTF-8 text; give a JSON, JSONL or CSV file") from None
+    except csv.Error as exc:
+        raise JobInputError(f"{path} is not a readable CSV file ({exc})") from None
     if errors:
         more = f" (and {len(errors) - MAX_ERRORS_SHOWN} more)" if len(errors) > MAX_ERRORS_SHOWN else ""
         raise JobInputError("; ".join(errors[:MAX_ERRORS_SHOWN]) + more)

@@ -7,3 +7,7 @@ class JobInputError(ValueError):
 
 class JobLocked(RuntimeError):
     """Another run of an exclusive job holds its lock."""
+
+
+class CandidateRejected(RuntimeError):
+    """A trained or cold-start router bundle failed its load check; its version row says ``rejected`` and why."""

@@ -1,4 +1,8 @@
-"""Approve, reject and roll back router versions. Activation is one transaction plus a NOTIFY."""
+"""Approve, activate, reject and roll back router versions. Activation is one transaction plus a NOTIFY.
+
+Every verb that makes a version active first loads its bundle the way a daemon does, so a
+version whose files were corrupted (or that never loaded) cannot be activated.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from jobs.errors import JobInputError
+from jobs.router_store import load_problem
 from store.queries import active_router_version, notify_activation
 from store.schema import Activation, RouterVersion, utcnow
 
@@ -15,6 +20,13 @@ def _version(session: Session, version_id: int) -> RouterVersion:
     if version is None:
         raise JobInputError(f"router version {version_id} does not exist")
     return version
+
+
+def _check_loadable(session: Session, version: RouterVersion) -> None:
+    problem = load_problem(session, version)
+    if problem is not None:
+        raise JobInputError(f"router version {version.id} cannot be activated because its bundle does not load: "
+                            f"{problem}")
 
 
 def activate(session: Session, version: RouterVersion, actor: str, reason: str) -> RouterVersion | None:
@@ -38,7 +50,23 @@ def approve(session: Session, version_id: int, actor: str, reason: str = "approv
     if version.status == "active":
         raise JobInputError(f"router version {version_id} is already active")
     if version.status not in ("candidate", "approved"):
-        raise JobInputError(f"router version {version_id} is {version.status}; only a candidate can be approved")
+        hint = "; use `thalamus admin activate` to go back to it" if version.status == "retired" else ""
+        raise JobInputError(f"router version {version_id} is {version.status}; only a candidate can be approved{hint}")
+    _check_loadable(session, version)
+    activate(session, version, actor, reason)
+    return version
+
+
+def activate_version(session: Session, version_id: int, actor: str, reason: str) -> RouterVersion:
+    """Make any version that was not rejected the active one (a candidate, or a retired one to go back to)."""
+    if not reason.strip():
+        raise JobInputError("an activation needs a reason")
+    version = _version(session, version_id)
+    if version.status == "active":
+        raise JobInputError(f"router version {version_id} is already active")
+    if version.status == "rejected":
+        raise JobInputError(f"router version {version_id} was rejected ({version.reason}), so it cannot be activated")
+    _check_loadable(session, version)
     activate(session, version, actor, reason)
     return version
 
@@ -65,5 +93,6 @@ def rollback(session: Session, actor: str, reason: str = "rollback") -> RouterVe
     if last is None or last.previous_version_id is None:
         raise JobInputError(f"router version {current.id} has no predecessor to roll back to")
     target = _version(session, last.previous_version_id)
+    _check_loadable(session, target)
     activate(session, target, actor, reason)
     return target

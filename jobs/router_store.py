@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from router.checkpoint import load_bundle, save_bundle
 from router.model import Router, RouterConfig
-from store.schema import RouterVersion
+from store.schema import Expert, RouterVersion, utcnow
 from store.settings import Settings
 
 
@@ -30,7 +30,11 @@ def router_config(settings: Settings, expert_names: list[str]) -> RouterConfig:
 
 def save_version(session: Session, settings: Settings, router: Router, *, parent_id: int | None,
                  status: str, metrics: dict[str, Any], training_window: dict[str, Any]) -> RouterVersion:
-    """Write the bundle atomically, then insert the version row pointing at it."""
+    """Write the bundle atomically, insert the version row pointing at it, and check it loads.
+
+    A bundle that a daemon could not load (see :func:`check_version`) is recorded as ``rejected``
+    with the reason, so it can never be approved; the caller looks at ``status``.
+    """
     settings.ensure_home()
     next_id = (session.scalar(select(func.max(RouterVersion.id))) or 0) + 1
     directory = settings.routers_dir / f"v{next_id:04d}-{uuid.uuid4().hex[:8]}"
@@ -42,7 +46,30 @@ def save_version(session: Session, settings: Settings, router: Router, *, parent
     )
     session.add(version)
     session.flush()
+    problem = load_problem(session, version)
+    if problem is not None:
+        version.status, version.reason = "rejected", f"the bundle failed the load check: {problem}"
+        version.decided_by, version.decided_at = "system", utcnow()
+        session.flush()
     return version
+
+
+def load_problem(session: Session, version: RouterVersion) -> str | None:
+    """Why a daemon could not serve ``version`` now, or None: loads it the way the daemon does.
+
+    The checksum, the expert order, a finite warm-up prediction, and the constraint matrix built
+    from the registered attributes of the version's experts are all checked.
+    """
+    from router.serving import load_for_serving
+
+    order = [str(name) for name in version.expert_order]
+    rows = {e.name: dict(e.attributes or {}) for e in session.scalars(select(Expert).where(Expert.name.in_(order)))}
+    try:
+        load_for_serving(Path(version.checkpoint_uri), version.checkpoint_sha256, order,
+                         [rows.get(name, {}) for name in order])
+    except Exception as exc:  # anything that would stop a daemon from serving it
+        return str(exc) or type(exc).__name__
+    return None
 
 
 def load_version(version: RouterVersion) -> Router:

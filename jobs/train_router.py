@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from jobs.errors import JobInputError
+from jobs.errors import CandidateRejected, JobInputError
 from jobs.locks import exclusive
 from jobs.loss_table import LossTable, holdout_mask, load_loss_table
 from jobs.promote import activate
@@ -100,10 +100,13 @@ def train_router(settings: Settings, progress: Progress | None = None, params: d
                 session, settings, router, parent_id=parent_id, status="candidate", metrics=metrics,
                 training_window={"rows": len(table), "train": len(train), "holdout": len(test)},
             )
-            auto = _auto_approve(settings, candidate_metrics, active_metrics)
+            rejected = version.reason if version.status == "rejected" else None
+            auto = "" if rejected else _auto_approve(settings, candidate_metrics, active_metrics)
             if auto:
                 activate(session, version, actor="policy", reason=auto)
             version_id = version.id
+        if rejected:  # recorded (committed) as rejected; the run fails so that nobody mistakes it for a candidate
+            raise CandidateRejected(f"router version {version_id} was recorded as rejected: {rejected}")
         report(1.0, f"registered candidate router version {version_id}")
         return {"version_id": version_id, "metrics": metrics, "auto_approved": bool(auto)}
 

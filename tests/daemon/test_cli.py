@@ -43,6 +43,13 @@ BAD = [
     (["experts", "add", "x", "--kind", "external", "--attr", "params"], "KEY=VALUE"),
     (["experts", "add", "x", "--kind", "external", "--attr", "params=inf"], "finite"),
     (["experts", "add", "x", "--kind", "masked-lm", "--uri", "/nonexistent/model"], "/nonexistent/model"),
+    (["experts", "add", "x", "--kind", "external", "--attr", "params=-5"], "attribute params must be a number > 0"),
+    (["experts", "add", "x", "--kind", "external", "--attr", "release_date=notadate"],
+     "attribute release_date must be an ISO date"),
+    (["experts", "add", "x", "--kind", "external", "--attr", "cost=cheap"], "attribute cost must be a number"),
+    (["experts", "add", "a", "--kind", "external", "--attr", "latency_ms=0"], "attribute latency_ms must be a number > 0"),
+    (["admin", "activate", "999", "--reason", "back"], "does not exist"),
+    (["admin", "activate", "1"], "--reason"),
     (["ingest", "losses", "/nonexistent.jsonl"], "not a file"),
     (["jobs", "run", "nope"], "unknown job"),
     (["jobs", "run", "train_router", "--param", "epochs"], "KEY=VALUE"),
@@ -60,6 +67,7 @@ def test_bad_input_exits_2_with_a_sentence_and_writes_nothing(seeded, capsys, ar
     code, _, err = _run(argv, capsys)
     assert code == 2
     assert message in err
+    assert "usage:" not in err and len(err.strip().splitlines()) == 1, f"one sentence, no usage line: {err!r}"
     assert _row_counts(seeded) == before
 
 
@@ -84,3 +92,35 @@ def test_good_verbs_work(seeded, capsys, tmp_path: Path) -> None:  # type: ignor
     assert "big" in out and "51000000000" in out.replace(".0", "")
     main(["admin", "versions"])
     assert "status" in capsys.readouterr().out
+
+
+def test_a_binary_file_is_refused_naming_the_file(seeded, capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    before = _row_counts(seeded)
+    for name in ("losses.csv", "losses.json", "losses.jsonl"):
+        path = tmp_path / name
+        path.write_bytes(b"prompt,expert,loss\nok,a,1\n" + bytes(range(256)) * 40)
+        code, _, err = _run(["ingest", "losses", str(path)], capsys)
+        assert code == 2 and f"{path} is not UTF-8 text" in err and len(err.strip().splitlines()) == 1
+    assert _row_counts(seeded) == before
+
+
+def test_admin_activate_goes_back_to_a_retired_version(seeded, capsys, bundles) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import select
+
+    from store.schema import Activation, RouterVersion
+    from tests.daemon.conftest import register_version
+
+    first = register_version(seeded, bundles["a"], status="candidate")
+    second = register_version(seeded, bundles["b"], status="candidate")
+    for version in (first, second):
+        main(["admin", "approve", str(version)])
+    capsys.readouterr()
+    code, _, err = _run(["admin", "approve", str(first)], capsys)
+    assert code == 2 and "admin activate" in err
+    main(["admin", "activate", str(first), "--reason", "the second one misroutes code", "--actor", "carol"])
+    assert f"router version {first} is active" in capsys.readouterr().out
+    with session_scope(seeded) as session:
+        assert {v.id: v.status for v in session.scalars(select(RouterVersion))} == {first: "active", second: "retired"}
+        last = session.scalars(select(Activation).order_by(Activation.id.desc())).first()
+        assert (last.router_version_id, last.previous_version_id, last.actor, last.reason) == (
+            first, second, "carol", "the second one misroutes code")

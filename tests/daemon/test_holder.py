@@ -205,3 +205,61 @@ def test_postgres_listen_notify_and_reconnect(tmp_path: Path, pg_url: str, thala
         assert np.isfinite(holder.current.predict(["ok"])).all()
     finally:
         holder.stop()
+
+
+def _fresh_client(settings) -> TestClient:  # type: ignore[no-untyped-def]
+    from daemon.logwriter import RequestLogWriter
+
+    metrics = Metrics()
+    return TestClient(create_app(settings, RouterHolder(settings, metrics=metrics),
+                                 RequestLogWriter(settings, metrics=metrics)))
+
+
+def test_a_daemon_that_cannot_load_the_active_version_falls_back_and_keeps_serving(  # type: ignore[no-untyped-def]
+        settings, served: int, bundles, tmp_path: Path) -> None:
+    """Version A was active; B, made active directly in the database (a bundle corrupted after its
+    approval, or an approval from before the load check), cannot be loaded. A daemon started now
+    serves A, says so in /v1/status and /metrics, and swaps as usual once a loadable version is active."""
+    tampered = copy_bundle(bundles["b"], tmp_path / "tampered")
+    _tamper(tampered.path)
+    bad = register_version(settings, tampered)  # retires A
+    with _fresh_client(settings) as client:
+        route = client.post("/v1/route", json={"prompt": "hello"})
+        assert route.status_code == 200, route.text
+        assert route.json()["router_version"] == served and route.json()["expert"] == "api"
+        status = client.get("/v1/status").json()
+        assert status["serving_fallback"] is True
+        assert (status["router_version"], status["active_in_db"]) == (served, bad)
+        assert f"router version {bad} failed to load" in status["active_load_error"] and "sha256" in status["active_load_error"]
+        text = client.get("/metrics").text
+        assert "thalamus_router_fallback 1.0" in text and f"thalamus_router_version {float(served)}" in text
+        assert client.get("/healthz").status_code == 200
+
+        good = register_version(settings, bundles["b"])
+        holder = client.app.state.holder
+        assert _wait_for(lambda: holder.current.version_id == good, 5.0) is not None, holder.last_error
+        status = client.get("/v1/status").json()
+        assert status["serving_fallback"] is False and status["active_load_error"] is None
+        assert (status["router_version"], status["active_in_db"]) == (good, good)
+        assert "thalamus_router_fallback 0.0" in client.get("/metrics").text
+        assert client.post("/v1/route", json={"prompt": "hello"}).json()["expert"] == "small"
+
+
+def test_fallback_skips_versions_that_do_not_load_and_never_serves_a_rejected_one(  # type: ignore[no-untyped-def]
+        settings, served: int, bundles, tmp_path: Path) -> None:
+    tampered = copy_bundle(bundles["b"], tmp_path / "tampered")
+    _tamper(tampered.path)
+    register_version(settings, tampered)  # retired, cannot load
+    register_version(settings, bundles["b"], status="rejected")  # loads, but was rejected
+    register_version(settings, bundles["b"], status="candidate")  # loads, but nobody approved it
+    bad = register_version(settings, tampered)  # the active one
+    holder = RouterHolder(settings, metrics=Metrics())
+    assert holder.load_active() is True
+    assert holder.current.version_id == served and holder.fallback.active_version == bad
+    assert holder.load_active() is False and holder.current.version_id == served, "no reload while it fails"
+
+    with session_scope(settings) as session:  # now every other loadable version is rejected or a candidate
+        session.execute(update(RouterVersion).where(RouterVersion.id == served).values(status="rejected"))
+    lone = RouterHolder(settings, metrics=Metrics())
+    assert lone.load_active() is False and lone.current is None, "only rejected or unloadable versions are left"
+    assert f"router version {bad} failed to load" in lone.last_error

@@ -73,3 +73,42 @@ def test_validation_is_all_or_nothing(session: Session, model_dir: Path, tmp_pat
         with pytest.raises(ExpertError, match=message):
             register_experts(session, [good, bad])
     assert session.scalars(select(Expert)).all() == []
+
+
+def test_attributes_follow_the_typed_schema(session: Session, model_dir: Path) -> None:
+    good = {"name": "ok", "kind": "external"}
+    for attributes, message in [
+        ({"params": -5}, "attribute params must be a number > 0, not -5"),
+        ({"params": 0}, "attribute params must be a number > 0"),
+        ({"params": True}, "attribute params must be a number"),
+        ({"cost": -0.1}, "attribute cost must be a number >= 0"),
+        ({"latency_ms": "fast"}, "attribute latency_ms must be a number"),
+        ({"release_date": "notadate"}, "attribute release_date must be an ISO date"),
+        ({"release_date": 20240101}, "attribute release_date must be an ISO date"),
+        ({"license": ""}, "attribute license must be a non-empty string"),
+        ({"benchmark": float("nan")}, "attribute benchmark must be a plain JSON value"),
+        ([("params", 1)], "attributes must be a mapping"),
+    ]:
+        with pytest.raises(ExpertError, match=message):
+            register_experts(session, [good, {"name": "x", "kind": "external", "attributes": attributes}])
+    assert session.scalars(select(Expert)).all() == []
+
+    (expert,) = register_experts(session, [{
+        "name": "m", "kind": "masked-lm", "uri": str(model_dir),
+        "attributes": {"params": "51e9", "cost": 0, "latency_ms": 12.5, "release_date": "2025-06-01T12:00:00",
+                       "license": "MIT", "domain": "code", "layers": 2, "tags": ["a", "b"]},
+    }])
+    attributes = {k: v for k, v in expert.attributes.items() if k != "content_hash"}
+    assert attributes == {"params": 51e9, "cost": 0, "latency_ms": 12.5, "release_date": "2025-06-01",
+                          "license": "MIT", "domain": "code", "layers": 2, "tags": ["a", "b"]}
+
+
+def test_a_stored_invalid_attribute_must_be_fixed_before_a_merge(session: Session) -> None:
+    """A row written before the schema existed (or by hand) does not survive a re-registration unfixed."""
+    session.add(Expert(name="old", kind="external", version=1, attributes={"params": 7e9, "release_date": "soon"}))
+    session.flush()
+    with pytest.raises(ExpertError, match=r"'old': attribute release_date must be an ISO date \(YYYY-MM-DD\), not 'soon'"):
+        register_experts(session, [{"name": "old", "kind": "external", "attributes": {"cost": 1}}])
+    (fixed,) = register_experts(session, [{"name": "old", "kind": "external",
+                                           "attributes": {"release_date": "2024-05-01"}}])
+    assert fixed.attributes == {"params": 7e9, "release_date": "2024-05-01"}

@@ -65,3 +65,13 @@ def test_ingest_on_postgres(pg_settings, tmp_path: Path) -> None:  # type: ignor
     assert ingest_file(pg_settings, path)["rows_written"] == 3
     ingest_file(pg_settings, path)
     assert _counts(pg_settings) == (2, 3)
+
+
+def test_a_binary_file_is_refused_naming_it(sqlite_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _add_external(sqlite_settings, "a")
+    for name in ("d.csv", "d.json", "d.jsonl"):
+        path = tmp_path / name
+        path.write_bytes(b"prompt,expert,loss\nok,a,1\n" + bytes(range(256)) * 40)
+        with pytest.raises(JobInputError, match=f"^{path} is not UTF-8 text"):
+            ingest_file(sqlite_settings, path)
+    assert _counts(sqlite_settings) == (0, 0)

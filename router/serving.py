@@ -1,0 +1,44 @@
+"""Load a router bundle exactly as a daemon serves it.
+
+One function for the daemon's hot-swap and for the checks at registration and activation, so a
+version that passed the check is one that a daemon can load: the bundle verified against its
+checksum and expert order, a warm-up prediction that is finite, and the constraint matrix built
+from the experts' attributes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+WARMUP_PROMPT = "warm-up: route this prompt once before serving"
+
+
+def constraints_for(attributes: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """The (E, C) constraint matrix of the experts in head order, read-only; ValueError if unusable."""
+    from router.constraints import constraint_matrix
+
+    matrix = np.array(constraint_matrix([dict(a) for a in attributes]), dtype=np.float64)
+    if matrix.ndim != 2 or matrix.shape[0] != len(attributes) or not np.all(np.isfinite(matrix)):
+        raise ValueError(f"constraint matrix has shape {matrix.shape} or non-finite values")
+    matrix.setflags(write=False)
+    return matrix
+
+
+def load_for_serving(directory: Path, sha256: str, expert_order: Sequence[str],
+                     attributes: Sequence[Mapping[str, Any]]) -> tuple[Any, np.ndarray]:
+    """(router, constraints) of a verified, warmed-up bundle; raises on anything a daemon would refuse."""
+    from router.checkpoint import load_bundle
+
+    order = tuple(str(name) for name in expert_order)
+    router = load_bundle(Path(directory), expected_sha256=sha256, expected_experts=list(order))
+    names = tuple(str(name) for name in router.expert_names)
+    if names != order:
+        raise ValueError(f"bundle expert order {list(names)} differs from the version row's {list(order)}")
+    warm = np.asarray(router.predict([WARMUP_PROMPT]))
+    if warm.shape != (1, len(names)) or not np.all(np.isfinite(warm)):
+        raise ValueError(f"warm-up prediction has shape {warm.shape} or non-finite values")
+    return router, constraints_for(attributes)
