@@ -71,7 +71,6 @@ class Fallback:
 
     active_version: int
     error: str
-    since: dt.datetime
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -225,8 +224,7 @@ class RouterHolder:
 
     def _mark_fallback(self, active_id: int, error: str) -> None:
         """An older version serves because the active one cannot be loaded: say so in status and metrics."""
-        since = self.fallback.since if self.fallback and self.fallback.active_version == active_id else _now()
-        self.fallback = Fallback(active_version=active_id, error=error, since=since)
+        self.fallback = Fallback(active_version=active_id, error=error)
         self.metrics.router_fallback.set(1)
 
     def _clear_fallback(self) -> None:
