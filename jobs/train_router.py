@@ -91,7 +91,9 @@ def train_router(settings: Settings, progress: Progress | None = None, params: d
         candidate_metrics = evaluate(router, test, sizes, best_single)
         metrics = {
             "candidate": candidate_metrics, "active": active_metrics, "active_version": parent_id,
-            "n_train": len(train), "n_holdout": len(test), "train_seconds": round(seconds, 3),
+            # n_train: non-holdout prompts; of those, n_fit were trained on and n_val chose the epoch.
+            "n_train": len(train), "n_fit": history.n_train, "n_val": history.n_val, "n_holdout": len(test),
+            "train_seconds": round(seconds, 3),
             "examples_per_second": getattr(history, "examples_per_second", None),
             "best_epoch": getattr(history, "best_epoch", None), "best_single_expert": names[best_single],
         }
