@@ -1,6 +1,6 @@
 """Recipe ablation for the router on a routing dataset: 5-fold CV on the *training* split only.
 
-    python benchmarks/quality_ablation.py --dataset ../shared/data/dcrouter [--cache var/ablation]
+    HF_HUB_OFFLINE=1 python -m benchmarks.quality_ablation --dataset ../shared/data/dcrouter [--cache var/ablation]
 
 The frozen backbone runs once per max length over the training prompts (every hidden state kept,
 mean-pooled and [CLS]); each variant is then scored by the mean true score (or loss) of the
@@ -20,11 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from jobs.bench_quality import load_dataset  # noqa: E402
-from router.layer import neighbour_losses  # noqa: E402
-from router.training import ridge_solution  # noqa: E402
+from benchmarks.data import load_dataset
+from router.layer import neighbour_losses
+from router.training import ridge_solution
 
 FOLDS = 5
 

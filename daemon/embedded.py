@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ log = logging.getLogger(__name__)
 def worker_process(settings: Settings, pool: str = "solo") -> Iterator[subprocess.Popen[bytes]]:
     """A ``thalamus worker`` child process, stopped (warm shutdown, then kill) on exit."""
     command = [sys.executable, "-m", "daemon.cli", "worker", "--pool", pool]
-    env = {**os.environ, "THALAMUS_HOME": str(settings.home)}
+    env = settings.as_env()
     logfile = open(settings.home / "worker.log", "ab")
     process = subprocess.Popen(command, env=env, stdout=logfile, stderr=subprocess.STDOUT)
     log.info("worker started (pid %s), log in %s", process.pid, settings.home / "worker.log")

@@ -7,18 +7,20 @@
   machines, so the legal corpus (only) may differ too; everything else depends on the Python version.
 
 Snippets are whole lines, 200–600 characters. Which snippets are kept (a per-domain cap) and which
-split each one lands in are both decided by salted sha256 hashes of the snippet, so the result does
-not depend on file order, and the cap does not skew the split.
+split each one lands in are both decided by :func:`router.hashing.stable_fraction` of the snippet,
+each with its own salt, so the result does not depend on file order, and the cap does not skew
+the split.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 import site
 import sysconfig
 from collections.abc import Iterable
 from pathlib import Path
+
+from router.hashing import Salt, stable_fraction
 
 DOMAINS = ("code", "docs", "legal")
 CODE_PACKAGES = ("argparse", "asyncio", "collections", "json", "email", "http", "logging", "pathlib",
@@ -101,13 +103,8 @@ def _normalised(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().lower()
 
 
-def _unit(salt: str, snippet: str) -> float:
-    """A stable number in [0, 1) for a snippet."""
-    return int(hashlib.sha256(f"{salt}:{snippet}".encode()).hexdigest()[:12], 16) / 16**12
-
-
 def split_of(snippet: str) -> str:
-    value = _unit("split", snippet)
+    value = stable_fraction(snippet, salt=Salt.CORPUS_SPLIT)
     for name, share in SPLITS.items():
         if value < share:
             return name
@@ -120,7 +117,7 @@ def domain_prompts(domain: str, text: str, max_snippets: int) -> list[dict[str, 
     unique: dict[str, str] = {}
     for snippet in snippets(text):
         unique.setdefault(_normalised(snippet), snippet)
-    kept = sorted(unique.values(), key=lambda s: _unit("keep", s))[:max_snippets]
+    kept = sorted(unique.values(), key=lambda s: stable_fraction(s, salt=Salt.CORPUS_KEEP))[:max_snippets]
     return [{"prompt": s, "domain": domain, "split": split_of(s)} for s in kept]
 
 

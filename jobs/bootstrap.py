@@ -6,7 +6,8 @@ from jobs.errors import CandidateRejected, JobInputError
 from jobs.locks import exclusive
 from jobs.loss_table import load_loss_table
 from jobs.promote import activate
-from jobs.router_store import router_config, save_version
+from jobs.recipe import TrainRecipe
+from jobs.router_store import save_version
 from router.model import Router, init_head_cold_start
 from store.db import session_scope
 from store.queries import active_experts, active_router_version
@@ -47,7 +48,7 @@ def _create_cold_start(settings: Settings) -> tuple[int, str | None]:
                 "no experts are registered: run `thalamus experts build-demo` or `thalamus experts add`"
             )
         table = load_loss_table(session, experts)
-        router = Router.from_config(router_config(settings, [e.name for e in experts]))
+        router = Router.from_config(TrainRecipe.from_settings(settings).router_config([e.name for e in experts]))
         init_head_cold_start(router, table.mean_losses(), [_params(e.attributes) for e in experts])
         version = save_version(
             session, settings, router, parent_id=None, status="candidate",

@@ -10,6 +10,7 @@ import numpy as np
 from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
+from router.hashing import Salt, stable_fraction
 from store.schema import Expert, ExpertLoss, Prompt
 
 
@@ -58,11 +59,6 @@ def load_loss_table(session: Session, experts: Sequence[Expert]) -> LossTable:
     return LossTable(hashes, [texts[h] for h in hashes], names, targets)
 
 
-def holdout_mask(hashes: Sequence[str], share: float, salt: str = "holdout") -> np.ndarray:
+def holdout_mask(hashes: Sequence[str], share: float) -> np.ndarray:
     """Deterministic split by prompt hash: a prompt is in the holdout forever, whatever else changes."""
-    import hashlib
-
-    values = np.array(
-        [int.from_bytes(hashlib.sha256(f"{salt}:{h}".encode()).digest()[:8], "big") / 2**64 for h in hashes]
-    )
-    return values < share
+    return np.array([stable_fraction(h, salt=Salt.HOLDOUT) < share for h in hashes], dtype=bool)

@@ -10,22 +10,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from router.checkpoint import load_bundle, save_bundle
-from router.model import Router, RouterConfig
+from router.model import Router
 from store.schema import Expert, RouterVersion, utcnow
 from store.settings import Settings
-
-
-def router_config(settings: Settings, expert_names: list[str]) -> RouterConfig:
-    """The product's default recipe, overridable through THALAMUS_TRAIN_* settings."""
-    return RouterConfig(
-        backbone=settings.backbone_path,
-        expert_names=list(expert_names),
-        max_length=settings.train_max_length,
-        lora_r=settings.train_lora_r,
-        lora_layers=settings.train_lora_layers,
-        pool_layers=settings.train_pool_layers,
-        head_neighbors=settings.train_head_neighbors,
-    )
 
 
 def save_version(session: Session, settings: Settings, router: Router, *, parent_id: int | None,

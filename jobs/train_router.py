@@ -11,24 +11,15 @@ from jobs.errors import CandidateRejected, JobInputError
 from jobs.locks import exclusive
 from jobs.loss_table import LossTable, holdout_mask, load_loss_table
 from jobs.promote import activate
-from jobs.router_store import load_version, router_config, save_version
+from jobs.recipe import TrainRecipe
+from jobs.router_store import load_version, save_version
 from jobs.runs import Progress
 from router.metrics import routing_metrics
 from router.model import Router, expand_experts, init_head_cold_start
-from router.training import TrainConfig, train_router as fit
+from router.training import train_router as fit
 from store.db import session_scope
 from store.queries import active_experts, active_router_version
 from store.settings import Settings
-
-
-def train_config(settings: Settings, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    values: dict[str, Any] = {
-        "epochs": settings.train_epochs, "batch_size": settings.train_batch_size,
-        "learning_rate": settings.train_learning_rate, "loss": settings.train_loss, "seed": settings.train_seed,
-        "head_ridge": settings.train_head_ridge,
-    }
-    values.update({k: v for k, v in (overrides or {}).items() if k in values or hasattr(TrainConfig, k)})
-    return TrainConfig(**values)
 
 
 def _complete_rows(table: LossTable) -> np.ndarray:
@@ -46,9 +37,11 @@ def evaluate(router: Router, table: LossTable, params: np.ndarray, best_single: 
 
 
 def train_router(settings: Settings, progress: Progress | None = None, params: dict[str, Any] | None = None,
-                 ) -> dict[str, Any]:
+                 *, recipe: TrainRecipe | None = None) -> dict[str, Any]:
+    """Train a candidate with ``recipe`` (default: the settings' own) and register it."""
     report = progress or (lambda fraction, message: None)
     params = dict(params or {})
+    recipe = recipe or TrainRecipe.from_settings(settings)
     with exclusive(settings, "train_router"):
         report(0.01, "reading the loss table")
         with session_scope(settings) as session:
@@ -62,7 +55,7 @@ def train_router(settings: Settings, progress: Progress | None = None, params: d
             raise JobInputError(f"the loss table has {len(table)} prompts; at least 4 are needed to train")
         names = table.experts
         sizes = np.array([float(e.attributes.get("params") or np.nan) for e in experts])
-        holdout = holdout_mask(table.hashes, settings.train_holdout_share)
+        holdout = holdout_mask(table.hashes, recipe.holdout_share)
         train, test = table.subset(np.flatnonzero(~holdout)), table.subset(np.flatnonzero(holdout))
         if len(train) == 0:
             raise JobInputError("every prompt fell in the holdout; add more data")
@@ -76,14 +69,14 @@ def train_router(settings: Settings, progress: Progress | None = None, params: d
         elif parent_router is not None:
             router = expand_experts(parent_router, names, train.mean_losses())
         else:
-            router = Router.from_config(router_config(settings, names))
+            router = Router.from_config(recipe.router_config(names))
         if parent_router is None or parent_is_cold:
             # A cold-start head predicts constants (or a size prior) that can sit far from the
             # observed losses; start from the training means so the first epochs refine, not travel.
             init_head_cold_start(router, train.mean_losses(), [None if np.isnan(s) else s for s in sizes])
 
         started = time.perf_counter()
-        config = train_config(settings, params)
+        config = recipe.train_config(params)
         history = fit(router, train.prompts, train.targets, config,
                       progress=lambda f, m: report(0.1 + 0.8 * f, m))
         seconds = time.perf_counter() - started
@@ -91,7 +84,9 @@ def train_router(settings: Settings, progress: Progress | None = None, params: d
         candidate_metrics = evaluate(router, test, sizes, best_single)
         metrics = {
             "candidate": candidate_metrics, "active": active_metrics, "active_version": parent_id,
-            "n_train": len(train), "n_holdout": len(test), "train_seconds": round(seconds, 3),
+            # n_train: non-holdout prompts; of those, n_fit were trained on and n_val chose the epoch.
+            "n_train": len(train), "n_fit": history.n_train, "n_val": history.n_val, "n_holdout": len(test),
+            "train_seconds": round(seconds, 3),
             "examples_per_second": getattr(history, "examples_per_second", None),
             "best_epoch": getattr(history, "best_epoch", None), "best_single_expert": names[best_single],
         }

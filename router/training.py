@@ -12,7 +12,6 @@ regulariser), which is what makes the cached lower stage identical to inference.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from router.hashing import Salt, stable_fraction
 from router.layer import pad_token_ids
 from router.losses import KINDS, Normalizer, masked_divergence
 from router.model import Router, renormalize
@@ -103,12 +103,12 @@ class TrainReport:
 
 
 def hash_split(prompts: Sequence[str], val_share: float) -> np.ndarray:
-    """Boolean validation mask chosen by sha256 of each prompt; at least one validation prompt
-    when val_share > 0 and there are two or more distinct prompts."""
+    """Boolean validation mask chosen by each prompt's salted hash (independent of the label
+    sample and the holdout); at least one validation prompt when val_share > 0 and there are two
+    or more distinct prompts, and at least one training prompt."""
     if val_share <= 0 or not prompts:
         return np.zeros(len(prompts), dtype=bool)
-    keys = np.array([int.from_bytes(hashlib.sha256(p.encode("utf-8")).digest()[:8], "big") / 2.0**64
-                     for p in prompts])
+    keys = np.array([stable_fraction(p, salt=Salt.VALIDATION) for p in prompts])
     mask = keys < val_share
     if not mask.any() and len(set(prompts)) >= 2:
         mask = keys == keys.min()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import json
+import os
 from pathlib import Path
 
 from pydantic import Field, field_validator
@@ -85,6 +87,15 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.db_url.startswith("sqlite")
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as ``THALAMUS_*`` variables: a child process's environment, the current
+        one with every ``THALAMUS_*`` variable replaced, so the child reads exactly these settings."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("THALAMUS_")}
+        for name, value in self.model_dump(mode="json").items():
+            if value is not None:
+                env[f"THALAMUS_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+        return env
 
     def ensure_home(self) -> None:
         for path in (self.home, self.experts_dir, self.routers_dir):

@@ -113,3 +113,17 @@ def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> str:
     BertModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+def make_masked_lm(path: Path, tokenizer_dir: str, hidden: int, seed: int, layers: int = 1) -> str:
+    """A tiny random BERT masked-LM (a real local expert) saved at ``path``; returns the path."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=2, intermediate_size=2 * hidden)
+    BertForMaskedLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)

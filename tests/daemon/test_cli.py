@@ -57,6 +57,7 @@ BAD = [
     (["frobnicate"], "invalid choice"),
     (["bench", "quality", "--dataset", "/nonexistent/data"], "does not exist"),
     (["bench", "quality", "--dataset", "/", "--seeds", "0"], "positive integer"),
+    (["bench", "quality", "--dataset", "/", "--recipe", "fast"], "invalid choice"),
     (["bench", "demo-dataset", "--out", "/etc/hostname"], "not a directory"),
 ]
 

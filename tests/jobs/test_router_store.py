@@ -13,7 +13,8 @@ from sqlalchemy import select
 from jobs.bootstrap import ensure_active_router
 from jobs.errors import CandidateRejected, JobInputError
 from jobs.promote import activate_version, approve
-from jobs.router_store import router_config, save_version
+from jobs.recipe import TrainRecipe
+from jobs.router_store import save_version
 from jobs.train_router import train_router
 from router.model import Router
 from store.db import session_scope
@@ -46,7 +47,7 @@ def _corrupt_attributes(settings) -> None:  # type: ignore[no-untyped-def]
 
 
 def _save(settings) -> tuple[int, str, str | None]:  # type: ignore[no-untyped-def]
-    router = Router.from_config(router_config(settings, ["big", "small"]))
+    router = Router.from_config(TrainRecipe.from_settings(settings).router_config(["big", "small"]))
     with session_scope(settings) as session:
         version = save_version(session, settings, router, parent_id=None, status="candidate", metrics={},
                                training_window={})

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.data import load_dataset
+from benchmarks.demo_dataset import export_demo_dataset
 from experts.demo import build_demo_library
-from jobs import bench_quality as bq
 from jobs.datasets import read_loss_records
-from jobs.demo_dataset import export_demo_dataset
 from tests.experts.test_demo import MINI
 
 
@@ -43,7 +43,7 @@ def test_export_scores_traffic_and_heldout_with_every_expert(exported) -> None: 
 
 def test_exported_dataset_loads_in_the_bench(exported) -> None:  # type: ignore[no-untyped-def]
     out, (library, _) = exported
-    train, test, attributes = bq.load_dataset(out)
+    train, test, attributes = load_dataset(out)
     assert train.experts == sorted(e["name"] for e in library.experts)
     assert not np.isnan(test.losses).any() and not set(train.prompts) & set(test.prompts)
     assert all(attributes[n]["params"] > 0 for n in train.experts)

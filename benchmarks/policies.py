@@ -1,5 +1,6 @@
-"""Non-router baselines for routing benchmarks: pure numpy/torch over a loss matrix and frozen
-prompt embeddings. Every predictor returns predicted losses (N_test, E); lower is better.
+"""Routing policies for the benchmarks besides the router itself: non-router baselines in pure
+numpy/torch over a loss matrix and frozen prompt embeddings, and the λ_size routing rule. Every
+predictor returns predicted losses (N_test, E); lower is better.
 
 Hyper-parameters (k of kNN, ridge α, MLP weight decay) are chosen on a validation split carved
 from the training rows, never on the test rows.
@@ -26,12 +27,6 @@ def routed_loss(predicted: np.ndarray, true: np.ndarray) -> float:
     complete = ~np.isnan(true).any(axis=1)
     chosen = np.argmin(predicted[complete], axis=1)
     return float(true[complete][np.arange(chosen.size), chosen].mean())
-
-
-def random_expected(test_losses: np.ndarray) -> np.ndarray:
-    """Uniform random routing: its expected loss per row equals the row mean, so predict a
-    constant and report the row mean via :func:`expected_random_loss`."""
-    return np.zeros_like(np.asarray(test_losses, dtype=np.float64))
 
 
 def expected_random_loss(test_losses: np.ndarray) -> np.ndarray:
@@ -132,3 +127,8 @@ def tuned(name: str, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
             if loss < best_loss:
                 best_h, best_loss = h, loss
     return fn(train_x, train_y, test_x, best_h), float(best_h)
+
+
+def route(predicted: np.ndarray, size: np.ndarray, lam: float) -> np.ndarray:
+    """argmin of predicted loss + λ_size · params/max params (ties → lower index)."""
+    return np.argmin(predicted + lam * size[None, :], axis=1)

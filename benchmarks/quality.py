@@ -1,0 +1,195 @@
+"""Routing-quality benchmark through the product's own path (``thalamus bench quality``).
+
+For a dataset of (prompt, expert, loss|score) rows (:func:`benchmarks.data.load_dataset`): a
+throw-away THALAMUS_HOME with a SQLite DB, the experts registered as ``external`` (params/cost from
+an optional ``models.json``), the training rows ingested with :func:`jobs.ingest.ingest_records`, a
+router trained by the production job :func:`jobs.train_router.train_router` with a
+:class:`jobs.recipe.TrainRecipe`, its candidate bundle loaded back with
+:func:`jobs.router_store.load_version`, and every policy (:mod:`benchmarks.policies`) evaluated on
+the test rows (:mod:`benchmarks.report`).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import policies as B
+from benchmarks.data import Split, load_dataset, quick_slice
+from benchmarks.report import policy_row, summarize
+from jobs.errors import JobInputError
+from jobs.recipe import TrainRecipe
+from store.settings import Settings
+
+Progress = Callable[[str], None]
+
+LAMBDA_GRID: tuple[float, ...] = (0.0, *(round(2.0 ** (e / 2), 4) for e in range(-10, 9)))
+"""λ_size sweep: 0 plus a log grid of √2 steps from 1/32 to 16 (size constraint = params / max params)."""
+
+
+def bench_recipe(product: TrainRecipe, *, quick: bool = False) -> TrainRecipe:
+    """The benchmark's router recipe, chosen by 5-fold CV on the training split (docs/benchmarks.md):
+    frozen MiniLM, mean pooling of the top 3 hidden states concatenated, a neighbour head (k = 100
+    most similar training prompts) over a linear head fitted in closed form by ridge regression; one
+    epoch at a negligible learning rate keeps that fit. Max length 256 (128 with ``quick``); the
+    backbone, batch size and seed stay the product's."""
+    return replace(product, max_length=128 if quick else 256, lora_r=0, pool_layers=3, head_neighbors=100,
+                   head_ridge=1000.0, epochs=1, loss="huber", learning_rate=1e-6, holdout_share=0.05)
+
+
+def prepare_home(home: Path, train: Split, attributes: dict[str, dict[str, Any]], recipe: TrainRecipe) -> Settings:
+    """Migrate a fresh SQLite DB, register the experts as external, ingest the training rows."""
+    from experts.registry import register_experts
+    from jobs.ingest import ingest_records
+    from store.db import session_scope
+    from store.migrate import upgrade
+
+    settings = Settings(home=home, database_url=None, backbone=recipe.backbone)
+    settings.ensure_home()
+    upgrade(settings)
+    with session_scope(settings) as session:
+        register_experts(session, [{"name": n, "kind": "external", "attributes": attributes.get(n, {})}
+                                   for n in train.experts])
+    ingest_records(settings, train.records, source="bench")
+    return settings
+
+
+def train_and_predict(settings: Settings, recipe: TrainRecipe, seed: int, test_prompts: Sequence[str],
+                      ) -> tuple[np.ndarray, list[str], dict[str, Any], float]:
+    """Run the production training job, load the candidate bundle, predict the test losses."""
+    from jobs.router_store import load_version
+    from jobs.train_router import train_router
+    from store.db import session_scope
+    from store.schema import RouterVersion
+
+    started = time.perf_counter()
+    result = train_router(settings, None, {"seed": seed}, recipe=recipe)
+    with session_scope(settings) as session:
+        version = session.get(RouterVersion, result["version_id"])
+        router = load_version(version)
+    predicted = router.predict(list(test_prompts), batch_size=64)
+    return predicted, router.expert_names, result["metrics"], time.perf_counter() - started
+
+
+def frozen_embeddings(backbone: str, prompts: Sequence[str], max_length: int) -> np.ndarray:
+    """Mean-pooled last-layer embeddings of the frozen backbone (the baselines' features)."""
+    from router.model import Router, RouterConfig
+
+    router = Router.from_config(RouterConfig(backbone=backbone, expert_names=["x"], lora_r=0, max_length=max_length))
+    return router.embed(list(prompts), batch_size=64)
+
+
+def run(dataset: Path, recipe: TrainRecipe, seeds: int = 3, quick: bool = False, progress: Progress | None = None,
+        lambdas: Sequence[float] = LAMBDA_GRID, home: Path | None = None) -> dict[str, Any]:
+    """The whole benchmark; returns a JSON-able report (see :func:`benchmarks.report.format_report`)."""
+    say = progress or (lambda message: None)
+    started = time.perf_counter()
+    train, test, attributes = load_dataset(dataset)
+    if quick:
+        train, test = quick_slice(train, test)
+        seeds = min(seeds, 1)
+    complete = ~np.isnan(test.losses).any(axis=1)
+    if not complete.any():
+        raise JobInputError("no test prompt has every expert's loss; cannot score routing policies")
+    test = test.subset(np.flatnonzero(complete))
+    experts = train.experts
+    higher_is_better = bool(np.nanmax(np.r_[train.losses.ravel(), test.losses.ravel()]) <= 1.0)
+    params = np.array([attributes.get(n, {}).get("params", np.nan) for n in experts], dtype=float)
+    size = params / np.nanmax(params) if np.isfinite(params).any() else np.zeros(len(experts))
+    size = np.where(np.isnan(size), 1.0, size)
+    y = test.losses
+    rows = np.arange(len(y))
+    single = B.best_single(train.losses)
+    report: dict[str, Any] = {"dataset": str(dataset), "quick": quick, "experts": experts,
+                              "params": [None if math.isnan(p) else p for p in params],
+                              "n_train": len(train.prompts), "n_test": len(test.prompts),
+                              "best_single_expert": experts[single], "recipe": asdict(recipe),
+                              "higher_is_better": higher_is_better, "policies": {}, "pareto": {}}
+
+    def add(name: str, chosen: np.ndarray | None, chosen_losses: np.ndarray, seconds: float, **extra: Any) -> None:
+        row = policy_row(chosen_losses, y, single, params, chosen, higher_is_better)
+        row.update(seconds=round(seconds, 2), **extra)
+        report["policies"].setdefault(name, []).append(row)
+
+    t = time.perf_counter()
+    # A random pick hits a best expert with probability (number of best experts) / (number of experts).
+    add("random", None, B.expected_random_loss(y), time.perf_counter() - t,
+        mean_params=float(np.nanmean(params)) if np.isfinite(params).any() else None,
+        hit_rate=float(np.mean((y <= y.min(axis=1, keepdims=True) + 1e-12).mean(axis=1))))
+    add("best_single", np.full(len(y), single), y[:, single], 0.0)
+    oracle = y.argmin(axis=1)
+    add("oracle", oracle, y[rows, oracle], 0.0)
+
+    temp = tempfile.TemporaryDirectory(prefix="thalamus-bench-") if home is None else None
+    home_dir = Path(temp.name) if temp is not None else Path(home)  # type: ignore[arg-type]
+    try:
+        say(f"preparing {home_dir}: {len(experts)} experts, {len(train.prompts)} train prompts")
+        settings = prepare_home(home_dir, train, attributes, recipe)
+        say("embedding prompts with the frozen backbone for the baselines")
+        t = time.perf_counter()
+        emb = frozen_embeddings(recipe.backbone, train.prompts + test.prompts, recipe.max_length)
+        tr_x, te_x = emb[:len(train.prompts)], emb[len(train.prompts):]
+        embed_seconds = time.perf_counter() - t
+        grids = {"knn": (10, 30, 100, 200), "ridge": (1.0, 10.0, 100.0, 1000.0, 3000.0),
+                 "mlp": (1e-2,) if quick else (1e-2, 1e-1)}
+        for name, grid in grids.items():
+            for seed in (range(seeds) if name == "mlp" else range(1)):  # kNN and ridge are deterministic
+                say(f"baseline {name} (seed {seed})")
+                t = time.perf_counter()
+                pred, chosen_h = B.tuned(name, tr_x, train.losses, te_x, grid, seed=seed)
+                choice = pred.argmin(axis=1)
+                add(f"{name}_probe" if name != "knn" else "knn", choice, y[rows, choice],
+                    time.perf_counter() - t + embed_seconds, hyper=chosen_h)
+        thalamus_preds = []
+        for seed in range(seeds):
+            say(f"training the router (seed {seed}) with the production job")
+            pred, order, metrics, seconds = train_and_predict(settings, recipe, seed, test.prompts)
+            if order != experts:
+                pred = pred[:, [order.index(n) for n in experts]]
+            thalamus_preds.append(pred)
+            choice = pred.argmin(axis=1)
+            add("thalamus", choice, y[rows, choice], seconds,
+                examples_per_second=metrics.get("examples_per_second"), best_epoch=metrics.get("best_epoch"),
+                n_train_rows=metrics.get("n_train"), n_fit_rows=metrics.get("n_fit"))
+            say(f"  seed {seed}: loss {y[rows, choice].mean():.4f} in {seconds:.0f}s")
+    finally:
+        if temp is not None:
+            temp.cleanup()
+
+    from router.metrics import paired_bootstrap
+
+    cis = []
+    for pred in thalamus_preds:
+        choice = pred.argmin(axis=1)
+        # (thalamus − best single) in "higher is better" units: single loss − thalamus loss.
+        cis.append(paired_bootstrap(y[:, single], y[rows, choice], n=2000, seed=0))
+    report["bootstrap"] = {"per_seed": cis,
+                           "seed_mean_policy": paired_bootstrap(
+                               y[:, single], np.mean([y[rows, p.argmin(axis=1)] for p in thalamus_preds], axis=0),
+                               n=2000, seed=0)}
+    # Pareto sweep of λ_size for the router (mean over seeds) and the single experts.
+    sweep = []
+    for lam in lambdas:
+        losses_, sizes_ = [], []
+        for pred in thalamus_preds:
+            choice = B.route(pred, size, lam)
+            losses_.append(float(y[rows, choice].mean()))
+            sizes_.append(float(np.nanmean(params[choice])) if np.isfinite(params).any() else float("nan"))
+        sweep.append({"lambda_size": lam, "loss": float(np.mean(losses_)), "loss_sd": float(np.std(losses_)),
+                      "mean_params": float(np.mean(sizes_))})
+    singles = [{"expert": n, "loss": float(y[:, j].mean()),
+                "mean_params": None if math.isnan(params[j]) else float(params[j])} for j, n in enumerate(experts)]
+    report["pareto"] = {"thalamus": sweep, "single": singles}
+    single_loss = float(y[:, single].mean())
+    keeps = [p for p in sweep if p["loss"] <= single_loss + 1e-12 and not math.isnan(p["mean_params"])]
+    report["pareto"]["cheapest_keeping_best_single"] = min(keeps, key=lambda p: p["mean_params"]) if keeps else None
+    report["summary"] = summarize(report["policies"])
+    report["wall_seconds"] = round(time.perf_counter() - started, 1)
+    return report
