@@ -31,6 +31,13 @@ class Metrics:
         self.log_dropped = Counter("thalamus_log_dropped", "Request log rows dropped (queue full or unwritable)",
                                    registry=r)
         self.log_written = Counter("thalamus_log_written", "Request log rows written", registry=r)
+        self.spool_commit = Histogram("thalamus_spool_commit_seconds",
+                                      "Time to write and fdatasync one group commit of the request spool",
+                                      buckets=(0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05), registry=r)
+        self.spool_batch = Histogram("thalamus_spool_commit_rows", "Request rows per spool group commit",
+                                     buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
+        self.spool_depth = Gauge("thalamus_spool_depth", "Spooled request rows not yet in the database",
+                                 registry=r)
         self.log_failures = Counter("thalamus_log_batch_failures", "Request log batch writes that failed", registry=r)
 
     def render(self) -> bytes:

@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(20_000, gt=0)
     default_lambdas: dict[str, float] = Field(default_factory=dict)
 
+    spool: bool = True  # answered requests fsynced to HOME/spool before the response (docs/architecture.md)
     log_batch_size: int = Field(256, gt=0)
     log_flush_seconds: float = Field(0.2, gt=0)
     swap_poll_seconds: float = Field(2.0, gt=0)
@@ -81,6 +82,10 @@ class Settings(BaseSettings):
     @property
     def routers_dir(self) -> Path:
         return self.home / "routers"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.home / "spool"
 
     @property
     def is_sqlite(self) -> bool:
