@@ -257,7 +257,7 @@ def _find_request(settings: Settings, writer: RequestLogWriter, request_id: str)
 
 
 def _spool(settings: Settings, metrics: Metrics) -> Spool | None:
-    """The request spool in ``THALAMUS_HOME/spool`` unless ``THALAMUS_SPOOL=off``."""
+    """The request spool in ``THALAMUS_HOME/spool`` when ``THALAMUS_SPOOL=on``."""
     if not settings.spool:
         return None
 
@@ -265,7 +265,7 @@ def _spool(settings: Settings, metrics: Metrics) -> Spool | None:
         metrics.spool_commit.observe(seconds)
         metrics.spool_batch.observe(rows)
 
-    return Spool(settings.spool_dir, on_commit=observe)
+    return Spool(settings.spool_dir, on_commit=observe, on_wait=metrics.spool_wait.observe)
 
 
 def _expert_cache() -> Any:

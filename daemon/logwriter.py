@@ -4,7 +4,7 @@ Rows go into a bounded queue; one thread writes them in batches (``log_batch_siz
 ``log_flush_seconds``). A batch that fails on a transient error (connection lost, database locked)
 is retried until it is written; one that fails on bad data is split so only the bad rows are lost.
 
-With a ``Spool`` (the daemon's default, ``THALAMUS_SPOOL``), ``submit`` first makes the row durable
+With a ``Spool`` (``THALAMUS_SPOOL=on``), ``submit`` first makes the row durable
 on local disk, so a killed process loses no answered request: the next start replays the rows its
 spool still holds, and this writer releases each row from the spool once it is in the database.
 """

@@ -22,7 +22,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -79,11 +79,13 @@ class Spool:
     """Durable local log of answered requests; see the module docstring."""
 
     def __init__(self, directory: Path, segment_bytes: int = SEGMENT_BYTES,
-                 on_commit: Any = None) -> None:
+                 on_commit: Callable[[float, int], None] | None = None,
+                 on_wait: Callable[[float], None] | None = None) -> None:
         self.directory = Path(directory)
         self.segment_bytes = segment_bytes
         self.owner = uuid.uuid4().hex
         self._on_commit = on_commit  # called with (seconds, rows) after each group commit
+        self._on_wait = on_wait  # called with the seconds each append waited
         self._cond = threading.Condition()
         self._buffer: list[tuple[str, bytes]] = []
         self._appended = 0
@@ -153,6 +155,7 @@ class Spool:
     def append(self, row: Mapping[str, Any]) -> None:
         """Return once ``row`` is on disk (group-committed with concurrent appends). Raises SpoolError."""
         line = encode(row)
+        started = time.perf_counter()
         with self._cond:
             if self._closing or self._thread is None:
                 raise SpoolError("the request spool is closed")
@@ -165,6 +168,8 @@ class Spool:
             for first, last, error in self._failed:
                 if first <= ticket <= last:
                     raise SpoolError(f"the request spool cannot write to {self.directory}: {error}")
+        if self._on_wait is not None:
+            self._on_wait(time.perf_counter() - started)
 
     def release(self, ids: Iterable[str]) -> None:
         """These rows are in the database (or can never be): forget them, delete drained sealed segments."""

@@ -143,7 +143,7 @@ def test_kill_9_under_load_loses_no_answered_request(pg_daemon_settings, tmp_pat
     base, log = f"http://127.0.0.1:{settings.port}", tmp_path / "daemon.log"
     # A 1 s flush interval (a valid setting) keeps ~16 answered rows in memory at any moment, so
     # without the spool the kill loses some every time (at the default 0.2 s, ~3, most of the time).
-    daemon = start_daemon(log, log_flush_seconds="1.0")
+    daemon = start_daemon(log, spool="on", log_flush_seconds="1.0")
     answered: list[str] = []
     stop = threading.Event()
     try:
@@ -174,7 +174,7 @@ def test_kill_9_under_load_loses_no_answered_request(pg_daemon_settings, tmp_pat
             thread.join(15)
         assert len(answered) >= 20
 
-        daemon = start_daemon(log)  # same THALAMUS_HOME: replays the dead daemon's spool
+        daemon = start_daemon(log, spool="on")  # same THALAMUS_HOME: replays the dead daemon's spool
         wait_healthy(base, daemon, log)
         missing: set[str] = set(answered)
         deadline = time.monotonic() + 30
@@ -188,3 +188,11 @@ def test_kill_9_under_load_loses_no_answered_request(pg_daemon_settings, tmp_pat
     finally:
         stop.set()
         stop_process(daemon)
+
+
+def test_thalamus_spool_setting_gives_the_daemon_a_spool(settings) -> None:  # type: ignore[no-untyped-def]
+    from daemon.app import create_app
+
+    assert create_app(settings).state.writer.spool is None  # off by default (docs/benchmarks.md)
+    spooled = create_app(settings.model_copy(update={"spool": True})).state.writer.spool
+    assert isinstance(spooled, Spool) and spooled.directory == settings.home / "spool"
