@@ -16,6 +16,7 @@ import json
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -155,6 +156,7 @@ def main() -> None:
                     daemon.wait(30)
     finally:
         drop()
+        shutil.rmtree(home, ignore_errors=True)
 
     print("\n| rate (req/s) | spool | requests | p50 ms | p95 ms | p99 ms |")
     print("|---|---|---|---|---|---|")
