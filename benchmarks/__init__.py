@@ -5,5 +5,7 @@
 - :mod:`benchmarks.report`: one table row per policy, the summary, the text report and the Pareto plot;
 - :mod:`benchmarks.quality`: routing quality through the product's own path (``thalamus bench quality``);
 - :mod:`benchmarks.demo_dataset`: the demo expert library as a dataset (``thalamus bench demo-dataset``);
-- :mod:`benchmarks.quality_ablation`, :mod:`benchmarks.train_speed`: scripts, ``python -m benchmarks.<name>``.
+- :mod:`benchmarks.quality_ablation`, :mod:`benchmarks.train_speed`, :mod:`benchmarks.spool_latency`: scripts,
+  ``python -m benchmarks.<name>``;
+- :mod:`benchmarks.tcpproxy`, :mod:`benchmarks.loadgen`: fault injection (a killable TCP proxy) and open-loop load.
 """

@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from daemon.health import DATABASE_ERRORS, DatabaseProbe, unavailable_response
 from daemon.holder import Decision, LoadedRouter, RouterHolder
 from daemon.logwriter import RequestLogWriter
 from daemon.metrics import CONTENT_TYPE_LATEST, Metrics
@@ -35,6 +36,7 @@ from daemon.schemas import (
     RouteResponse,
     StatusResponse,
 )
+from daemon.spool import Spool, SpoolError
 from router.hashing import Salt, stable_fraction
 from store.db import session_scope
 from store.queries import active_experts, active_router_version, expert_by_name, insert_feedback, upsert_losses
@@ -54,8 +56,9 @@ def create_app(settings: Settings, holder: RouterHolder | None = None,
 
     validate_lambdas(settings.default_lambdas)  # a misconfigured default fails at start-up, not per request
     holder = holder or RouterHolder(settings)
-    writer = writer or RequestLogWriter(settings, metrics=holder.metrics)
+    writer = writer or RequestLogWriter(settings, metrics=holder.metrics, spool=_spool(settings, holder.metrics))
     metrics = holder.metrics
+    probe = DatabaseProbe(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -66,12 +69,15 @@ def create_app(settings: Settings, holder: RouterHolder | None = None,
             yield
         finally:
             holder.stop()
+            probe.close()
             await run_in_threadpool(writer.close)
 
     app = FastAPI(title="thalamus", version="0.1.0", lifespan=lifespan)
     app.state.settings, app.state.holder, app.state.writer = settings, holder, writer
     app.add_middleware(_CountRequests, metrics=metrics)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    for error in (*DATABASE_ERRORS, SpoolError):
+        app.add_exception_handler(error, unavailable_response)
     experts = _expert_cache()
 
     def routed(body: RouteRequest) -> tuple[LoadedRouter, str, dict[str, float], Decision, float]:
@@ -180,16 +186,20 @@ def create_app(settings: Settings, holder: RouterHolder | None = None,
             "swaps": holder.swaps, "swap_failures": holder.failures, "listening": holder.listening,
             "experts": listed, "counts": counts,
             "writer": {"queue_depth": writer.depth, "written": writer.written, "dropped": writer.dropped,
-                       "last_error": writer.last_error},
+                       "last_error": writer.last_error,
+                       "spooled": writer.spool.depth if writer.spool is not None else None},
             "default_lambdas": dict(settings.default_lambdas), "label_share": settings.label_share,
         }
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
-        """200 once a router is loaded, 503 before."""
+        """503 until a router is loaded; then 200, ``degraded`` while the database is unreachable (routing works)."""
         loaded = holder.current
         if loaded is None:
             return JSONResponse({"status": "starting", "detail": holder.last_error or "no router loaded yet"}, 503)
+        problem = probe.problem()
+        if problem is not None:
+            return JSONResponse({"status": "degraded", "router_version": loaded.version_id, "detail": problem})
         return JSONResponse({"status": "ok", "router_version": loaded.version_id})
 
     @app.get("/metrics")
@@ -247,6 +257,18 @@ def _find_request(settings: Settings, writer: RequestLogWriter, request_id: str)
             return None
         writer.flush(timeout=10.0)
     return None
+
+
+def _spool(settings: Settings, metrics: Metrics) -> Spool | None:
+    """The request spool in ``THALAMUS_HOME/spool`` when ``THALAMUS_SPOOL=on``."""
+    if not settings.spool:
+        return None
+
+    def observe(seconds: float, rows: int) -> None:
+        metrics.spool_commit.observe(seconds)
+        metrics.spool_batch.observe(rows)
+
+    return Spool(settings.spool_dir, on_commit=observe, on_wait=metrics.spool_wait.observe)
 
 
 def _expert_cache() -> Any:

@@ -127,6 +127,7 @@ class RouterHolder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failed: tuple[int, str, float] | None = None  # (version id, sha, when) of the last failed load
+        self._read_failed = False  # last_error says the database could not be read
         self.last_error: str | None = None
         self.last_error_at: dt.datetime | None = None
         self.last_checked_at: dt.datetime | None = None
@@ -152,17 +153,20 @@ class RouterHolder:
                 return self._load_active()
             except Exception as exc:  # the DB may be down; the old bundle keeps serving
                 self._record_error(f"could not read the active router version: {exc}", count=False)
+                self._read_failed = True
                 return False
 
     def _load_active(self) -> bool:
         with session_scope(self.settings) as session:
             version = active_router_version(session)
             if version is None:
+                self._recovered()
                 self.last_checked_at = _now()
                 return False
             version_id, uri, sha = version.id, version.checkpoint_uri, version.checkpoint_sha256
             order = tuple(str(name) for name in version.expert_order)
             experts = _expert_infos(session, order)
+        self._recovered()
         self.last_checked_at = _now()
         current = self._current
         if current is not None and current.version_id == version_id:
@@ -239,6 +243,12 @@ class RouterHolder:
         batcher = MicroBatcher(router.predict, on_batch=self.metrics.route_batch_size.observe)
         return LoadedRouter(version_id=version_id, sha256=sha, router=router, expert_names=order,
                             experts=experts, constraints=constraints, loaded_at=_now(), batcher=batcher)
+
+    def _recovered(self) -> None:
+        """The database answered again: an error that only said it could not be read is over."""
+        if self._read_failed:
+            self._read_failed = False
+            self.last_error = self.last_error_at = None
 
     def _record_error(self, message: str, count: bool) -> None:
         log.error("%s", message)

@@ -3,6 +3,10 @@
 Rows go into a bounded queue; one thread writes them in batches (``log_batch_size`` rows or every
 ``log_flush_seconds``). A batch that fails on a transient error (connection lost, database locked)
 is retried until it is written; one that fails on bad data is split so only the bad rows are lost.
+
+With a ``Spool`` (``THALAMUS_SPOOL=on``), ``submit`` first makes the row durable
+on local disk, so a killed process loses no answered request: the next start replays the rows its
+spool still holds, and this writer releases each row from the spool once it is in the database.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 from sqlalchemy import exc as sa_exc
 
 from daemon.metrics import Metrics, default_metrics
+from daemon.spool import Spool
 from store.db import session_scope
 from store.queries import insert_requests
 from store.settings import Settings
@@ -30,9 +35,12 @@ _MAX_BACKOFF = 5.0
 class RequestLogWriter:
     """A background writer of ``requests`` rows (each row a dict with the prompt text under ``prompt``)."""
 
-    def __init__(self, settings: Settings, metrics: Metrics | None = None, max_queue: int = 10_000) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None, max_queue: int = 10_000,
+                 spool: Spool | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or default_metrics()
+        self.spool = spool
+        self._replay: list[dict[str, Any]] = []  # rows recovered from dead daemons' spools, written first
         self._queue: queue.Queue[dict[str, Any]] = queue.Queue(max_queue)
         self._pending: dict[str, dict[str, Any]] = {}
         self._cond = threading.Condition()
@@ -48,18 +56,25 @@ class RequestLogWriter:
     # -- producer side -------------------------------------------------------------------------
 
     def submit(self, row: Mapping[str, Any]) -> bool:
-        """Queue one row without blocking; False (and a counted drop) when the queue is full or closed."""
+        """Queue one row; False (and a counted drop) when the queue is full or closed.
+
+        Without a spool this never blocks. With one it returns once the row is on local disk and
+        raises ``SpoolError`` when it cannot be made durable (the caller must not answer 200).
+        """
         row = dict(row)
         key = str(row["id"])
+        if self._stop.is_set():
+            return self._drop(1, "the log writer is closed")
+        if self.spool is not None:
+            self.spool.append(row)
         with self._cond:
-            if self._stop.is_set():
-                return self._drop(1, "the log writer is closed")
             self._pending[key] = row
             try:
                 self._queue.put_nowait(row)
             except queue.Full:
                 del self._pending[key]
-                return self._drop(1, f"the log queue is full ({self._queue.maxsize} rows)")
+                kept = " (kept in the spool for the next start)" if self.spool is not None else ""
+                return self._drop(1, f"the log queue is full ({self._queue.maxsize} rows){kept}")
             self.metrics.queue_depth.set(len(self._pending))
         return True
 
@@ -93,9 +108,17 @@ class RequestLogWriter:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the writer thread (idempotent)."""
+        """Open the spool and take over dead daemons' spooled rows, then start the writer thread (idempotent)."""
         if self._thread is not None and self._thread.is_alive():
             return
+        if self.spool is not None and not self.spool.is_open:
+            self.spool.open()
+            recovered = self.spool.recover().rows
+            with self._cond:
+                for row in recovered:
+                    self._pending[str(row["id"])] = row
+                self._replay.extend(recovered)
+                self.metrics.queue_depth.set(len(self._pending))
         self._stop.clear()
         self._close_deadline = None
         self._thread = threading.Thread(target=self._run, name="thalamus-log-writer", daemon=True)
@@ -112,10 +135,16 @@ class RequestLogWriter:
             self._thread = None
         else:
             self._drain_inline()
+        if self.spool is not None:
+            self.spool.close()
 
     # -- writer side ---------------------------------------------------------------------------
 
     def _run(self) -> None:
+        while self._replay:
+            batch = self._replay[: self.settings.log_batch_size]
+            del self._replay[: len(batch)]
+            self._write(batch)
         while True:
             batch = self._gather()
             if batch:
@@ -173,7 +202,7 @@ class RequestLogWriter:
                     return
                 if self._close_deadline is not None and time.monotonic() > self._close_deadline:
                     log.error("closing: %d request log rows could not be written: %s", len(batch), exc)
-                    self._done(batch, written=False)
+                    self._done(batch, written=False, retry_later=True)
                     return
                 log.warning("request log batch of %d rows failed (%s); retrying in %.1f s", len(batch), exc, backoff)
                 time.sleep(backoff)
@@ -192,13 +221,19 @@ class RequestLogWriter:
         with session_scope(self.settings) as session:
             insert_requests(session, rows)
 
-    def _done(self, rows: list[dict[str, Any]], written: bool) -> None:
+    def _done(self, rows: list[dict[str, Any]], written: bool, retry_later: bool = False) -> None:
+        """Rows leave the queue: written, refused for their data, or (``retry_later``) left to the spool."""
+        if self.spool is not None and not retry_later:
+            self.spool.release(str(row["id"]) for row in rows)
+            self.metrics.spool_depth.set(self.spool.depth)
         with self._cond:
             for row in rows:
                 self._pending.pop(str(row["id"]), None)
             if written:
                 self.written += len(rows)
                 self.metrics.log_written.inc(len(rows))
+            elif retry_later and self.spool is not None:
+                self._drop(len(rows), "the database is unreachable; they stay in the spool for the next start")
             else:
                 self._drop(len(rows), "the database refused them")
             self.metrics.queue_depth.set(len(self._pending))

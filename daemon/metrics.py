@@ -34,6 +34,18 @@ class Metrics:
         self.log_dropped = Counter("thalamus_log_dropped", "Request log rows dropped (queue full or unwritable)",
                                    registry=r)
         self.log_written = Counter("thalamus_log_written", "Request log rows written", registry=r)
+        spool_buckets = (0.0001, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01,
+                         0.02, 0.05, 0.1)
+        self.spool_commit = Histogram("thalamus_spool_commit_seconds",
+                                      "Time to write and fdatasync one group commit of the request spool",
+                                      buckets=spool_buckets, registry=r)
+        self.spool_wait = Histogram("thalamus_spool_wait_seconds",
+                                    "Time a routed request waits for its row to be durable in the spool",
+                                    buckets=spool_buckets, registry=r)
+        self.spool_batch = Histogram("thalamus_spool_commit_rows", "Request rows per spool group commit",
+                                     buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
+        self.spool_depth = Gauge("thalamus_spool_depth", "Spooled request rows not yet in the database",
+                                 registry=r)
         self.log_failures = Counter("thalamus_log_batch_failures", "Request log batch writes that failed", registry=r)
 
     def render(self) -> bytes:

@@ -40,7 +40,9 @@ def get_engine(settings: Settings) -> Engine:
             engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
-            engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+            # A bounded connect: during an outage requests fail (503) instead of hanging on SYN retries.
+            engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10,
+                                   connect_args={"connect_timeout": 10})
         _ENGINES[url] = engine
     return engine
 

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(20_000, gt=0)
     default_lambdas: dict[str, float] = Field(default_factory=dict)
 
+    # on: answered requests are fsynced to HOME/spool before the response, so kill -9 loses none. Off by
+    # default: it cost 2.6-3 ms per request at p50 on the shared dev disk (> the 1 ms budget; docs/benchmarks.md).
+    spool: bool = False
     log_batch_size: int = Field(256, gt=0)
     log_flush_seconds: float = Field(0.2, gt=0)
     swap_poll_seconds: float = Field(2.0, gt=0)
@@ -83,6 +86,10 @@ class Settings(BaseSettings):
     @property
     def routers_dir(self) -> Path:
         return self.home / "routers"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.home / "spool"
 
     @property
     def is_sqlite(self) -> bool:

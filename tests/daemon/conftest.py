@@ -162,3 +162,23 @@ def client(settings, served: int) -> Iterator[Any]:  # type: ignore[no-untyped-d
 
 def new_id() -> str:
     return str(uuid.uuid4())
+
+
+@pytest.fixture
+def pg_daemon_settings(tmp_path: Path, pg_url: str, thalamus_env: None, tiny_backbone: str,  # type: ignore[no-untyped-def]
+                       expert_models: dict[str, str], bundles: dict[str, Bundle]):
+    """PostgreSQL with the three experts and bundle A active, for a real ``thalamus serve`` on a free port."""
+    from benchmarks.tcpproxy import free_port
+    from store.db import session_scope
+    from store.migrate import upgrade
+    from store.schema import Expert
+
+    settings = make_settings(tmp_path / "home", database_url=pg_url, backbone=tiny_backbone,
+                             port=str(free_port()), swap_poll_seconds="0.5", label_share="0.5")
+    upgrade(settings)
+    with session_scope(settings) as session:
+        for name in EXPERTS:
+            kind = "external" if name == "api" else "masked-lm"
+            session.add(Expert(name=name, kind=kind, uri=expert_models.get(name), attributes=ATTRIBUTES[name]))
+    register_version(settings, bundles["a"])
+    return settings
