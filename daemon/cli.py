@@ -234,7 +234,7 @@ def cmd_jobs_list(args: argparse.Namespace) -> None:
     with session_scope(settings) as session:
         runs = list(session.scalars(select(JobRun).order_by(JobRun.id.desc()).limit(args.limit)))
         ids = [run.id for run in runs]
-        retries = dict(session.execute(select(JobRun.retry_of, JobRun.id).where(JobRun.retry_of.in_(ids))).tuples())
+        retries = dict(session.execute(select(JobRun.retry_of, JobRun.id).where(JobRun.retry_of.in_(ids))).tuples().all())
     now = utcnow()
     print(f"{'id':>5} {'kind':16} {'trigger':12} {'status':18} {'progress':>8}  {'try':>3} {'worker':24} "
           f"{'heartbeat':>9}  {'created':19}  message")
