@@ -58,12 +58,12 @@ def reap_lost(session: Session, settings: Settings) -> list[Reaped]:
     ).all()
     reaped = []
     for row in sorted(lost, key=lambda r: r.id):
-        silent = (f"lost at {100 * row.progress:.1f} %: no heartbeat from {row.worker or 'its worker'} "
-                  f"since {_since(row.heartbeat_at)}")
+        lost_at = f"lost at {100 * row.progress:.1f} %"
+        silent = f"no heartbeat from {row.worker or 'its worker'} since {_since(row.heartbeat_at)}"
         if row.attempt >= settings.job_max_attempts:
             session.execute(update(_RUNS).where(_RUNS.c.id == row.id).values(
                 status=JobStatus.FAILED.value,
-                message=f"{silent}; gave up after {row.attempt} attempts (THALAMUS_JOB_MAX_ATTEMPTS)"))
+                message=f"{lost_at}, gave up after {row.attempt} attempts (THALAMUS_JOB_MAX_ATTEMPTS): {silent}"))
             reaped.append(Reaped(row.id, row.kind, row.worker, row.attempt, None))
             continue
         retry = JobRun(kind=row.kind, params=row.params or {}, trigger=row.trigger, status=JobStatus.QUEUED.value,
@@ -73,6 +73,6 @@ def reap_lost(session: Session, settings: Settings) -> list[Reaped]:
         session.add(retry)
         session.flush()
         session.execute(update(_RUNS).where(_RUNS.c.id == row.id).values(
-            message=f"{silent}; re-queued as run {retry.id}"))
+            message=f"{lost_at}, re-queued as run {retry.id}: {silent}"))
         reaped.append(Reaped(row.id, row.kind, row.worker, row.attempt, retry.id))
     return reaped
