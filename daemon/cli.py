@@ -234,13 +234,14 @@ def cmd_jobs_list(args: argparse.Namespace) -> None:
     with session_scope(settings) as session:
         runs = list(session.scalars(select(JobRun).order_by(JobRun.id.desc()).limit(args.limit)))
         ids = [run.id for run in runs]
-        retries = dict(session.execute(select(JobRun.retry_of, JobRun.id).where(JobRun.retry_of.in_(ids))).tuples().all())
+        retries = dict(session.execute(select(JobRun.retry_of, JobRun.id).where(JobRun.retry_of.in_(ids))).all())
     now = utcnow()
     print(f"{'id':>5} {'kind':16} {'trigger':12} {'status':18} {'progress':>8}  {'try':>3} {'worker':24} "
           f"{'heartbeat':>9}  {'created':19}  message")
     for run in runs:
         status = run.status
-        beat = "-" if run.heartbeat_at is None else _age((now - as_utc(run.heartbeat_at)).total_seconds())
+        beat = "-" if run.heartbeat_at is None or status not in (JobStatus.RUNNING, JobStatus.LOST) else \
+            _age((now - as_utc(run.heartbeat_at)).total_seconds())
         if status == JobStatus.LOST and run.id in retries:
             status = f"lost → run {retries[run.id]}"
         elif status == JobStatus.RUNNING and run.heartbeat_at is not None and \
@@ -248,7 +249,7 @@ def cmd_jobs_list(args: argparse.Namespace) -> None:
             status = "running, silent"  # the next sweep marks it lost
         print(f"{run.id:5} {run.kind:16} {run.trigger:12} {status:18} {100 * run.progress:7.1f}%  {run.attempt:3} "
               f"{(run.worker or '-')[:24]:24} {beat:>9}  {run.created_at:%Y-%m-%d %H:%M:%S}  "
-              f"{(run.message or '')[:80]}")
+              f"{(run.message or '')[:120]}")
 
 
 # --- admin ---------------------------------------------------------------------------------
