@@ -42,7 +42,7 @@ def test_heartbeat_advances_while_the_job_runs(request, backend: str) -> None:
     first = claim(settings, run_id, "host:1").heartbeat_at
     with tracked(settings, run_id, "host:1"):
         time.sleep(1.0)
-        beat = get_run(settings, run_id).heartbeat_at
+    beat = get_run(settings, run_id).heartbeat_at
     assert beat > first
     time.sleep(0.5)  # stopped with the body: no beat after the context exits
     assert get_run(settings, run_id).heartbeat_at == beat
