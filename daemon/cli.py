@@ -166,7 +166,7 @@ def _progress_bar(run_id: int) -> tuple[Callable[[Any], None], Callable[[Any, An
     """``wait``'s callbacks: a progress bar, and a line when the run is lost and followed to its re-run."""
     from tqdm import tqdm
 
-    from jobs.runs import FINISHED
+    from jobs.runs import JobStatus
 
     bar = tqdm(total=100, desc=f"job {run_id}", unit="%", file=sys.stderr)
 
@@ -175,7 +175,7 @@ def _progress_bar(run_id: int) -> tuple[Callable[[Any], None], Callable[[Any, An
         bar.n = round(100 * (run.progress or 0.0))
         bar.set_postfix_str(f"{run.status}: {(run.message or '')[:60]}")
         bar.refresh()
-        if run.status in FINISHED:
+        if run.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):  # a lost run goes on as its re-run
             bar.close()
 
     def requeued(lost: Any, retry: Any) -> None:
