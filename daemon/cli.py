@@ -162,19 +162,27 @@ def cmd_ingest_losses(args: argparse.Namespace) -> None:
 
 # --- jobs ----------------------------------------------------------------------------------
 
-def _progress_bar(run_id: int) -> Callable[[Any], None]:
+def _progress_bar(run_id: int) -> tuple[Callable[[Any], None], Callable[[Any, Any], None]]:
+    """``wait``'s callbacks: a progress bar, and a line when the run is lost and followed to its re-run."""
     from tqdm import tqdm
+
+    from jobs.runs import JobStatus
 
     bar = tqdm(total=100, desc=f"job {run_id}", unit="%", file=sys.stderr)
 
     def show(run: Any) -> None:
+        bar.set_description(f"job {run.id}")
         bar.n = round(100 * (run.progress or 0.0))
         bar.set_postfix_str(f"{run.status}: {(run.message or '')[:60]}")
         bar.refresh()
-        if run.status in ("succeeded", "failed"):
+        if run.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):  # a lost run goes on as its re-run
             bar.close()
 
-    return show
+    def requeued(lost: Any, retry: Any) -> None:
+        bar.write(f"job run {lost.id} was lost ({lost.message}); following its re-run {retry.id}", file=sys.stderr)
+        bar.reset()
+
+    return show, requeued
 
 
 def cmd_jobs_run(args: argparse.Namespace) -> None:
@@ -197,23 +205,51 @@ def cmd_jobs_run(args: argparse.Namespace) -> None:
         if not args.wait:
             print(run_id)
             return
-    run = wait(settings, run_id, timeout=args.timeout, on_progress=_progress_bar(run_id))
-    _print_json({"run": run.id, "kind": run.kind, "status": run.status, "result": run.result,
-                 "error": (run.message if run.status == "failed" else None)})
+    show, requeued = _progress_bar(run_id)
+    lost: list[int] = []
+    run = wait(settings, run_id, timeout=args.timeout, on_progress=show,
+               on_requeue=lambda old, new: (lost.append(old.id), requeued(old, new)))
+    _print_json({"run": run.id, "kind": run.kind, "status": run.status, "attempt": run.attempt, "lost_runs": lost,
+                 "result": run.result, "error": (run.message if run.status != "succeeded" else None)})
     if run.status != "succeeded":
         sys.exit(1)
 
 
+def _age(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    return f"{seconds // 60}m" if seconds < 7200 else f"{seconds // 3600}h"
+
+
 def cmd_jobs_list(args: argparse.Namespace) -> None:
+    """One line per run; a run's state is told as it is: a silent worker, a lost run and its re-run."""
     from sqlalchemy import select
 
+    from jobs.runs import JobStatus, as_utc
     from store.db import session_scope
-    from store.schema import JobRun
+    from store.schema import JobRun, utcnow
 
-    with session_scope(_settings(args)) as session:
-        for run in session.scalars(select(JobRun).order_by(JobRun.id.desc()).limit(args.limit)):
-            print(f"{run.id:5} {run.kind:16} {run.trigger:12} {run.status:10} {100 * run.progress:5.1f}%  "
-                  f"{run.created_at:%Y-%m-%d %H:%M:%S}  {(run.message or '')[:60]}")
+    settings = _settings(args)
+    with session_scope(settings) as session:
+        runs = list(session.scalars(select(JobRun).order_by(JobRun.id.desc()).limit(args.limit)))
+        ids = [run.id for run in runs]
+        retries = dict(session.execute(select(JobRun.retry_of, JobRun.id).where(JobRun.retry_of.in_(ids))).all())
+    now = utcnow()
+    print(f"{'id':>5} {'kind':16} {'trigger':12} {'status':18} {'progress':>8}  {'try':>3} {'worker':24} "
+          f"{'heartbeat':>9}  {'created':19}  message")
+    for run in runs:
+        status = run.status
+        beat = "-" if run.heartbeat_at is None or status not in (JobStatus.RUNNING, JobStatus.LOST) else \
+            _age((now - as_utc(run.heartbeat_at)).total_seconds())
+        if status == JobStatus.LOST and run.id in retries:
+            status = f"lost → run {retries[run.id]}"
+        elif status == JobStatus.RUNNING and run.heartbeat_at is not None and \
+                (now - as_utc(run.heartbeat_at)).total_seconds() > settings.job_lost_after_seconds:
+            status = "running, silent"  # the next sweep marks it lost
+        print(f"{run.id:5} {run.kind:16} {run.trigger:12} {status:18} {100 * run.progress:7.1f}%  {run.attempt:3} "
+              f"{(run.worker or '-')[:24]:24} {beat:>9}  {run.created_at:%Y-%m-%d %H:%M:%S}  "
+              f"{(run.message or '')[:120]}")
 
 
 # --- admin ---------------------------------------------------------------------------------

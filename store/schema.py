@@ -31,7 +31,7 @@ NAMING = {
 EXPERT_KINDS = ("masked-lm", "causal-lm", "external")
 VERSION_STATUSES = ("candidate", "approved", "active", "retired", "rejected")
 LOSS_SOURCES = ("computed", "reported")
-JOB_STATUSES = ("queued", "running", "succeeded", "failed")
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "lost")  # jobs.runs.JobStatus
 
 
 def utcnow() -> dt.datetime:
@@ -147,6 +147,12 @@ class JobRun(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
+    # Liveness: the running task writes heartbeat_at every THALAMUS_JOB_HEARTBEAT_SECONDS; a run whose
+    # heartbeat is older than THALAMUS_JOB_LOST_AFTER_SECONDS is marked lost and re-run as a new row.
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    worker: Mapped[str | None] = mapped_column(String(200))
+    attempt: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    retry_of: Mapped[int | None] = mapped_column(ForeignKey("job_runs.id"), index=True)
 
 
 class Activation(Base):

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -61,11 +61,23 @@ class Settings(BaseSettings):
 
     auto_approve: bool = False
     job_timeout_seconds: int = Field(6 * 3600, gt=0)
+    # A running job writes a heartbeat this often; one silent for job_lost_after_seconds is marked
+    # lost and re-run (at most job_max_attempts attempts in all). See docs/architecture.md, Celery.
+    job_heartbeat_seconds: float = Field(30.0, gt=0)
+    job_lost_after_seconds: float = Field(150.0, gt=0)
+    job_max_attempts: int = Field(3, ge=1)
 
     @field_validator("home")
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _lost_after_spans_heartbeats(self) -> "Settings":
+        if self.job_lost_after_seconds < 2 * self.job_heartbeat_seconds:
+            raise ValueError(f"THALAMUS_JOB_LOST_AFTER_SECONDS ({self.job_lost_after_seconds:g}) must be at least twice "
+                             f"THALAMUS_JOB_HEARTBEAT_SECONDS ({self.job_heartbeat_seconds:g})")
+        return self
 
     @property
     def db_url(self) -> str:

@@ -21,7 +21,7 @@ def _transport_options(broker_url: str, visibility: int) -> dict[str, object]:
 
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("thalamus", broker=settings.celery_broker_url, include=["workers.tasks"])
+    app = Celery("thalamus", broker=settings.celery_broker_url, include=["workers.tasks", "workers.liveness"])
     visibility = settings.job_timeout_seconds + 600  # above the longest job: no redelivery mid-run
     app.conf.update(
         task_acks_late=True,

@@ -8,7 +8,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 
-from workers.dispatch import submit
+from workers.dispatch import reap, submit
 from store.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -22,12 +22,22 @@ def _trigger(settings: Settings, kind: str) -> None:
         log.exception("could not trigger %s", kind)
 
 
+def _sweep(settings: Settings) -> None:
+    """Re-queue runs whose worker died (logged by ``reap``, recorded on the rows: ``lost``, ``retry_of``)."""
+    try:
+        reap(settings)
+    except Exception:
+        log.exception("lost-run sweep failed")
+
+
 def configure(scheduler: BaseScheduler, settings: Settings) -> BaseScheduler:
     intervals = {"refresh_losses": settings.refresh_interval_minutes, "train_router": settings.train_interval_minutes}
     for kind, minutes in intervals.items():
         if minutes > 0:
             scheduler.add_job(_trigger, "interval", minutes=minutes, args=[settings, kind], id=kind,
                               max_instances=1, coalesce=True, replace_existing=True)
+    scheduler.add_job(_sweep, "interval", seconds=settings.job_heartbeat_seconds, args=[settings], id="reap_lost",
+                      max_instances=1, coalesce=True, replace_existing=True)
     return scheduler
 
 

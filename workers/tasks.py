@@ -7,12 +7,11 @@ from collections.abc import Callable
 from typing import Any
 
 from jobs.errors import JobLocked
-from jobs.runs import Progress, finish, get_run, tracked
+from jobs.runs import Progress, claim, finish, get_run, tracked, worker_id
 from store.settings import Settings, get_settings
 from workers.app import app
 
 log = logging.getLogger(__name__)
-
 
 
 def _refresh_losses(settings: Settings, progress: Progress, params: dict[str, Any]) -> dict[str, Any]:
@@ -35,18 +34,21 @@ JOBS: dict[str, Callable[[Settings, Progress, dict[str, Any]], dict[str, Any]]] 
 
 
 def execute(settings: Settings, run_id: int) -> dict[str, Any] | None:
-    """Run a job row; a row that already finished (broker redelivery) is not run twice."""
-    run = get_run(settings, run_id)
+    """Run a job row. A row that is finished, lost (re-run under another id) or claimed past its
+    attempts is not run again: a task the broker redelivers hours later is skipped."""
+    worker = worker_id()
+    run = claim(settings, run_id, worker)
     if run is None:
-        log.error("job run %s does not exist; dropping the task", run_id)
-        return None
-    if run.status in ("succeeded", "failed"):
-        log.info("job run %s already %s; skipping the redelivered task", run_id, run.status)
-        return run.result
+        existing = get_run(settings, run_id)
+        if existing is None:
+            log.error("job run %s does not exist; dropping the task", run_id)
+            return None
+        log.info("job run %s already %s; skipping the redelivered task", run_id, existing.status)
+        return existing.result
     job = JOBS[run.kind]
-    with tracked(settings, run_id) as progress:
+    with tracked(settings, run_id, worker) as progress:
         result = job(settings, progress, dict(run.params or {}))
-    finish(settings, run_id, result)
+    finish(settings, run_id, worker, result)
     return result
 
 

@@ -15,10 +15,11 @@ def thalamus_env() -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+def start(args: list[str], log: Path, new_session: bool = False) -> subprocess.Popen[bytes]:
+    """``thalamus ARGS`` with output in ``log``; ``new_session``: its own process group, to kill it whole."""
     handle = open(log, "ab")
     return subprocess.Popen([sys.executable, "-m", "daemon.cli", *args], env=thalamus_env(),
-                            stdout=handle, stderr=subprocess.STDOUT)
+                            stdout=handle, stderr=subprocess.STDOUT, start_new_session=new_session)
 
 
 def wait_for_log(log: Path, needle: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:

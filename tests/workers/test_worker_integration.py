@@ -42,7 +42,7 @@ def _loss_file(tmp_path: Path) -> Path:
 def broker_settings(tmp_path: Path, pg_url: str, redis_url: str, tiny_backbone: str, thalamus_env: None):  # type: ignore[no-untyped-def]
     from store.migrate import upgrade
 
-    broker = redis_url.rsplit("/", 1)[0] + "/15"
+    broker = redis_url  # THALAMUS_TEST_REDIS_URL: one database per checkout, so parallel runs never share queues
     redis.Redis.from_url(broker).flushdb()
     settings = make_settings(tmp_path / "home", database_url=pg_url, broker_url=broker, backbone=tiny_backbone,
                              train_epochs="3", train_lora_layers="1")
@@ -79,11 +79,15 @@ def test_worker_trains_a_candidate_on_redis_and_postgres(broker_settings, tmp_pa
         stop_process(worker)
 
 
-def test_a_finished_run_is_not_run_again_on_redelivery(broker_settings) -> None:  # type: ignore[no-untyped-def]
-    from jobs.runs import create_run, finish
+@pytest.mark.parametrize("status", ["succeeded", "failed", "lost"])
+def test_a_finished_or_lost_run_is_not_run_again_on_redelivery(broker_settings, status: str) -> None:  # type: ignore[no-untyped-def]
+    """The broker redelivers an unacked task after its visibility timeout: a finished run, or one
+    given up as lost and re-run under another id, must not run again."""
+    from jobs.runs import create_run, update_run
     from workers.tasks import execute
 
     run_id = create_run(broker_settings, "train_router", {}, "test")
-    finish(broker_settings, run_id, {"version_id": 42})
+    update_run(broker_settings, run_id, status=status, result={"version_id": 42}, message="kept")
     assert execute(broker_settings, run_id) == {"version_id": 42}
-    assert get_run(broker_settings, run_id).result == {"version_id": 42}
+    run = get_run(broker_settings, run_id)
+    assert (run.status, run.result, run.message, run.worker) == (status, {"version_id": 42}, "kept", None)
