@@ -37,7 +37,7 @@ def ensure_active_router(settings: Settings) -> int:
             raise JobInputError(
                 "no experts are registered: run `thalamus experts build-demo` or `thalamus experts add`"
             )
-        table = load_loss_table(session, experts)
+        table = load_loss_table(session, experts, settings.max_loss)
         router = Router.from_config(router_config(settings, [e.name for e in experts]))
         init_head_cold_start(router, table.mean_losses(), [_params(e.attributes) for e in experts])
         version = save_version(

@@ -13,7 +13,7 @@ import csv
 import json
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ class LossRecord:
     prompt: str
     expert: str
     loss: float
+    where: str = field(default="", compare=False)  # "FILE line N" / "FILE item N", for error messages
 
 
 def _loss_of(row: Mapping[str, Any], where: str) -> float:
@@ -65,12 +66,12 @@ def _records_of(row: Any, where: str) -> Iterator[LossRecord]:
         if not isinstance(scores, Mapping) or not scores:
             raise JobInputError(f"{where}: 'scores' must be a non-empty object of expert → score")
         for expert, score in scores.items():
-            yield LossRecord(prompt, str(expert), _loss_of({"score": score}, f"{where} expert {expert!r}"))
+            yield LossRecord(prompt, str(expert), _loss_of({"score": score}, f"{where} expert {expert!r}"), where)
         return
     expert = row.get("expert")
     if not isinstance(expert, str) or not expert.strip():
         raise JobInputError(f"{where}: 'expert' must be a non-empty string")
-    yield LossRecord(prompt, expert, _loss_of(row, where))
+    yield LossRecord(prompt, expert, _loss_of(row, where), where)
 
 
 def _rows(path: Path) -> Iterator[tuple[str, Any]]:

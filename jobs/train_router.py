@@ -53,7 +53,7 @@ def train_router(settings: Settings, progress: Progress | None = None, params: d
         report(0.01, "reading the loss table")
         with session_scope(settings) as session:
             experts = active_experts(session)
-            table = load_loss_table(session, experts)
+            table = load_loss_table(session, experts, settings.max_loss)
             parent = active_router_version(session)
             parent_id = parent.id if parent else None
             parent_router = load_version(parent) if parent else None
@@ -105,7 +105,9 @@ def train_router(settings: Settings, progress: Progress | None = None, params: d
                 activate(session, version, actor="policy", reason=auto)
             version_id = version.id
         report(1.0, f"registered candidate router version {version_id}")
-        return {"version_id": version_id, "metrics": metrics, "auto_approved": bool(auto)}
+        return {"version_id": version_id, "metrics": metrics, "auto_approved": bool(auto),
+                "loss_rows": {"read": table.rows_read, "skipped": sum(table.skipped.values()),
+                              "skipped_by_expert": table.skipped}}
 
 
 def _auto_approve(settings: Settings, candidate: dict[str, float], active: dict[str, float]) -> str:

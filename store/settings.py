@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     label_share: float = Field(0.10, ge=0.0, le=1.0)
     max_prompt_chars: int = Field(20_000, gt=0)
     default_lambdas: dict[str, float] = Field(default_factory=dict)
+    # Losses outside [0, max_loss] are refused at ingestion and skipped by training (store/loss_bounds.py);
+    # an expert's ``max_loss`` attribute overrides it for that expert.
+    max_loss: float = Field(100.0, gt=0, allow_inf_nan=False)
 
     log_batch_size: int = Field(256, gt=0)
     log_flush_seconds: float = Field(0.2, gt=0)
