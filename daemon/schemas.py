@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from router.constraints import CONSTRAINTS
+from router.constraints import CONSTRAINTS, MAX_LAMBDA
 from store.text import TEXT_PATTERN, check_text
 
 _STRICT = ConfigDict(strict=True, extra="forbid")
@@ -25,7 +25,7 @@ UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-
 
 _LAMBDAS_SCHEMA = {
     "propertyNames": {"enum": list(CONSTRAINTS)},
-    "additionalProperties": {"type": "number", "minimum": 0},
+    "additionalProperties": {"type": "number", "minimum": 0, "maximum": MAX_LAMBDA},
 }
 
 

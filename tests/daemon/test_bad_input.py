@@ -29,6 +29,7 @@ ROUTE_CASES: list[tuple[str, Any, int, str]] = [
     ("negative-lambda", {"prompt": "hi", "lambdas": {"size": -1}}, 422, "'size' must be >= 0"),
     ("nan-lambda", '{"prompt": "hi", "lambdas": {"size": NaN}}', 422, "finite"),
     ("infinite-lambda", '{"prompt": "hi", "lambdas": {"cost": Infinity}}', 422, "finite"),
+    ("huge-lambda", {"prompt": "hi", "lambdas": {"cost": 1e308}}, 422, "'cost' must be <= 1e+06"),
     ("string-lambda", {"prompt": "hi", "lambdas": {"size": "1"}}, 422, "lambdas.size: Input should be a valid number"),
     ("bool-lambda", {"prompt": "hi", "lambdas": {"size": True}}, 422, "lambdas.size: Input should be a valid number"),
     ("lambdas-not-object", {"prompt": "hi", "lambdas": [1]}, 422, "lambdas: Input should be a valid dictionary"),

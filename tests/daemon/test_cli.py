@@ -84,3 +84,14 @@ def test_good_verbs_work(seeded, capsys, tmp_path: Path) -> None:  # type: ignor
     assert "big" in out and "51000000000" in out.replace(".0", "")
     main(["admin", "versions"])
     assert "status" in capsys.readouterr().out
+
+
+def test_ingest_refuses_a_loss_outside_the_bound(seeded, capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "huge.csv"
+    path.write_text("prompt,expert,loss\nfine,a,0.5\nhuge,a,1e308\n")
+    before = _row_counts(seeded)
+    code, _, err = _run(["ingest", "losses", str(path)], capsys)
+    assert code == 2
+    assert "huge.csv line 3: loss 1e+308 is outside the allowed range [0, 100]" in err
+    assert len(err.strip().splitlines()) == 1
+    assert _row_counts(seeded) == before
