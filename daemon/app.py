@@ -27,7 +27,6 @@ from daemon.holder import Decision, LoadedRouter, RouterHolder
 from daemon.logwriter import RequestLogWriter
 from daemon.metrics import CONTENT_TYPE_LATEST, Metrics
 from daemon.schemas import (
-    ErrorResponse,
     ExpertStatus,
     FeedbackRequest,
     FeedbackResponse,

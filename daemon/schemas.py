@@ -79,9 +79,7 @@ class InferResponse(RouteResponse):
 class FeedbackRequest(_TextRule):
     """A loss (≥ 0) or a score in [0, 1] (loss = 1 − score) for the expert that served a request, or another."""
 
-    model_config = _STRICT
-
-    request_id: Text = Field(min_length=36, max_length=36, pattern=UUID_PATTERN,
+    request_id: str = Field(min_length=36, max_length=36, pattern=UUID_PATTERN,
                              description="the request_id a /v1/route or /v1/infer answer gave")
     loss: float | None = Field(None, ge=0, allow_inf_nan=False,
                                description="at most THALAMUS_MAX_LOSS, or the expert's max_loss attribute")

@@ -1,11 +1,13 @@
 """The one rule for text the store keeps (prompts, app ids, expert names, keys, request ids).
 
 Refused, not normalised: a lone UTF-16 surrogate (not encodable as UTF-8, so tokenizers and the
-database choke on it) and control characters other than tab, newline and carriage return
-(PostgreSQL ``text`` cannot hold NUL; the others are almost always a client's encoding bug).
-Normalising would silently change the text a caller's feedback and hashes refer to, so the
-caller is told instead. Everything else is kept as sent: emoji, right-to-left text, combining
-marks, zero-width and other format characters, private-use characters.
+database choke on it) and the ASCII control characters (U+0000–U+001F and U+007F) other than tab,
+newline and carriage return (PostgreSQL ``text`` cannot hold NUL; the others are almost always a
+client's encoding bug). Normalising would silently change the text a caller's feedback and hashes
+refer to, so the caller is told instead. Everything else is kept as sent: emoji, right-to-left
+text, combining marks, zero-width and other format characters, private-use characters, and the C1
+controls U+0080–U+009F, which real corpora carry (U+0085 NEL, cp1252 mojibake) and which both the
+database and the tokenizers take.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-# C0 controls except \t \n \r, DEL and C1 controls; then the surrogate block.
-_CONTROLS = "\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f"
+# C0 controls except \t \n \r, and DEL; then the surrogate block.
+_CONTROLS = "\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f"
 _BAD = re.compile(f"[{_CONTROLS}\\ud800-\\udfff]")
 TEXT_PATTERN = f"^[^{_CONTROLS}]*$"
 """The control-character half of the rule as a JSON-Schema ``pattern``. Surrogates are left out: a

@@ -76,7 +76,7 @@ BAD_TEXT: list[tuple[str, str, str]] = [
     ("low-surrogate", "\udfff", "holds a lone surrogate U+DFFF at character 0"),
     ("nul", "a\x00b", "holds the control character U+0000 (NUL) at character 1"),
     ("escape", "\x1b[31mred", "holds the control character U+001B at character 0"),
-    ("c1-control", "a\x85", "holds the control character U+0085 at character 1"),
+    ("delete", "a\x7f", "holds the control character U+007F at character 1"),
 ]
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import hypothesis
-import pytest
 import schemathesis
-from schemathesis.generation import GenerationMode
 from schemathesis.checks import not_a_server_error
+from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     negative_data_rejection,

@@ -28,6 +28,7 @@ ACCEPTED: dict[str, str] = {
     "astral": "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 \U0010fffd \U0001f600",
     "whitespace-controls": "tab\there\nnew line\r\n",
     "private-use": "\ue000\uf8ff",
+    "c1-controls": "next\x85line \x9b",  # NEL and CSI: real corpora carry them, and they store fine
 }
 REFUSED: dict[str, tuple[str, str]] = {
     "surrogate": ("x\ud800", "lone surrogate U+D800"),
@@ -35,7 +36,6 @@ REFUSED: dict[str, tuple[str, str]] = {
     "nul": ("a\x00b", "U+0000 (NUL)"),
     "escape": ("\x1b[0m", "U+001B"),
     "delete": ("a\x7f", "U+007F"),
-    "c1": ("a\x9b", "U+009B"),
 }
 OVERSIZE = {"prompt": 20_001, "app": 201, "expert": 201, "idempotency_key": 201, "request_id": 37}
 
