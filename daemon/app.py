@@ -17,7 +17,8 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -30,18 +31,22 @@ from daemon.schemas import (
     ExpertStatus,
     FeedbackRequest,
     FeedbackResponse,
+    HealthResponse,
     InferRequest,
     InferResponse,
     RouteRequest,
     RouteResponse,
     StatusResponse,
+    error_responses,
 )
 from daemon.spool import Spool, SpoolError
 from router.hashing import Salt, stable_fraction
 from store.db import session_scope
+from store.loss_bounds import loss_problem, max_loss
 from store.queries import active_experts, active_router_version, expert_by_name, insert_feedback, upsert_losses
 from store.schema import ExpertLoss, Feedback, Request as RequestRow, utcnow
 from store.settings import Settings
+from store.text import printable
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +83,7 @@ def create_app(settings: Settings, holder: RouterHolder | None = None,
     app.add_exception_handler(RequestValidationError, _validation_error)
     for error in (*DATABASE_ERRORS, SpoolError):
         app.add_exception_handler(error, unavailable_response)
+    app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
     experts = _expert_cache()
 
     def routed(body: RouteRequest) -> tuple[LoadedRouter, str, dict[str, float], Decision, float]:
@@ -107,12 +113,12 @@ def create_app(settings: Settings, holder: RouterHolder | None = None,
                 "objective": decision.objective, "router_version": loaded.version_id, "lambdas": lambdas,
                 "sampled": sampled, "propensity": 1.0, "latency_ms": round(latency_ms, 3)}
 
-    @app.post("/v1/route", response_model=RouteResponse)
+    @app.post("/v1/route", response_model=RouteResponse, responses=error_responses(400, 422, 503))
     def route(body: RouteRequest) -> dict[str, Any]:
         """Choose the expert: argmin of predicted loss + Σ λ·constraint."""
         return answer(body, *routed(body))
 
-    @app.post("/v1/infer", response_model=InferResponse)
+    @app.post("/v1/infer", response_model=InferResponse, responses=error_responses(400, 409, 422, 503))
     def infer(body: InferRequest) -> dict[str, Any]:
         """Route, then run the chosen local expert (fill-mask or generation)."""
         from experts.local import LOCAL_KINDS, ExpertError
@@ -131,7 +137,8 @@ def create_app(settings: Settings, holder: RouterHolder | None = None,
             raise HTTPException(422, f"expert {decision.expert!r} cannot answer: {exc}") from None
         return {**answer(body, loaded, prompt, lambdas, decision, latency_ms), "output": output}
 
-    @app.post("/v1/feedback", status_code=202, response_model=FeedbackResponse)
+    @app.post("/v1/feedback", status_code=202, response_model=FeedbackResponse,
+              responses=error_responses(400, 404, 422, 503))
     def feedback(body: FeedbackRequest) -> dict[str, Any]:
         """Record a reported loss for a served request (idempotent on ``idempotency_key``)."""
         request = _find_request(settings, writer, body.request_id)
@@ -144,6 +151,9 @@ def create_app(settings: Settings, holder: RouterHolder | None = None,
             expert = expert_by_name(session, name)
             if expert is None:
                 raise HTTPException(422, f"unknown expert {name!r}; registered experts are listed by GET /v1/status")
+            problem = loss_problem(loss, max_loss(expert.attributes, settings.max_loss))
+            if problem is not None:
+                raise HTTPException(422, f"{problem} for expert {name!r}")
             payload = {**body.model_dump(exclude_none=True), "expert": name, "expert_version": expert.version,
                        "loss": loss}
             fresh = insert_feedback(session, key, body.app, body.request_id, payload)
@@ -152,7 +162,7 @@ def create_app(settings: Settings, holder: RouterHolder | None = None,
                                          "expert_version": expert.version, "loss": loss, "source": "reported"}])
         return {"status": "accepted" if fresh else "duplicate", "idempotency_key": key, "expert": name, "loss": loss}
 
-    @app.get("/v1/status", response_model=StatusResponse)
+    @app.get("/v1/status", response_model=StatusResponse, responses=error_responses(503))
     def status() -> dict[str, Any]:
         """What is served, what the database says is active, counts, and the log writer's state."""
         loaded, fallback = holder.current, holder.fallback
@@ -191,7 +201,8 @@ def create_app(settings: Settings, holder: RouterHolder | None = None,
             "default_lambdas": dict(settings.default_lambdas), "label_share": settings.label_share,
         }
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=HealthResponse,
+             responses={503: {"model": HealthResponse, "description": "No router is loaded yet."}})
     def healthz() -> JSONResponse:
         """503 until a router is loaded; then 200, ``degraded`` while the database is unreachable (routing works)."""
         loaded = holder.current
@@ -202,7 +213,9 @@ def create_app(settings: Settings, holder: RouterHolder | None = None,
             return JSONResponse({"status": "degraded", "router_version": loaded.version_id, "detail": problem})
         return JSONResponse({"status": "ok", "router_version": loaded.version_id})
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse,
+             responses={200: {"description": "Prometheus text exposition format 0.0.4.",
+                              "content": {"text/plain": {"schema": {"type": "string"}}}}})
     def prometheus() -> Response:
         """Prometheus text exposition."""
         body = metrics.render()
@@ -302,6 +315,18 @@ def _bootstrap(settings: Settings, holder: RouterHolder) -> None:
     holder.load_active()
 
 
+def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
+    """FastAPI's document, plus what only the settings know: the prompt length limit."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes, description=app.description)
+        for name in ("RouteRequest", "InferRequest"):
+            prompt = schema.get("components", {}).get("schemas", {}).get(name, {}).get("properties", {}).get("prompt")
+            if prompt is not None:
+                prompt["maxLength"] = settings.max_prompt_chars
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
 def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
@@ -312,8 +337,8 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     errors = exc.errors()
     parts, malformed = [], False
     for error in errors:
-        loc = [str(p) for p in error.get("loc", ()) if p != "body"]
-        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        loc = [printable(p) for p in error.get("loc", ()) if p != "body"]
+        message = printable(error.get("msg", "invalid")).removeprefix("Value error, ")
         if error.get("type") == "json_invalid":
             malformed = True
             message = f"malformed JSON: {error.get('ctx', {}).get('error', message)}"
@@ -321,7 +346,8 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
         elif error.get("type") == "missing" and not loc:
             message = "a JSON object body is required"
         parts.append(f"{'.'.join(loc)}: {message}" if loc else message)
-    brief = [{"type": e.get("type"), "loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg")} for e in errors]
+    brief = [{"type": str(e.get("type")), "loc": [printable(p) for p in e.get("loc", ())],
+              "msg": printable(e.get("msg", ""))} for e in errors]
     body = {"detail": "; ".join(parts) or "invalid request", "errors": brief}
     return JSONResponse(body, status_code=400 if malformed else 422)
 

@@ -1,23 +1,59 @@
-"""Request and response bodies of the HTTP API. Strict: no silent coercion of ``"1"`` to ``1``."""
+"""Request and response bodies of the HTTP API. Strict: no silent coercion of ``"1"`` to ``1``.
+
+The models carry every constraint the endpoints enforce that a JSON Schema can say, so
+``/openapi.json`` tells the truth; what it cannot say (a prompt made only of whitespace or flags,
+an unknown request id or expert) is answered with a documented 4xx and an ``ErrorResponse``.
+Every text field follows one rule (``store/text.py``): no lone surrogates, no control characters
+other than tab, newline and carriage return.
+"""
 
 from __future__ import annotations
 
-import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from router.constraints import CONSTRAINTS, MAX_LAMBDA
+from store.text import TEXT_PATTERN, check_text
 
 _STRICT = ConfigDict(strict=True, extra="forbid")
 
+Text = Annotated[str, Field(json_schema_extra={"pattern": TEXT_PATTERN})]
+"""A string field of a request body: the text rule, as the schema shows it (``_TextRule`` enforces it)."""
 
-class RouteRequest(BaseModel):
-    """``prompt`` may carry flags such as ``[Flag: smallest model]``; ``lambdas`` override them."""
+UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+
+_LAMBDAS_SCHEMA = {
+    "propertyNames": {"enum": list(CONSTRAINTS)},
+    "additionalProperties": {"type": "number", "minimum": 0, "maximum": MAX_LAMBDA},
+}
+
+
+class _TextRule(BaseModel):
+    """A strict request body whose every string field follows the one text rule (422 with a sentence).
+
+    A ``before`` validator, so that it also sees lone surrogates, which pydantic's own length checks
+    would refuse first with a vaguer message.
+    """
 
     model_config = _STRICT
 
-    prompt: str
-    lambdas: dict[str, float] | None = None
-    app: str | None = Field(None, min_length=1, max_length=200)
+    @field_validator("*", mode="before")
+    @classmethod
+    def _text_rule(cls, value: Any) -> Any:
+        return check_text(value)
+
+
+class RouteRequest(_TextRule):
+    """``prompt`` may carry flags such as ``[Flag: smallest model]``; ``lambdas`` override them.
+
+    A prompt of whitespace only, or of flags only, is refused with 422; so is one longer than
+    ``THALAMUS_MAX_PROMPT_CHARS`` (the served schema shows that limit as ``maxLength``).
+    """
+
+    prompt: Text = Field(min_length=1)
+    lambdas: Annotated[dict[str, float], Field(json_schema_extra=_LAMBDAS_SCHEMA)] | None = None
+    app: Text | None = Field(None, min_length=1, max_length=200)
 
 
 class InferRequest(RouteRequest):
@@ -40,26 +76,22 @@ class InferResponse(RouteResponse):
     output: dict[str, Any]
 
 
-class FeedbackRequest(BaseModel):
+class FeedbackRequest(_TextRule):
     """A loss (≥ 0) or a score in [0, 1] (loss = 1 − score) for the expert that served a request, or another."""
 
-    model_config = _STRICT
-
-    request_id: str = Field(min_length=1, max_length=36)
-    loss: float | None = None
-    score: float | None = None
-    expert: str | None = Field(None, min_length=1, max_length=200)
-    idempotency_key: str | None = Field(None, min_length=1, max_length=200)
-    app: str | None = Field(None, min_length=1, max_length=200)
+    request_id: str = Field(min_length=36, max_length=36, pattern=UUID_PATTERN,
+                             description="the request_id a /v1/route or /v1/infer answer gave")
+    loss: float | None = Field(None, ge=0, allow_inf_nan=False,
+                               description="at most THALAMUS_MAX_LOSS, or the expert's max_loss attribute")
+    score: float | None = Field(None, ge=0, le=1, allow_inf_nan=False, description="loss = 1 - score")
+    expert: Text | None = Field(None, min_length=1, max_length=200)
+    idempotency_key: Text | None = Field(None, min_length=1, max_length=200)
+    app: Text | None = Field(None, min_length=1, max_length=200)
 
     @model_validator(mode="after")
-    def _one_finite_value(self) -> "FeedbackRequest":
+    def _one_value(self) -> "FeedbackRequest":
         if (self.loss is None) == (self.score is None):
             raise ValueError("give exactly one of 'loss' or 'score'")
-        if self.loss is not None and (not math.isfinite(self.loss) or self.loss < 0):
-            raise ValueError(f"'loss' must be a finite number >= 0, got {self.loss}")
-        if self.score is not None and (not math.isfinite(self.score) or not 0.0 <= self.score <= 1.0):
-            raise ValueError(f"'score' must be a number in [0, 1], got {self.score}")
         return self
 
     @property
@@ -72,6 +104,41 @@ class FeedbackResponse(BaseModel):
     idempotency_key: str
     expert: str
     loss: float
+
+
+class ErrorItem(BaseModel):
+    type: str
+    loc: list[str]
+    msg: str
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx answer: one readable sentence; request validation adds the structured errors."""
+
+    detail: str
+    errors: list[ErrorItem] | None = None
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "Malformed JSON.",
+    404: "Unknown request id.",
+    409: "The chosen expert cannot run in the daemon.",
+    422: "The request is well-formed JSON but invalid; ``detail`` says why in one sentence.",
+    503: "Not ready: no router is loaded yet, or the database is unreachable.",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for these status codes, all with the ErrorResponse body."""
+    return {code: {"model": ErrorResponse, "description": _ERROR_DESCRIPTIONS[code]} for code in codes}
+
+
+class HealthResponse(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    status: str
+    router_version: int | None = None
+    detail: str | None = None
 
 
 class ExpertStatus(BaseModel):

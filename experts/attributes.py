@@ -86,6 +86,7 @@ class ExpertAttributes(BaseModel):
     latency_ms: PositiveNumber | None = None
     release_date: IsoDate | None = None
     license: Text | None = None
+    max_loss: PositiveNumber | None = None  # the largest loss accepted for this expert (store/loss_bounds.py)
 
     @model_validator(mode="after")
     def _plain_json_extras(self) -> ExpertAttributes:

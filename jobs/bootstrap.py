@@ -47,7 +47,7 @@ def _create_cold_start(settings: Settings) -> tuple[int, str | None]:
             raise JobInputError(
                 "no experts are registered: run `thalamus experts build-demo` or `thalamus experts add`"
             )
-        table = load_loss_table(session, experts)
+        table = load_loss_table(session, experts, settings.max_loss)
         router = Router.from_config(TrainRecipe.from_settings(settings).router_config([e.name for e in experts]))
         init_head_cold_start(router, table.mean_losses(), [_params(e.attributes) for e in experts])
         version = save_version(

@@ -13,11 +13,12 @@ import csv
 import json
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from jobs.errors import JobInputError
+from store.text import text_problem
 
 MAX_ERRORS_SHOWN = 10
 
@@ -27,6 +28,7 @@ class LossRecord:
     prompt: str
     expert: str
     loss: float
+    where: str = field(default="", compare=False)  # "FILE line N" / "FILE item N", for error messages
 
 
 def _loss_of(row: Mapping[str, Any], where: str) -> float:
@@ -53,7 +55,14 @@ def _prompt_of(row: Mapping[str, Any], where: str) -> str:
     prompt = row.get("prompt", row.get("question"))
     if not isinstance(prompt, str) or not prompt.strip():
         raise JobInputError(f"{where}: 'prompt' (or 'question') must be a non-empty string")
+    _check_text(prompt, "prompt", where)
     return prompt
+
+
+def _check_text(value: str, what: str, where: str) -> None:
+    problem = text_problem(value)
+    if problem is not None:
+        raise JobInputError(f"{where}: {what} {problem}")
 
 
 def _records_of(row: Any, where: str) -> Iterator[LossRecord]:
@@ -65,12 +74,14 @@ def _records_of(row: Any, where: str) -> Iterator[LossRecord]:
         if not isinstance(scores, Mapping) or not scores:
             raise JobInputError(f"{where}: 'scores' must be a non-empty object of expert → score")
         for expert, score in scores.items():
-            yield LossRecord(prompt, str(expert), _loss_of({"score": score}, f"{where} expert {expert!r}"))
+            _check_text(str(expert), "expert name", where)
+            yield LossRecord(prompt, str(expert), _loss_of({"score": score}, f"{where} expert {expert!r}"), where)
         return
     expert = row.get("expert")
     if not isinstance(expert, str) or not expert.strip():
         raise JobInputError(f"{where}: 'expert' must be a non-empty string")
-    yield LossRecord(prompt, expert, _loss_of(row, where))
+    _check_text(expert, "expert name", where)
+    yield LossRecord(prompt, expert, _loss_of(row, where), where)
 
 
 def _rows(path: Path) -> Iterator[tuple[str, Any]]:

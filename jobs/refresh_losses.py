@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from sqlalchemy import and_, exists, select, union
@@ -10,11 +11,14 @@ from sqlalchemy.orm import Session
 from experts.local import LocalExpert
 from jobs.runs import Progress
 from store.db import session_scope
+from store.loss_bounds import loss_problem, max_loss
 from store.queries import active_experts, upsert_losses
 from store.schema import Expert, ExpertLoss, Prompt, Request
 from store.settings import Settings
 
 LOCAL_KINDS = ("masked-lm", "causal-lm")
+
+log = logging.getLogger(__name__)
 
 
 def _pending(session: Session, expert: Expert, limit: int | None) -> list[tuple[str, str]]:
@@ -38,32 +42,43 @@ def _pending(session: Session, expert: Expert, limit: int | None) -> list[tuple[
 
 def refresh_losses(settings: Settings, progress: Progress | None = None, limit: int | None = None,
                    batch_size: int = 64) -> dict[str, Any]:
-    """Idempotent: a second run right after the first computes nothing."""
+    """Idempotent: a second run right after the first computes nothing.
+
+    A computed loss that is not finite or lies outside the expert's ``[0, max_loss]`` is not written;
+    it is counted in the result's ``skipped`` (and that prompt is tried again next run).
+    """
     report = progress or (lambda fraction, message: None)
     with session_scope(settings) as session:
         experts = [e for e in active_experts(session) if e.kind in LOCAL_KINDS]
         work = [(expert, _pending(session, expert, limit)) for expert in experts]
     total = sum(len(items) for _, items in work) or 1
-    done, written = 0, {}
+    done, scored, written, skipped = 0, 0, {}, {}
     for expert, items in work:
         if not items:
             written[expert.name] = 0
             continue
         model = LocalExpert.load(expert.name, expert.kind, expert.uri or "")
+        bound = max_loss(expert.attributes, settings.max_loss)
         count = 0
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
-            losses = model.losses([text for _, text in chunk])
+            losses = [float(loss) for loss in model.losses([text for _, text in chunk])]
             rows = [
                 {"prompt_hash": key, "expert": expert.name, "expert_version": expert.version,
-                 "loss": float(loss), "source": "computed"}
-                for (key, _), loss in zip(chunk, losses)
+                 "loss": loss, "source": "computed"}
+                for (key, _), loss in zip(chunk, losses) if loss_problem(loss, bound) is None
             ]
+            if len(rows) < len(chunk):
+                skipped[expert.name] = skipped.get(expert.name, 0) + len(chunk) - len(rows)
+                log.warning("%s: %d computed losses are not finite or exceed %g; not written",
+                            expert.name, len(chunk) - len(rows), bound)
             with session_scope(settings) as session:
                 upsert_losses(session, rows)
             count += len(rows)
             done += len(rows)
-            report(done / total, f"{expert.name}: {count}/{len(items)} prompts scored")
+            scored += len(chunk)
+            report(scored / total, f"{expert.name}: {count}/{len(items)} prompts scored")
         written[expert.name] = count
     report(1.0, f"scored {done} (prompt, expert) pairs")
-    return {"rows_written": done, "by_expert": written, "experts": [e.name for e in experts]}
+    return {"rows_written": done, "by_expert": written, "experts": [e.name for e in experts],
+            "skipped": sum(skipped.values()), "skipped_by_expert": skipped}

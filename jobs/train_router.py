@@ -46,7 +46,7 @@ def train_router(settings: Settings, progress: Progress | None = None, params: d
         report(0.01, "reading the loss table")
         with session_scope(settings) as session:
             experts = active_experts(session)
-            table = load_loss_table(session, experts)
+            table = load_loss_table(session, experts, settings.max_loss)
             parent = active_router_version(session)
             parent_id = parent.id if parent else None
             parent_router = load_version(parent) if parent else None
@@ -103,7 +103,9 @@ def train_router(settings: Settings, progress: Progress | None = None, params: d
         if rejected:  # recorded (committed) as rejected; the run fails so that nobody mistakes it for a candidate
             raise CandidateRejected(f"router version {version_id} was recorded as rejected: {rejected}")
         report(1.0, f"registered candidate router version {version_id}")
-        return {"version_id": version_id, "metrics": metrics, "auto_approved": bool(auto)}
+        return {"version_id": version_id, "metrics": metrics, "auto_approved": bool(auto),
+                "loss_rows": {"read": table.rows_read, "skipped": sum(table.skipped.values()),
+                              "skipped_by_expert": table.skipped}}
 
 
 def _auto_approve(settings: Settings, candidate: dict[str, float], active: dict[str, float]) -> str:

@@ -26,6 +26,11 @@ ATTRIBUTES: dict[str, str] = {
 """The expert attribute each constraint reads."""
 
 
+MAX_LAMBDA = 1e6
+"""The largest λ: every C_j lies in [0, 1], so a larger weight changes no choice, only risks an
+objective that overflows to infinity (and a response that cannot be written as JSON)."""
+
+
 class LambdaError(ValueError):
     """A λ mapping names an unknown constraint or holds a value that is not a finite number ≥ 0."""
 
@@ -117,6 +122,8 @@ def validate_lambdas(lambdas: Mapping[str, Any]) -> dict[str, float]:
             raise LambdaError(f"lambda {key!r} must be finite, got {value!r}")
         if number < 0:
             raise LambdaError(f"lambda {key!r} must be >= 0, got {value!r}")
+        if number > MAX_LAMBDA:
+            raise LambdaError(f"lambda {key!r} must be <= {MAX_LAMBDA:g}, got {value!r}")
         out[key] = number
     return out
 

@@ -91,11 +91,15 @@ def insert_requests(session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
 
 def insert_feedback(session: Session, idempotency_key: str, app: str | None, request_id: str | None,
                     payload: Mapping[str, Any]) -> bool:
-    """Record one raw feedback event; False when its idempotency key was seen before."""
+    """Record one raw feedback event; False when its idempotency key was seen before.
+
+    Insertion is detected by ``RETURNING``: ``rowcount`` of ``INSERT … ON CONFLICT DO NOTHING`` is -1
+    under psycopg 3, so it cannot tell a fresh row from a duplicate on PostgreSQL.
+    """
     from store.schema import Feedback
 
     stmt = _insert(session, Feedback).values(
         idempotency_key=idempotency_key, app=app, request_id=request_id, payload=dict(payload), received_at=utcnow()
-    ).on_conflict_do_nothing(index_elements=["idempotency_key"])
-    return session.execute(stmt).rowcount == 1
+    ).on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(Feedback.id)
+    return session.execute(stmt).first() is not None
 

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     label_share: float = Field(0.10, ge=0.0, le=1.0)
     max_prompt_chars: int = Field(20_000, gt=0)
     default_lambdas: dict[str, float] = Field(default_factory=dict)
+    # Losses outside [0, max_loss] are refused at ingestion and skipped by training (store/loss_bounds.py);
+    # an expert's ``max_loss`` attribute overrides it for that expert.
+    max_loss: float = Field(100.0, gt=0, allow_inf_nan=False)
 
     # on: answered requests are fsynced to HOME/spool before the response, so kill -9 loses none. Off by
     # default: it cost 2.6-3 ms per request at p50 on the shared dev disk (> the 1 ms budget; docs/benchmarks.md).

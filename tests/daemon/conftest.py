@@ -82,20 +82,33 @@ def expert_models(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: str) 
             "small": _masked_lm(root / "small", tiny_backbone, 16, 2)}
 
 
-@pytest.fixture
-def settings(tmp_path: Path, thalamus_env: None, tiny_backbone: str, expert_models: dict[str, str]):  # type: ignore[no-untyped-def]
-    """A fresh SQLite database with the three experts registered and no router version yet."""
-    from store.db import get_engine, session_scope
-    from store.schema import Base, Expert
+def _daemon_settings(home: Path, tiny_backbone: str, expert_models: dict[str, str], **env: str):  # type: ignore[no-untyped-def]
+    """Migrated database (SQLite unless ``database_url`` is given) with the three experts, no router version."""
+    from store.db import session_scope
+    from store.migrate import upgrade
+    from store.schema import Expert
 
-    settings = make_settings(tmp_path / "home", backbone=tiny_backbone, swap_poll_seconds="0.2",
-                             log_flush_seconds="0.05", label_share="0.5")
-    Base.metadata.create_all(get_engine(settings))
+    settings = make_settings(home, backbone=tiny_backbone, swap_poll_seconds="0.2",
+                             log_flush_seconds="0.05", label_share="0.5", **env)
+    upgrade(settings)
     with session_scope(settings) as session:
         for name in EXPERTS:
             kind = "external" if name == "api" else "masked-lm"
             session.add(Expert(name=name, kind=kind, uri=expert_models.get(name), attributes=ATTRIBUTES[name]))
     return settings
+
+
+@pytest.fixture
+def settings(tmp_path: Path, thalamus_env: None, tiny_backbone: str, expert_models: dict[str, str]):  # type: ignore[no-untyped-def]
+    """A fresh SQLite database with the three experts registered and no router version yet."""
+    return _daemon_settings(tmp_path / "home", tiny_backbone, expert_models)
+
+
+@pytest.fixture
+def pg_daemon_settings(tmp_path: Path, pg_url: str, thalamus_env: None, tiny_backbone: str,  # type: ignore[no-untyped-def]
+                       expert_models: dict[str, str]):
+    """The same on a fresh PostgreSQL database."""
+    return _daemon_settings(tmp_path / "home", tiny_backbone, expert_models, database_url=pg_url)
 
 
 def register_version(settings, bundle: Bundle, status: str = "active", sha256: str | None = None) -> int:  # type: ignore[no-untyped-def]
@@ -143,21 +156,77 @@ def served(settings, bundles: dict[str, Bundle]) -> int:  # type: ignore[no-unty
     return register_version(settings, bundles["a"])
 
 
-@pytest.fixture
-def client(settings, served: int) -> Iterator[Any]:  # type: ignore[no-untyped-def]
-    """A TestClient over the full app (lifespan included) with fresh metrics."""
-    from fastapi.testclient import TestClient
-
+def fresh_app(settings) -> Any:  # type: ignore[no-untyped-def]
+    """The full app with its own holder, writer and metrics."""
     from daemon.app import create_app
     from daemon.holder import RouterHolder
     from daemon.logwriter import RequestLogWriter
     from daemon.metrics import Metrics
 
     metrics = Metrics()
-    holder = RouterHolder(settings, metrics=metrics)
-    writer = RequestLogWriter(settings, metrics=metrics)
-    with TestClient(create_app(settings, holder, writer)) as test_client:
+    return create_app(settings, RouterHolder(settings, metrics=metrics), RequestLogWriter(settings, metrics=metrics))
+
+
+@pytest.fixture
+def client(settings, served: int) -> Iterator[Any]:  # type: ignore[no-untyped-def]
+    """A TestClient over the full app (lifespan included) with fresh metrics."""
+    from fastapi.testclient import TestClient
+
+    with TestClient(fresh_app(settings)) as test_client:
         yield test_client
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_client(request: pytest.FixtureRequest, bundles: dict[str, Bundle]) -> Iterator[Any]:
+    """``client`` on SQLite, then on PostgreSQL."""
+    from fastapi.testclient import TestClient
+
+    settings = request.getfixturevalue("settings" if request.param == "sqlite" else "pg_daemon_settings")
+    register_version(settings, bundles["a"])
+    with TestClient(fresh_app(settings)) as test_client:
+        yield test_client
+
+
+@dataclass
+class LiveDaemon:
+    """A real uvicorn server on loopback, in a thread of the test process."""
+
+    base_url: str
+    settings: Any
+    app: Any
+
+    @property
+    def writer(self) -> Any:
+        return self.app.state.writer
+
+
+@pytest.fixture
+def live_pg_daemon(pg_daemon_settings, bundles: dict[str, Bundle]) -> Iterator[LiveDaemon]:  # type: ignore[no-untyped-def]
+    """The daemon on PostgreSQL behind a real uvicorn (HTTP/1.1 keep-alive, real sockets), bundle A active."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    register_version(pg_daemon_settings, bundles["a"])
+    app = fresh_app(pg_daemon_settings)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            pytest.fail("uvicorn did not start within 60 s")
+        time.sleep(0.05)
+    try:
+        yield LiveDaemon(f"http://127.0.0.1:{port}", pg_daemon_settings, app)
+    finally:
+        server.should_exit = True
+        thread.join(30)
 
 
 def new_id() -> str:

@@ -124,7 +124,9 @@ def test_infer_refuses_an_external_expert_and_writes_nothing(client: TestClient)
     assert row_counts(client.app.state.settings) == before
 
 
-def test_feedback_writes_a_reported_loss_once(client: TestClient) -> None:
+def test_feedback_writes_a_reported_loss_once(any_client: TestClient) -> None:
+    """On SQLite and PostgreSQL (where psycopg's rowcount once made every first submission a 'duplicate')."""
+    client = any_client
     settings = client.app.state.settings
     routed = client.post("/v1/route", json={"prompt": "Explain LoRA briefly.", "lambdas": {"cost": 1}}).json()
     _flush(client)
@@ -150,6 +152,33 @@ def test_feedback_writes_a_reported_loss_once(client: TestClient) -> None:
     assert losses == {("large", 1, "reported"): (0.25, key), ("api", 1, "reported"): (1.5, key)}
     assert [e.idempotency_key for e in events] == [f"{routed['request_id']}:large", "eval-1"]
     assert events[0].app == "tests" and events[0].payload["score"] == 0.75 and events[0].payload["loss"] == 0.25
+
+
+def test_feedback_on_postgres_becomes_loss_rows_that_training_reads(pg_daemon_settings, bundles) -> None:  # type: ignore[no-untyped-def]
+    """Posted feedback → ``expert_losses`` rows (source reported) → the next train_router run reads them."""
+    from jobs.runs import create_run, get_run
+    from tests.daemon.conftest import fresh_app, register_version
+    from workers.tasks import execute
+
+    settings = pg_daemon_settings
+    register_version(settings, bundles["a"])
+    with TestClient(fresh_app(settings)) as client:
+        request_ids = [client.post("/v1/route", json={"prompt": p}).json()["request_id"] for p in PROMPTS[:10]]
+        _flush(client)
+        answers = [client.post("/v1/feedback", json={"request_id": rid, "loss": 0.1 * (k + 1) + 0.01 * i,
+                                                     "expert": name}).json()
+                   for i, rid in enumerate(request_ids) for k, name in enumerate(EXPERTS)]
+    assert {a["status"] for a in answers} == {"accepted"}
+    with session_scope(settings) as session:
+        sources = session.scalars(select(ExpertLoss.source)).all()
+    assert sources == ["reported"] * 30
+
+    run_id = create_run(settings, "train_router", {"epochs": 1}, trigger="test")
+    execute(settings, run_id)
+    run = get_run(settings, run_id)
+    assert run is not None and run.status == "succeeded", run.error if run else None
+    assert run.result["loss_rows"]["read"] == {"reported": 30}
+    assert run.result["metrics"]["n_train"] + run.result["metrics"]["n_holdout"] == 10
 
 
 def test_feedback_before_the_log_writer_flushed(settings, served: int) -> None:  # type: ignore[no-untyped-def]

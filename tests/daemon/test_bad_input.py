@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +21,7 @@ ROUTE_CASES: list[tuple[str, Any, int, str]] = [
     ("missing-prompt", {}, 422, "prompt: Field required"),
     ("prompt-not-string", {"prompt": 1}, 422, "prompt: Input should be a valid string"),
     ("prompt-null", {"prompt": None}, 422, "prompt: Input should be a valid string"),
-    ("empty-prompt", {"prompt": ""}, 422, "prompt is empty"),
+    ("empty-prompt", {"prompt": ""}, 422, "prompt: String should have at least 1 character"),
     ("whitespace-prompt", {"prompt": " \n\t "}, 422, "prompt is empty"),
     ("too-long", {"prompt": LONG}, 422, "the limit is 20000"),
     ("unknown-field", {"prompt": "hi", "lamdbas": {"size": 1}}, 422, "lamdbas: Extra inputs are not permitted"),
@@ -28,6 +29,7 @@ ROUTE_CASES: list[tuple[str, Any, int, str]] = [
     ("negative-lambda", {"prompt": "hi", "lambdas": {"size": -1}}, 422, "'size' must be >= 0"),
     ("nan-lambda", '{"prompt": "hi", "lambdas": {"size": NaN}}', 422, "finite"),
     ("infinite-lambda", '{"prompt": "hi", "lambdas": {"cost": Infinity}}', 422, "finite"),
+    ("huge-lambda", {"prompt": "hi", "lambdas": {"cost": 1e308}}, 422, "'cost' must be <= 1e+06"),
     ("string-lambda", {"prompt": "hi", "lambdas": {"size": "1"}}, 422, "lambdas.size: Input should be a valid number"),
     ("bool-lambda", {"prompt": "hi", "lambdas": {"size": True}}, 422, "lambdas.size: Input should be a valid number"),
     ("lambdas-not-object", {"prompt": "hi", "lambdas": [1]}, 422, "lambdas: Input should be a valid dictionary"),
@@ -49,12 +51,16 @@ FEEDBACK_CASES: list[tuple[str, Any, int, str]] = [
     ("request-id-not-string", {"request_id": 7, "loss": 0.2}, 422, "request_id: Input should be a valid string"),
     ("neither", {"request_id": "{rid}"}, 422, "exactly one of 'loss' or 'score'"),
     ("both", {"request_id": "{rid}", "loss": 0.2, "score": 0.8}, 422, "exactly one of 'loss' or 'score'"),
-    ("negative-loss", {"request_id": "{rid}", "loss": -0.1}, 422, "'loss' must be a finite number >= 0"),
-    ("nan-loss", '{"request_id": "{rid}", "loss": NaN}', 422, "'loss' must be a finite number"),
-    ("infinite-loss", '{"request_id": "{rid}", "loss": Infinity}', 422, "'loss' must be a finite number"),
-    ("score-above-one", {"request_id": "{rid}", "score": 1.5}, 422, "'score' must be a number in [0, 1]"),
-    ("score-below-zero", {"request_id": "{rid}", "score": -0.1}, 422, "'score' must be a number in [0, 1]"),
-    ("nan-score", '{"request_id": "{rid}", "score": NaN}', 422, "'score' must be a number in [0, 1]"),
+    ("negative-loss", {"request_id": "{rid}", "loss": -0.1}, 422, "loss: Input should be greater than or equal to 0"),
+    ("nan-loss", '{"request_id": "{rid}", "loss": NaN}', 422, "loss: Input should be a finite number"),
+    ("infinite-loss", '{"request_id": "{rid}", "loss": Infinity}', 422, "loss: Input should be a finite number"),
+    ("huge-loss", {"request_id": "{rid}", "loss": 1e308}, 422, "loss 1e+308 is outside the allowed range [0, 100]"),
+    ("loss-over-default-bound", {"request_id": "{rid}", "loss": 100.5}, 422, "outside the allowed range [0, 100]"),
+    ("score-above-one", {"request_id": "{rid}", "score": 1.5}, 422, "score: Input should be less than or equal to 1"),
+    ("score-below-zero", {"request_id": "{rid}", "score": -0.1}, 422, "score: Input should be greater than or equal to 0"),
+    ("nan-score", '{"request_id": "{rid}", "score": NaN}', 422, "score: Input should be a finite number"),
+    ("short-request-id", {"request_id": "x", "loss": 0.2}, 422, "request_id: String should have at least 36 characters"),
+    ("request-id-not-uuid", {"request_id": "x" * 36, "loss": 0.2}, 422, "request_id: String should match pattern"),
     ("score-string", {"request_id": "{rid}", "score": "0.5"}, 422, "score: Input should be a valid number"),
     ("loss-bool", {"request_id": "{rid}", "loss": True}, 422, "loss: Input should be a valid number"),
     ("expert-not-string", {"request_id": "{rid}", "loss": 0.2, "expert": 3}, 422, "expert: Input should be a valid string"),
@@ -64,10 +70,30 @@ FEEDBACK_CASES: list[tuple[str, Any, int, str]] = [
     ("unknown-expert", {"request_id": "{rid}", "loss": 0.2, "expert": "nobody"}, 422, "unknown expert 'nobody'"),
 ]
 
+# The one text rule (store/text.py) on every text field: (case, value, fragment of the sentence).
+BAD_TEXT: list[tuple[str, str, str]] = [
+    ("surrogate", "a\ud800b", "holds a lone surrogate U+D800 at character 1"),
+    ("low-surrogate", "\udfff", "holds a lone surrogate U+DFFF at character 0"),
+    ("nul", "a\x00b", "holds the control character U+0000 (NUL) at character 1"),
+    ("escape", "\x1b[31mred", "holds the control character U+001B at character 0"),
+    ("delete", "a\x7f", "holds the control character U+007F at character 1"),
+]
+
+
+def _text_cases(base: dict[str, Any], fields: tuple[str, ...]) -> list[tuple[str, Any, int, str]]:
+    """Each bad text in each field, sent as ASCII-escaped JSON (a client cannot UTF-8-encode a surrogate)."""
+    return [(f"{field}-{case}", json.dumps({**base, field: value}), 422, f"{field}: {fragment}")
+            for field in fields for case, value, fragment in BAD_TEXT]
+
+
+ROUTE_CASES += _text_cases({"prompt": "hi"}, ("prompt", "app"))
+FEEDBACK_CASES += _text_cases({"request_id": "{rid}", "loss": 0.2}, ("request_id", "expert", "idempotency_key", "app"))
+
 
 @pytest.fixture
-def primed(client: TestClient) -> Iterator[tuple[TestClient, str]]:
-    """A client with one routed, logged request to give feedback on."""
+def primed(any_client: TestClient) -> Iterator[tuple[TestClient, str]]:
+    """A client (SQLite, then PostgreSQL) with one routed, logged request to give feedback on."""
+    client = any_client
     routed = client.post("/v1/route", json={"prompt": "a real request"})
     assert routed.status_code == 200
     assert client.app.state.writer.flush(10)

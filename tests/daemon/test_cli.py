@@ -125,3 +125,14 @@ def test_admin_activate_goes_back_to_a_retired_version(seeded, capsys, bundles) 
         last = session.scalars(select(Activation).order_by(Activation.id.desc())).first()
         assert (last.router_version_id, last.previous_version_id, last.actor, last.reason) == (
             first, second, "carol", "the second one misroutes code")
+
+
+def test_ingest_refuses_a_loss_outside_the_bound(seeded, capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "huge.csv"
+    path.write_text("prompt,expert,loss\nfine,a,0.5\nhuge,a,1e308\n")
+    before = _row_counts(seeded)
+    code, _, err = _run(["ingest", "losses", str(path)], capsys)
+    assert code == 2
+    assert "huge.csv line 3: loss 1e+308 is outside the allowed range [0, 100]" in err
+    assert len(err.strip().splitlines()) == 1
+    assert _row_counts(seeded) == before

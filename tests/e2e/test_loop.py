@@ -93,12 +93,19 @@ def test_route_log_refresh_train_approve_hot_swap(loop_settings, tmp_path: Path)
             time.sleep(0.1)
         assert _count(settings, Request.id) == len(PROMPTS)
 
+        # Feedback on PostgreSQL becomes reported loss rows, and the next training reads them.
+        with httpx.Client(base_url=base, timeout=30) as client:
+            answers = [client.post("/v1/feedback", json={"request_id": r.json()["request_id"], "score": 0.5})
+                       for r in routed[:5]]
+        assert [(a.status_code, a.json()["status"]) for a in answers] == [(202, "accepted")] * 5
+
         refresh = wait(settings, submit(settings, "refresh_losses", trigger="test"), timeout=300)
         assert refresh.status == "succeeded", refresh.error
-        assert _count(settings, ExpertLoss.id) == 2 * len(PROMPTS)
+        assert _count(settings, ExpertLoss.id) == 2 * len(PROMPTS) + 5
 
         train = wait(settings, submit(settings, "train_router", trigger="test"), timeout=300)
         assert train.status == "succeeded", train.error
+        assert train.result["loss_rows"]["read"] == {"computed": 2 * len(PROMPTS), "reported": 5}
         candidate = train.result["version_id"]
         assert candidate != first
 

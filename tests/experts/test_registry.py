@@ -112,3 +112,14 @@ def test_a_stored_invalid_attribute_must_be_fixed_before_a_merge(session: Sessio
     (fixed,) = register_experts(session, [{"name": "old", "kind": "external",
                                            "attributes": {"release_date": "2024-05-01"}}])
     assert fixed.attributes == {"params": 7e9, "release_date": "2024-05-01"}
+
+
+def test_max_loss_attribute_is_typed() -> None:
+    """``max_loss`` bounds the losses accepted for an expert (store/loss_bounds.py): a positive number."""
+    from experts.attributes import validate_attributes
+    from experts.local import ExpertError
+
+    assert validate_attributes("e", {"max_loss": "500"}) == {"max_loss": 500.0}
+    for bad in (0, -1, "wide", float("inf")):
+        with pytest.raises(ExpertError, match="attribute max_loss must be"):
+            validate_attributes("e", {"max_loss": bad})

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,42 @@ def test_a_binary_file_is_refused_naming_it(sqlite_settings, tmp_path: Path) -> 
         with pytest.raises(JobInputError, match=f"^{path} is not UTF-8 text"):
             ingest_file(sqlite_settings, path)
     assert _counts(sqlite_settings) == (0, 0)
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgres"])
+def test_loss_outside_the_bound_names_file_and_row_and_writes_nothing(request, dialect, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    settings = request.getfixturevalue("sqlite_settings" if dialect == "sqlite" else "pg_settings")
+    _add_external(settings, "a")
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"prompt": "p", "expert": "a", "loss": 1}\n{"prompt": "q", "expert": "a", "loss": 1e308}\n')
+    with pytest.raises(JobInputError, match=r"d\.jsonl line 2: loss 1e\+308 is outside the allowed range \[0, 100\]"):
+        ingest_file(settings, path)
+    assert _counts(settings) == (0, 0)
+
+
+def test_an_experts_max_loss_attribute_overrides_the_default(sqlite_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with session_scope(sqlite_settings) as session:
+        session.add_all([Expert(name="wide", kind="external", attributes={"max_loss": 500}),
+                         Expert(name="narrow", kind="external", attributes={"max_loss": 2})])
+    path = tmp_path / "d.csv"
+    path.write_text("prompt,expert,loss\np,wide,300\n")
+    assert ingest_file(sqlite_settings, path)["rows_written"] == 1
+    path.write_text("prompt,expert,loss\np,narrow,3\n")
+    with pytest.raises(JobInputError, match=r"d\.csv line 2: loss 3 is outside the allowed range \[0, 2\]"):
+        ingest_file(sqlite_settings, path)
+    assert _counts(sqlite_settings) == (1, 1)
+
+
+@pytest.mark.parametrize(("row", "message"), [
+    ({"prompt": "a\u0000b", "expert": "a", "loss": 1}, "prompt holds the control character U+0000 (NUL)"),
+    ({"prompt": "a\ud800", "expert": "a", "loss": 1}, "prompt holds a lone surrogate U+D800"),
+    ({"prompt": "p", "expert": "a\u0007", "loss": 1}, "expert name holds the control character U+0007"),
+    ({"question": "p", "scores": {"a\u0000": 1}}, "expert name holds the control character U+0000"),
+])
+def test_text_the_store_cannot_hold_is_refused(pg_settings, tmp_path: Path, row, message) -> None:  # type: ignore[no-untyped-def]
+    _add_external(pg_settings, "a")
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"prompt": "ok", "expert": "a", "loss": 1}\n' + json.dumps(row) + "\n")
+    with pytest.raises(JobInputError, match=r"d\.jsonl line 2: " + re.escape(message)):
+        ingest_file(pg_settings, path)
+    assert _counts(pg_settings) == (0, 0)

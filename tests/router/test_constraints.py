@@ -35,7 +35,7 @@ def test_validate_lambdas() -> None:
     assert validate_lambdas({"size": 1, "cost": np.float32(0.5)}) == {"size": 1.0, "cost": 0.5}
     for bad, key in [({"colour": 1}, "colour"), ({"size": "1"}, "size"), ({"cost": -1}, "cost"),
                      ({"latency": float("nan")}, "latency"), ({"recency": float("inf")}, "recency"),
-                     ({"size": True}, "size")]:
+                     ({"size": True}, "size"), ({"cost": 1e308}, "cost")]:
         with pytest.raises(LambdaError, match=key):
             validate_lambdas(bad)
     assert issubclass(LambdaError, ValueError)

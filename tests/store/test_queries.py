@@ -33,3 +33,18 @@ def test_loss_rows_are_idempotent_on_their_natural_key(settings) -> None:  # typ
         rows = session.execute(select(ExpertLoss.expert_version, ExpertLoss.source, ExpertLoss.loss)
                                .order_by(ExpertLoss.expert_version, ExpertLoss.source)).all()
     assert [tuple(r) for r in rows] == [(1, "computed", 2.0), (1, "reported", 0.5), (2, "computed", 3.0)]
+
+
+def test_insert_feedback_tells_a_fresh_key_from_a_duplicate(settings) -> None:  # type: ignore[no-untyped-def]
+    """On PostgreSQL ``rowcount`` of ON CONFLICT DO NOTHING is -1: freshness must not depend on it."""
+    from store.queries import insert_feedback
+    from store.schema import Feedback
+
+    with session_scope(settings) as session:
+        assert insert_feedback(session, "k1", "app", "r1", {"loss": 0.5}) is True
+    with session_scope(settings) as session:
+        assert insert_feedback(session, "k1", "app", "r1", {"loss": 0.9}) is False
+        assert insert_feedback(session, "k2", None, None, {"loss": 0.1}) is True
+    with session_scope(settings) as session:
+        rows = session.execute(select(Feedback.idempotency_key, Feedback.payload).order_by(Feedback.id)).all()
+    assert [(k, p["loss"]) for k, p in rows] == [("k1", 0.5), ("k2", 0.1)]
