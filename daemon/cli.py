@@ -403,7 +403,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from jobs.registry import JOBS, queues as job_queues
+    from jobs.registry import JOBS
+    from jobs.registry import queues as job_queues
 
     parser = _Parser(prog="thalamus", description=__doc__.splitlines()[0])
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")

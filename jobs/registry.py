@@ -7,8 +7,9 @@ the scheduler triggers it every ``schedule`` minutes (a ``Settings`` attribute; 
 ``workers.dispatch.submit`` and ``thalamus jobs run`` accept its name, and the CLI help lists it with
 ``description``.
 
-The function is named by its import path and imported only when the job runs: job modules import
-torch, and the worker's prefork parent (which imports this table) must never load it.
+The function (and the gate) is named by its import path and imported only when it is called: job
+modules import torch, and the worker's prefork parent (which imports this table) must never load
+it; the CLI builds its help from the table without importing SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -18,15 +19,16 @@ import pkgutil
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from jobs.errors import JobInputError
-from jobs.gates import Gate, enough_new_loss_rows
-from jobs.locks import exclusive
-from jobs.runs import Progress
 from store.settings import Settings
 
-JobFunction = Callable[[Settings, Progress, dict[str, Any]], dict[str, Any]]
+if TYPE_CHECKING:
+    from jobs.gates import Gate, Skip
+    from jobs.runs import Progress
+
+JobFunction = Callable[[Settings, "Progress", dict[str, Any]], dict[str, Any]]
 
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,59}")  # a task name, a lock name and a job_runs.kind (60 characters)
 
@@ -41,13 +43,14 @@ class JobSpec:
     description: str  # one line for the CLI help
     exclusive: bool = False  # at most one run at a time (jobs/locks.py); a second one fails at once
     schedule: str | None = None  # the Settings attribute with its interval in minutes (0: not scheduled)
-    gate: Gate | None = None  # asked before a scheduled trigger; a Skip is recorded instead of a run
+    gate: str | None = None  # "module:function", a jobs.gates.Gate asked before a scheduled trigger
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
             raise ValueError(f"job name {self.name!r} must be lower-case letters, digits and _ (60 at most)")
-        if ":" not in self.function:
-            raise ValueError(f"job {self.name}: function {self.function!r} is not of the form module:function")
+        for what, path in (("function", self.function), ("gate", self.gate)):
+            if path is not None and ":" not in path:
+                raise ValueError(f"job {self.name}: {what} {path!r} is not of the form module:function")
         if self.schedule is not None and self.schedule not in Settings.model_fields:
             raise ValueError(f"job {self.name}: schedule {self.schedule!r} is not a setting")
 
@@ -56,9 +59,17 @@ class JobSpec:
 
     def run(self, settings: Settings, progress: Progress, params: dict[str, Any]) -> dict[str, Any]:
         """Import and run the function, holding the job's lock when it is exclusive."""
+        from jobs.locks import exclusive
+
         function = self.load()
         with exclusive(settings, self.name) if self.exclusive else contextlib.nullcontext():
             return function(settings, progress, params)
+
+    def skip(self, settings: Settings) -> Skip | None:
+        """Its gate's verdict on a scheduled trigger now: a Skip (with the reason), or None to run it."""
+        if self.gate is None:
+            return None
+        return cast("Gate", pkgutil.resolve_name(self.gate))(settings, self.name)
 
     def interval_minutes(self, settings: Settings) -> float:
         """How often the scheduler triggers it; 0 when it is not scheduled."""
@@ -79,7 +90,7 @@ JOBS: Mapping[str, JobSpec] = _table(
             schedule="refresh_interval_minutes"),
     JobSpec("train_router", "jobs.train_router:train_router", queue="training",
             description="train a candidate router on the loss table and register it",
-            exclusive=True, schedule="train_interval_minutes", gate=enough_new_loss_rows),
+            exclusive=True, schedule="train_interval_minutes", gate="jobs.gates:enough_new_loss_rows"),
 )
 
 

@@ -25,8 +25,7 @@ from sqlalchemy import case, func, select, update
 from store.db import session_scope
 from store.schema import JobRun, utcnow
 from store.settings import Settings
-from store.states import FINISHED as FINISHED  # re-exported: jobs and the CLI read statuses from here too
-from store.states import JobStatus as JobStatus
+from store.states import JobStatus
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,11 @@ from typing import Any
 from jobs.errors import JobInputError
 from jobs.reaper import Reaped, reap_lost
 from jobs.registry import get_job
-from jobs.runs import FINISHED, JobStatus, create_run, get_run, retry_of, update_run
+from jobs.runs import create_run, get_run, retry_of, update_run
 from store.db import session_scope
 from store.schema import JobRun
 from store.settings import Settings
+from store.states import FINISHED, JobStatus
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,7 @@ log = logging.getLogger(__name__)
 
 def _trigger(settings: Settings, kind: str) -> None:
     try:
-        gate = JOBS[kind].gate
-        skip = gate(settings, kind) if gate is not None else None
+        skip = JOBS[kind].skip(settings)
         if skip is not None:
             run_id = record_skip(settings, kind, skip.message, skip.details, trigger="schedule")
             log.info("scheduled %s skipped (job run %s): %s", kind, run_id, skip.message)

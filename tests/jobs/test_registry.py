@@ -27,10 +27,11 @@ def test_the_production_table() -> None:
         "refresh_losses": ("losses", False, "refresh_interval_minutes"),
         "train_router": ("training", True, "train_interval_minutes"),
     }
-    assert JOBS["train_router"].gate is not None and JOBS["refresh_losses"].gate is None
+    assert JOBS["refresh_losses"].gate is None
     assert queues() == ["losses", "training"]
     for spec in JOBS.values():
         assert callable(spec.load())
+    assert JOBS["train_router"].gate == "jobs.gates:enough_new_loss_rows"
 
 
 def test_the_worker_parent_never_imports_a_job_module() -> None:
@@ -45,6 +46,7 @@ def test_the_worker_parent_never_imports_a_job_module() -> None:
 @pytest.mark.parametrize(("change", "message"), [
     ({"name": "Bad Name"}, "lower-case"),
     ({"function": "tests.jobs.registry_jobs.echo"}, "module:function"),
+    ({"gate": "jobs.gates.enough_new_loss_rows"}, "module:function"),
     ({"schedule": "echo_interval_minutes"}, "is not a setting"),
 ])
 def test_a_malformed_entry_is_refused_when_the_table_is_built(change: dict[str, str], message: str) -> None:
