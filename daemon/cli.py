@@ -69,9 +69,10 @@ def cmd_up(args: argparse.Namespace) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
-    from workers.app import QUEUES, app
+    from jobs.registry import queues as job_queues
+    from workers.app import app
 
-    queues = args.queues or ",".join(sorted(set(QUEUES.values())))
+    queues = args.queues or ",".join(job_queues())
     argv = ["worker", "-Q", queues, "--concurrency", str(args.concurrency), "--pool", args.pool,
             "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
     app.worker_main(argv)
@@ -186,12 +187,11 @@ def _progress_bar(run_id: int) -> tuple[Callable[[Any], None], Callable[[Any, An
 
 
 def cmd_jobs_run(args: argparse.Namespace) -> None:
+    from jobs.registry import get_job
     from workers.dispatch import submit, wait
-    from jobs.runs import JOB_KINDS
 
     settings = _settings(args)
-    if args.name not in JOB_KINDS:
-        raise CliError(f"unknown job {args.name!r}; known jobs: {', '.join(JOB_KINDS)}")
+    get_job(args.name)  # an unknown name: one sentence naming the known jobs, exit 2
     params = _parse_pairs(args.param, "--param")
     if args.inline:
         from jobs.runs import create_run
@@ -403,6 +403,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from jobs.registry import JOBS
+    from jobs.registry import queues as job_queues
+
     parser = _Parser(prog="thalamus", description=__doc__.splitlines()[0])
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
 
@@ -411,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--pool", default="solo", choices=["solo", "prefork", "threads"])
     up.set_defaults(func=cmd_up)
     worker = verbs.add_parser("worker", help="run a Celery worker")
-    worker.add_argument("--queues", help="comma-separated queues (default: losses,training)")
+    worker.add_argument("--queues", help=f"comma-separated queues (default: {','.join(job_queues())})")
     worker.add_argument("--concurrency", type=_positive_int, default=1)
     worker.add_argument("--pool", default="prefork", choices=["solo", "prefork", "threads"])
     worker.set_defaults(func=cmd_worker)
@@ -439,8 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
     losses.set_defaults(func=cmd_ingest_losses)
 
     jobs = verbs.add_parser("jobs", help="background jobs").add_subparsers(dest="j_verb", required=True)
-    run = jobs.add_parser("run", help="trigger a job (refresh_losses, train_router)")
-    run.add_argument("name")
+    run = jobs.add_parser("run", help=f"trigger a job ({', '.join(JOBS)})",
+                          epilog="jobs:\n" + "\n".join(f"  {s.name:16} {s.description}" for s in JOBS.values()),
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("name", help="the job to run (listed below)")
     run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     run.add_argument("--no-wait", dest="wait", action="store_false", help="print the run id and return")
     run.add_argument("--inline", action="store_true", help="run in this process instead of on a worker")

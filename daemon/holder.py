@@ -27,12 +27,13 @@ from store.db import normalize_url, session_scope
 from store.queries import ACTIVATION_CHANNEL, active_router_version
 from store.schema import Expert
 from store.settings import Settings
+from store.states import VersionStatus
 
 log = logging.getLogger(__name__)
 
 _RETRY_FAILED_SECONDS = 30.0
 _FALLBACK_TRIES = 5
-_FALLBACK_STATUSES = ("retired", "approved")
+_FALLBACK_STATUSES = (VersionStatus.RETIRED, VersionStatus.APPROVED)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,6 +12,7 @@ from router.model import Router, init_head_cold_start
 from store.db import session_scope
 from store.queries import active_experts, active_router_version
 from store.settings import Settings
+from store.states import VersionStatus
 
 
 def _params(attributes: dict) -> float | None:
@@ -51,10 +52,10 @@ def _create_cold_start(settings: Settings) -> tuple[int, str | None]:
         router = Router.from_config(TrainRecipe.from_settings(settings).router_config([e.name for e in experts]))
         init_head_cold_start(router, table.mean_losses(), [_params(e.attributes) for e in experts])
         version = save_version(
-            session, settings, router, parent_id=None, status="candidate",
+            session, settings, router, parent_id=None, status=VersionStatus.CANDIDATE,
             metrics={"cold_start": True, "observed_rows": len(table)}, training_window={"rows": len(table)},
         )
-        if version.status == "rejected":
+        if version.status == VersionStatus.REJECTED:
             return version.id, version.reason
         activate(session, version, actor="system", reason="cold start")
         return version.id, None

@@ -13,6 +13,9 @@ from jobs.errors import JobInputError
 from jobs.router_store import load_problem
 from store.queries import active_router_version, notify_activation
 from store.schema import Activation, RouterVersion, utcnow
+from store.states import VersionStatus
+
+_UNDECIDED = (VersionStatus.CANDIDATE, VersionStatus.APPROVED)
 
 
 def _version(session: Session, version_id: int) -> RouterVersion:
@@ -35,8 +38,8 @@ def activate(session: Session, version: RouterVersion, actor: str, reason: str) 
     if previous is not None and previous.id == version.id:
         return previous
     if previous is not None:
-        previous.status = "retired"
-    version.status = "active"
+        previous.status = VersionStatus.RETIRED
+    version.status = VersionStatus.ACTIVE
     version.decided_by, version.decided_at = actor, utcnow()
     session.flush()
     session.add(Activation(router_version_id=version.id, previous_version_id=previous.id if previous else None,
@@ -47,10 +50,10 @@ def activate(session: Session, version: RouterVersion, actor: str, reason: str) 
 
 def approve(session: Session, version_id: int, actor: str, reason: str = "approved") -> RouterVersion:
     version = _version(session, version_id)
-    if version.status == "active":
+    if version.status == VersionStatus.ACTIVE:
         raise JobInputError(f"router version {version_id} is already active")
-    if version.status not in ("candidate", "approved"):
-        hint = "; use `thalamus admin activate` to go back to it" if version.status == "retired" else ""
+    if version.status not in _UNDECIDED:
+        hint = "; use `thalamus admin activate` to go back to it" if version.status == VersionStatus.RETIRED else ""
         raise JobInputError(f"router version {version_id} is {version.status}; only a candidate can be approved{hint}")
     _check_loadable(session, version)
     activate(session, version, actor, reason)
@@ -62,9 +65,9 @@ def activate_version(session: Session, version_id: int, actor: str, reason: str)
     if not reason.strip():
         raise JobInputError("an activation needs a reason")
     version = _version(session, version_id)
-    if version.status == "active":
+    if version.status == VersionStatus.ACTIVE:
         raise JobInputError(f"router version {version_id} is already active")
-    if version.status == "rejected":
+    if version.status == VersionStatus.REJECTED:
         raise JobInputError(f"router version {version_id} was rejected ({version.reason}), so it cannot be activated")
     _check_loadable(session, version)
     activate(session, version, actor, reason)
@@ -75,9 +78,9 @@ def reject(session: Session, version_id: int, actor: str, reason: str) -> Router
     if not reason.strip():
         raise JobInputError("a rejection needs a reason")
     version = _version(session, version_id)
-    if version.status not in ("candidate", "approved"):
+    if version.status not in _UNDECIDED:
         raise JobInputError(f"router version {version_id} is {version.status}; only a candidate can be rejected")
-    version.status, version.reason = "rejected", reason
+    version.status, version.reason = VersionStatus.REJECTED, reason
     version.decided_by, version.decided_at = actor, utcnow()
     return version
 

@@ -82,3 +82,8 @@ def refresh_losses(settings: Settings, progress: Progress | None = None, limit: 
     report(1.0, f"scored {done} (prompt, expert) pairs")
     return {"rows_written": done, "by_expert": written, "experts": [e.name for e in experts],
             "skipped": sum(skipped.values()), "skipped_by_expert": skipped}
+
+
+def refresh_losses_job(settings: Settings, progress: Progress, params: dict[str, Any]) -> dict[str, Any]:
+    """The job registry's entry point: ``params`` (``limit``, ``batch_size``) are keyword arguments."""
+    return refresh_losses(settings, progress, **params)

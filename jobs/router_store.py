@@ -13,10 +13,11 @@ from router.checkpoint import load_bundle, save_bundle
 from router.model import Router
 from store.schema import Expert, RouterVersion, utcnow
 from store.settings import Settings
+from store.states import VersionStatus
 
 
 def save_version(session: Session, settings: Settings, router: Router, *, parent_id: int | None,
-                 status: str, metrics: dict[str, Any], training_window: dict[str, Any]) -> RouterVersion:
+                 status: VersionStatus, metrics: dict[str, Any], training_window: dict[str, Any]) -> RouterVersion:
     """Write the bundle atomically, insert the version row pointing at it, and check it loads.
 
     A bundle that a daemon could not load (see :func:`check_version`) is recorded as ``rejected``
@@ -35,7 +36,7 @@ def save_version(session: Session, settings: Settings, router: Router, *, parent
     session.flush()
     problem = load_problem(session, version)
     if problem is not None:
-        version.status, version.reason = "rejected", f"the bundle failed the load check: {problem}"
+        version.status, version.reason = VersionStatus.REJECTED, f"the bundle failed the load check: {problem}"
         version.decided_by, version.decided_at = "system", utcnow()
         session.flush()
     return version

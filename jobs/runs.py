@@ -18,7 +18,6 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import case, func, select, update
@@ -26,25 +25,12 @@ from sqlalchemy import case, func, select, update
 from store.db import session_scope
 from store.schema import JobRun, utcnow
 from store.settings import Settings
+from store.states import JobStatus
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[float, str], None]
-JOB_KINDS = ("refresh_losses", "train_router")
 _RUNS = JobRun.__table__
-
-
-class JobStatus(StrEnum):
-    """A run's status (celery ``states`` style: plain strings in the database)."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    LOST = "lost"  # its worker stopped heartbeating; re-run as the row whose ``retry_of`` points here
-
-
-FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.LOST})
 
 
 def worker_id() -> str:
@@ -64,8 +50,20 @@ def as_utc(value: dt.datetime) -> dt.datetime:
 
 def create_run(settings: Settings, kind: str, params: dict[str, Any] | None = None, trigger: str = "cli") -> int:
     with session_scope(settings) as session:
-        run = JobRun(kind=kind, params=params or {}, trigger=trigger, status=JobStatus.QUEUED.value,
+        run = JobRun(kind=kind, params=params or {}, trigger=trigger, status=JobStatus.QUEUED,
                      message="queued", attempt=1)
+        session.add(run)
+        session.flush()
+        return run.id
+
+
+def record_skip(settings: Settings, kind: str, message: str, result: dict[str, Any],
+                trigger: str = "schedule") -> int:
+    """Record a trigger that was not run (``skipped``, finished at once, ``message`` says why)."""
+    now = db_now(settings)
+    with session_scope(settings) as session:
+        run = JobRun(kind=kind, params={}, trigger=trigger, status=JobStatus.SKIPPED, message=message[:2000],
+                     result=result, progress=0.0, attempt=1, finished_at=now)
         session.add(run)
         session.flush()
         return run.id

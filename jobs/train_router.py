@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 
 from jobs.errors import CandidateRejected, JobInputError
-from jobs.locks import exclusive
 from jobs.loss_table import LossTable, holdout_mask, load_loss_table
 from jobs.promote import activate
 from jobs.recipe import TrainRecipe
@@ -20,6 +19,7 @@ from router.training import train_router as fit
 from store.db import session_scope
 from store.queries import active_experts, active_router_version
 from store.settings import Settings
+from store.states import VersionStatus
 
 
 def _complete_rows(table: LossTable) -> np.ndarray:
@@ -38,74 +38,77 @@ def evaluate(router: Router, table: LossTable, params: np.ndarray, best_single: 
 
 def train_router(settings: Settings, progress: Progress | None = None, params: dict[str, Any] | None = None,
                  *, recipe: TrainRecipe | None = None) -> dict[str, Any]:
-    """Train a candidate with ``recipe`` (default: the settings' own) and register it."""
+    """Train a candidate with ``recipe`` (default: the settings' own) and register it.
+
+    Run as a job (``jobs.registry``) it holds the exclusive ``train_router`` lock; called directly
+    (a benchmark on its own home) it does not.
+    """
     report = progress or (lambda fraction, message: None)
     params = dict(params or {})
     recipe = recipe or TrainRecipe.from_settings(settings)
-    with exclusive(settings, "train_router"):
-        report(0.01, "reading the loss table")
-        with session_scope(settings) as session:
-            experts = active_experts(session)
-            table = load_loss_table(session, experts, settings.max_loss)
-            parent = active_router_version(session)
-            parent_id = parent.id if parent else None
-            parent_router = load_version(parent) if parent else None
-            parent_is_cold = bool(parent and (parent.metrics or {}).get("cold_start"))
-        if len(table) < 4:
-            raise JobInputError(f"the loss table has {len(table)} prompts; at least 4 are needed to train")
-        names = table.experts
-        sizes = np.array([float(e.attributes.get("params") or np.nan) for e in experts])
-        holdout = holdout_mask(table.hashes, recipe.holdout_share)
-        train, test = table.subset(np.flatnonzero(~holdout)), table.subset(np.flatnonzero(holdout))
-        if len(train) == 0:
-            raise JobInputError("every prompt fell in the holdout; add more data")
-        train_means = np.array([m if m is not None else np.inf for m in train.mean_losses()])
-        best_single = int(np.argmin(train_means))
+    report(0.01, "reading the loss table")
+    with session_scope(settings) as session:
+        experts = active_experts(session)
+        table = load_loss_table(session, experts, settings.max_loss)
+        parent = active_router_version(session)
+        parent_id = parent.id if parent else None
+        parent_router = load_version(parent) if parent else None
+        parent_is_cold = bool(parent and (parent.metrics or {}).get("cold_start"))
+    if len(table) < 4:
+        raise JobInputError(f"the loss table has {len(table)} prompts; at least 4 are needed to train")
+    names = table.experts
+    sizes = np.array([float(e.attributes.get("params") or np.nan) for e in experts])
+    holdout = holdout_mask(table.hashes, recipe.holdout_share)
+    train, test = table.subset(np.flatnonzero(~holdout)), table.subset(np.flatnonzero(holdout))
+    if len(train) == 0:
+        raise JobInputError("every prompt fell in the holdout; add more data")
+    train_means = np.array([m if m is not None else np.inf for m in train.mean_losses()])
+    best_single = int(np.argmin(train_means))
 
-        report(0.05, f"evaluating the active router on {len(test)} holdout prompts")
-        active_metrics = evaluate(parent_router, test, sizes, best_single) if parent_router is not None else {}
-        if parent_router is not None and list(parent_router.expert_names) == names:
-            router = parent_router
-        elif parent_router is not None:
-            router = expand_experts(parent_router, names, train.mean_losses())
-        else:
-            router = Router.from_config(recipe.router_config(names))
-        if parent_router is None or parent_is_cold:
-            # A cold-start head predicts constants (or a size prior) that can sit far from the
-            # observed losses; start from the training means so the first epochs refine, not travel.
-            init_head_cold_start(router, train.mean_losses(), [None if np.isnan(s) else s for s in sizes])
+    report(0.05, f"evaluating the active router on {len(test)} holdout prompts")
+    active_metrics = evaluate(parent_router, test, sizes, best_single) if parent_router is not None else {}
+    if parent_router is not None and list(parent_router.expert_names) == names:
+        router = parent_router
+    elif parent_router is not None:
+        router = expand_experts(parent_router, names, train.mean_losses())
+    else:
+        router = Router.from_config(recipe.router_config(names))
+    if parent_router is None or parent_is_cold:
+        # A cold-start head predicts constants (or a size prior) that can sit far from the
+        # observed losses; start from the training means so the first epochs refine, not travel.
+        init_head_cold_start(router, train.mean_losses(), [None if np.isnan(s) else s for s in sizes])
 
-        started = time.perf_counter()
-        config = recipe.train_config(params)
-        history = fit(router, train.prompts, train.targets, config,
-                      progress=lambda f, m: report(0.1 + 0.8 * f, m))
-        seconds = time.perf_counter() - started
-        report(0.92, "evaluating the candidate")
-        candidate_metrics = evaluate(router, test, sizes, best_single)
-        metrics = {
-            "candidate": candidate_metrics, "active": active_metrics, "active_version": parent_id,
-            # n_train: non-holdout prompts; of those, n_fit were trained on and n_val chose the epoch.
-            "n_train": len(train), "n_fit": history.n_train, "n_val": history.n_val, "n_holdout": len(test),
-            "train_seconds": round(seconds, 3),
-            "examples_per_second": getattr(history, "examples_per_second", None),
-            "best_epoch": getattr(history, "best_epoch", None), "best_single_expert": names[best_single],
-        }
-        with session_scope(settings) as session:
-            version = save_version(
-                session, settings, router, parent_id=parent_id, status="candidate", metrics=metrics,
-                training_window={"rows": len(table), "train": len(train), "holdout": len(test)},
-            )
-            rejected = version.reason if version.status == "rejected" else None
-            auto = "" if rejected else _auto_approve(settings, candidate_metrics, active_metrics)
-            if auto:
-                activate(session, version, actor="policy", reason=auto)
-            version_id = version.id
-        if rejected:  # recorded (committed) as rejected; the run fails so that nobody mistakes it for a candidate
-            raise CandidateRejected(f"router version {version_id} was recorded as rejected: {rejected}")
-        report(1.0, f"registered candidate router version {version_id}")
-        return {"version_id": version_id, "metrics": metrics, "auto_approved": bool(auto),
-                "loss_rows": {"read": table.rows_read, "skipped": sum(table.skipped.values()),
-                              "skipped_by_expert": table.skipped}}
+    started = time.perf_counter()
+    config = recipe.train_config(params)
+    history = fit(router, train.prompts, train.targets, config,
+                  progress=lambda f, m: report(0.1 + 0.8 * f, m))
+    seconds = time.perf_counter() - started
+    report(0.92, "evaluating the candidate")
+    candidate_metrics = evaluate(router, test, sizes, best_single)
+    metrics = {
+        "candidate": candidate_metrics, "active": active_metrics, "active_version": parent_id,
+        # n_train: non-holdout prompts; of those, n_fit were trained on and n_val chose the epoch.
+        "n_train": len(train), "n_fit": history.n_train, "n_val": history.n_val, "n_holdout": len(test),
+        "train_seconds": round(seconds, 3),
+        "examples_per_second": getattr(history, "examples_per_second", None),
+        "best_epoch": getattr(history, "best_epoch", None), "best_single_expert": names[best_single],
+    }
+    with session_scope(settings) as session:
+        version = save_version(
+            session, settings, router, parent_id=parent_id, status=VersionStatus.CANDIDATE, metrics=metrics,
+            training_window={"rows": len(table), "train": len(train), "holdout": len(test)},
+        )
+        rejected = version.reason if version.status == VersionStatus.REJECTED else None
+        auto = "" if rejected else _auto_approve(settings, candidate_metrics, active_metrics)
+        if auto:
+            activate(session, version, actor="policy", reason=auto)
+        version_id = version.id
+    if rejected:  # recorded (committed) as rejected; the run fails so that nobody mistakes it for a candidate
+        raise CandidateRejected(f"router version {version_id} was recorded as rejected: {rejected}")
+    report(1.0, f"registered candidate router version {version_id}")
+    return {"version_id": version_id, "metrics": metrics, "auto_approved": bool(auto),
+            "loss_rows": {"read": table.rows_read, "skipped": sum(table.skipped.values()),
+                          "skipped_by_expert": table.skipped}}
 
 
 def _auto_approve(settings: Settings, candidate: dict[str, float], active: dict[str, float]) -> str:

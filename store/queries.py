@@ -11,6 +11,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from store.schema import Expert, ExpertLoss, Prompt, RouterVersion, utcnow
+from store.states import VersionStatus
 
 ACTIVATION_CHANNEL = "thalamus_active_router"
 
@@ -58,7 +59,7 @@ def upsert_losses(session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
 
 
 def active_router_version(session: Session) -> RouterVersion | None:
-    return session.scalars(select(RouterVersion).where(RouterVersion.status == "active")).first()
+    return session.scalars(select(RouterVersion).where(RouterVersion.status == VersionStatus.ACTIVE)).first()
 
 
 def active_experts(session: Session) -> list[Expert]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -18,7 +19,11 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+from store.states import JobStatus, VersionStatus
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -29,9 +34,26 @@ NAMING = {
 }
 
 EXPERT_KINDS = ("masked-lm", "causal-lm", "external")
-VERSION_STATUSES = ("candidate", "approved", "active", "retired", "rejected")
 LOSS_SOURCES = ("computed", "reported")
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "lost")  # jobs.runs.JobStatus
+
+
+class StatusColumn(TypeDecorator[StrEnum]):
+    """A ``VARCHAR(20)`` holding a ``StrEnum``'s values: writes refuse a value that is not a member,
+    reads return the member. Plain text in the database (no CHECK, no native enum), so the
+    migrations' ``String(20)`` columns stay as they are."""
+
+    impl = String(20)
+    cache_ok = True
+
+    def __init__(self, enum: type[StrEnum]) -> None:
+        super().__init__()
+        self.enum = enum
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else self.enum(value).value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> StrEnum | None:
+        return None if value is None else self.enum(value)
 
 
 def utcnow() -> dt.datetime:
@@ -68,7 +90,8 @@ class RouterVersion(Base):
     expert_order: Mapped[list[Any]] = mapped_column()
     training_window: Mapped[dict[str, Any]] = mapped_column(default=dict)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    status: Mapped[str] = mapped_column(String(20), default="candidate", index=True)
+    status: Mapped[VersionStatus] = mapped_column(StatusColumn(VersionStatus), default=VersionStatus.CANDIDATE,
+                                                  index=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     decided_by: Mapped[str | None] = mapped_column(String(200))
     decided_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
@@ -138,7 +161,7 @@ class JobRun(Base):
     kind: Mapped[str] = mapped_column(String(60), index=True)
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     trigger: Mapped[str] = mapped_column(String(40), default="cli")
-    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
+    status: Mapped[JobStatus] = mapped_column(StatusColumn(JobStatus), default=JobStatus.QUEUED, index=True)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     message: Mapped[str | None] = mapped_column(Text)
     task_id: Mapped[str | None] = mapped_column(String(200))

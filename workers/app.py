@@ -1,12 +1,16 @@
-"""The Celery application. Job logic lives in ``jobs/``; tasks here are thin wrappers."""
+"""The Celery application. Job logic lives in ``jobs/``; its tasks and routes come from ``jobs.registry``."""
 
 from __future__ import annotations
 
 from celery import Celery
 
+from jobs.registry import JOBS
 from store.settings import Settings, get_settings
 
-QUEUES = {"refresh_losses": "losses", "train_router": "training"}
+
+def task_name(kind: str) -> str:
+    """The Celery task that runs job ``kind``."""
+    return f"thalamus.{kind}"
 
 
 def _transport_options(broker_url: str, visibility: int) -> dict[str, object]:
@@ -21,14 +25,16 @@ def _transport_options(broker_url: str, visibility: int) -> dict[str, object]:
 
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("thalamus", broker=settings.celery_broker_url, include=["workers.tasks", "workers.liveness"])
+    from workers.tasks import register_tasks
+
+    app = Celery("thalamus", broker=settings.celery_broker_url, include=["workers.liveness"])
     visibility = settings.job_timeout_seconds + 600  # above the longest job: no redelivery mid-run
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_ignore_result=True,
-        task_routes={f"thalamus.{kind}": {"queue": queue} for kind, queue in QUEUES.items()},
+        task_routes={task_name(spec.name): {"queue": spec.queue} for spec in JOBS.values()},
         task_default_queue="losses",
         broker_transport_options=_transport_options(settings.celery_broker_url, visibility),
         broker_connection_retry_on_startup=True,
@@ -36,6 +42,7 @@ def make_celery(settings: Settings) -> Celery:
         worker_max_tasks_per_child=20,
         task_time_limit=settings.job_timeout_seconds,
     )
+    register_tasks(app)
     return app
 
 

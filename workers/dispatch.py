@@ -9,25 +9,28 @@ from typing import Any
 
 from jobs.errors import JobInputError
 from jobs.reaper import Reaped, reap_lost
-from jobs.runs import JOB_KINDS, JobStatus, create_run, get_run, retry_of, update_run
+from jobs.registry import get_job
+from jobs.runs import create_run, get_run, retry_of, update_run
 from store.db import session_scope
 from store.schema import JobRun
 from store.settings import Settings
+from store.states import FINISHED, JobStatus
 
 log = logging.getLogger(__name__)
 
 
 def _send(settings: Settings, kind: str, run_id: int) -> None:
-    from workers.app import celery_for
+    from workers.app import celery_for, task_name
 
-    result = celery_for(settings).send_task(f"thalamus.{kind}", args=[run_id])
+    result = celery_for(settings).send_task(task_name(kind), args=[run_id])
     update_run(settings, run_id, task_id=result.id)
 
 
 def submit(settings: Settings, kind: str, params: dict[str, Any] | None = None, trigger: str = "cli") -> int:
-    """Record the trigger in ``job_runs`` first, then send the task: no run is ever untracked."""
-    if kind not in JOB_KINDS:
-        raise JobInputError(f"unknown job {kind!r}; known jobs: {', '.join(JOB_KINDS)}")
+    """Record the trigger in ``job_runs`` first, then send the task: no run is ever untracked.
+
+    ``kind`` must be a job of ``jobs.registry.JOBS`` (JobInputError otherwise)."""
+    get_job(kind)
     run_id = create_run(settings, kind, params, trigger)
     _send(settings, kind, run_id)
     return run_id
@@ -52,7 +55,7 @@ def reap(settings: Settings) -> list[Reaped]:
             _send(settings, item.kind, item.retry_id)
         except Exception as exc:  # the broker is down: say so on the row instead of leaving it queued
             log.exception("could not send re-run %s", item.retry_id)
-            update_run(settings, item.retry_id, status=JobStatus.FAILED.value,
+            update_run(settings, item.retry_id, status=JobStatus.FAILED,
                        message=f"could not queue the re-run: {type(exc).__name__}: {exc}"[:2000])
     return reaped
 
@@ -81,7 +84,7 @@ def wait(settings: Settings, run_id: int, timeout: float | None = None,
                     on_requeue(run, retry)
                 run_id = retry.id
                 continue
-        if run.status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.LOST):
+        if run.status in FINISHED:
             return run
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"job run {run_id} still {run.status} after {timeout:.0f} s")

@@ -1,4 +1,9 @@
-"""The one scheduler: APScheduler triggers jobs on intervals; every trigger lands in ``job_runs``."""
+"""The one scheduler: APScheduler triggers jobs on intervals; every trigger lands in ``job_runs``.
+
+Which jobs and how often come from ``jobs.registry`` (each spec's ``schedule`` setting). A spec's
+``gate`` is asked first: when it says there is nothing to do, the trigger is recorded as a
+``skipped`` run with the reason and no task is sent.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,21 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 
-from workers.dispatch import reap, submit
+from jobs.registry import JOBS
+from jobs.runs import record_skip
 from store.settings import Settings
+from workers.dispatch import reap, submit
 
 log = logging.getLogger(__name__)
 
 
 def _trigger(settings: Settings, kind: str) -> None:
     try:
+        skip = JOBS[kind].skip(settings)
+        if skip is not None:
+            run_id = record_skip(settings, kind, skip.message, skip.details, trigger="schedule")
+            log.info("scheduled %s skipped (job run %s): %s", kind, run_id, skip.message)
+            return
         run_id = submit(settings, kind, trigger="schedule")
         log.info("scheduled %s as job run %s", kind, run_id)
     except Exception:
@@ -31,10 +43,10 @@ def _sweep(settings: Settings) -> None:
 
 
 def configure(scheduler: BaseScheduler, settings: Settings) -> BaseScheduler:
-    intervals = {"refresh_losses": settings.refresh_interval_minutes, "train_router": settings.train_interval_minutes}
-    for kind, minutes in intervals.items():
+    for spec in JOBS.values():
+        minutes = spec.interval_minutes(settings)
         if minutes > 0:
-            scheduler.add_job(_trigger, "interval", minutes=minutes, args=[settings, kind], id=kind,
+            scheduler.add_job(_trigger, "interval", minutes=minutes, args=[settings, spec.name], id=spec.name,
                               max_instances=1, coalesce=True, replace_existing=True)
     scheduler.add_job(_sweep, "interval", seconds=settings.job_heartbeat_seconds, args=[settings], id="reap_lost",
                       max_instances=1, coalesce=True, replace_existing=True)

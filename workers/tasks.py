@@ -1,36 +1,18 @@
-"""Celery tasks: each runs one ``job_runs`` row through its job function."""
+"""Celery tasks: one per ``jobs.registry`` entry, each running one ``job_runs`` row through its job."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
+from celery import Celery, Task
+
 from jobs.errors import JobLocked
-from jobs.runs import Progress, claim, finish, get_run, tracked, worker_id
+from jobs.registry import JOBS, get_job
+from jobs.runs import claim, finish, get_run, tracked, worker_id
 from store.settings import Settings, get_settings
-from workers.app import app
 
 log = logging.getLogger(__name__)
-
-
-def _refresh_losses(settings: Settings, progress: Progress, params: dict[str, Any]) -> dict[str, Any]:
-    from jobs.refresh_losses import refresh_losses
-
-    return refresh_losses(settings, progress, **params)
-
-
-def _train_router(settings: Settings, progress: Progress, params: dict[str, Any]) -> dict[str, Any]:
-    from jobs.train_router import train_router
-
-    return train_router(settings, progress, params)
-
-
-# Job modules import torch lazily, inside the task: the prefork parent never loads it (or CUDA).
-JOBS: dict[str, Callable[[Settings, Progress, dict[str, Any]], dict[str, Any]]] = {
-    "refresh_losses": _refresh_losses,
-    "train_router": _train_router,
-}
 
 
 def execute(settings: Settings, run_id: int) -> dict[str, Any] | None:
@@ -45,15 +27,18 @@ def execute(settings: Settings, run_id: int) -> dict[str, Any] | None:
             return None
         log.info("job run %s already %s; skipping the redelivered task", run_id, existing.status)
         return existing.result
-    job = JOBS[run.kind]
     with tracked(settings, run_id, worker) as progress:
-        result = job(settings, progress, dict(run.params or {}))
+        # The job module (and torch) is imported here, in the process that runs it: never in the
+        # prefork parent.
+        result = get_job(run.kind).run(settings, progress, dict(run.params or {}))
     finish(settings, run_id, worker, result)
     return result
 
 
-def _task(kind: str):  # type: ignore[no-untyped-def]
-    @app.task(name=f"thalamus.{kind}", acks_late=True)
+def _task(app: Celery, kind: str) -> Task:
+    from workers.app import task_name
+
+    @app.task(name=task_name(kind), acks_late=True, shared=False)  # this app only: each app registers its own
     def run(run_id: int) -> None:
         try:
             execute(get_settings(), run_id)
@@ -62,8 +47,9 @@ def _task(kind: str):  # type: ignore[no-untyped-def]
         except Exception:  # recorded in job_runs by tracked(); the task itself is done
             log.exception("job run %s failed", run_id)
 
-    return run
+    return run  # type: ignore[no-any-return]  # celery's decorator is untyped
 
 
-refresh_losses_task = _task("refresh_losses")
-train_router_task = _task("train_router")
+def register_tasks(app: Celery) -> dict[str, Task]:
+    """One task per job in the registry, named ``thalamus.<job>``."""
+    return {kind: _task(app, kind) for kind in JOBS}

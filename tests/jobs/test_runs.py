@@ -7,7 +7,7 @@ import time
 import pytest
 from sqlalchemy import update
 
-from jobs.runs import JobStatus, claim, create_run, finish, get_run, tracked
+from jobs.runs import claim, create_run, finish, get_run, tracked
 from store.db import session_scope
 from store.schema import JobRun
 
@@ -63,7 +63,3 @@ def test_a_run_given_up_as_lost_is_not_overwritten_by_its_old_worker(request, ba
             raise RuntimeError("boom")
     run = get_run(settings, run_id)
     assert (run.status, run.message, run.result) == ("lost", "lost", None)
-
-
-def test_job_status_is_a_plain_string() -> None:
-    assert JobStatus.LOST == "lost" and f"{JobStatus.RUNNING}" == "running"
