@@ -122,7 +122,7 @@ def _show_versions(rows: list[VersionInfo]) -> None:
     for v in rows:
         loss = "-" if v.routed_loss is None else f"{v.routed_loss:.4f}"
         hit = "-" if v.hit_rate is None else f"{v.hit_rate:.3f}"
-        print(f"{v.id:>4}  {v.status:10} {str(v.parent or '-'):>6}  {v.created_at:%Y-%m-%d %H:%M:%S}  "
+        print(f"{v.id:>4}  {v.status:10} {v.parent or '-'!s:>6}  {v.created_at:%Y-%m-%d %H:%M:%S}  "
               f"{loss:>11}  {hit:>8}")
 
 

@@ -11,7 +11,8 @@ def upgrade(settings: Settings) -> str | None:
 
     Returns the revision the database is at.
     """
-    from store.migrate import current_revision, upgrade as run_upgrade
+    from store.migrate import current_revision
+    from store.migrate import upgrade as run_upgrade
 
     run_upgrade(settings)
     return current_revision(settings)

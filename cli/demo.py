@@ -46,7 +46,7 @@ def _say(message: str) -> None:
 def _cli(args: Sequence[str], env: dict[str, str]) -> str:
     """Run a ``thalamus`` verb as a user would; its progress goes to our stderr, its stdout is returned."""
     command = [sys.executable, "-m", "cli", *args]
-    done = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True)
+    done = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"`thalamus {' '.join(args)}` exited with {done.returncode}")
     return done.stdout
@@ -138,8 +138,12 @@ class Traffic:
 
 
 def _active_version(base: str) -> int | None:
-    status = httpx.get(f"{base}/v1/status", timeout=5).json()
-    return status.get("router_version")
+    version = httpx.get(f"{base}/v1/status", timeout=5).json().get("router_version")
+    return None if version is None else int(version)
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))
 
 
 def _metrics_table(metrics: dict[str, Any]) -> str:
@@ -148,8 +152,7 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
     lines = [f"  {'metric':18} {'active':>12} {'candidate':>12}"]
     for key in keys:
         a, c = active.get(key), candidate.get(key)
-        fmt = lambda v: "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
-        lines.append(f"  {key:18} {fmt(a):>12} {fmt(c):>12}")
+        lines.append(f"  {key:18} {_fmt(a):>12} {_fmt(c):>12}")
     lines.append(f"  holdout rows: {candidate.get('n_rows', 0)}, training rows: {metrics.get('n_train')} "
                  f"({metrics.get('n_fit')} fitted, {metrics.get('n_val')} for validation)")
     return "\n".join(lines)

@@ -12,8 +12,8 @@ import logging
 import signal
 import subprocess
 import sys
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 from store.settings import Settings
 

@@ -60,7 +60,8 @@ def _progress_bar(run_id: int) -> tuple[Callable[[JobRun], None], Callable[[JobR
 def run(settings: Settings, name: str, *, params: dict[str, Any] | None = None, wait: bool = True,
         inline: bool = False, timeout: float | None = None, progress: bool = False) -> JobOutcome:
     """Trigger a job on a worker (or inline) and wait for it, following a lost run to its re-run."""
-    from workers.dispatch import submit, wait as wait_for
+    from workers.dispatch import submit
+    from workers.dispatch import wait as wait_for
 
     if name not in JOB_NAMES:
         raise CliError(f"unknown job {name!r}; known jobs: {', '.join(JOB_NAMES)}")
