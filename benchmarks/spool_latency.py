@@ -58,16 +58,16 @@ def _database(admin_url: str) -> tuple[str, Any]:
 
 
 def _prepare(env: dict[str, str]) -> None:
-    subprocess.run([sys.executable, "-m", "daemon.cli", "db", "upgrade"], env=env, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "cli", "db", "upgrade"], env=env, check=True, capture_output=True)
     for i in range(8):
-        subprocess.run([sys.executable, "-m", "daemon.cli", "experts", "add", f"expert-{i}", "--kind", "external",
+        subprocess.run([sys.executable, "-m", "cli", "experts", "add", f"expert-{i}", "--kind", "external",
                         "--attr", f"params={(i + 1) * 1e9:g}", "--attr", f"cost={i + 1}"],
                        env=env, check=True, capture_output=True)
 
 
 def _serve(env: dict[str, str], log: Path, base: str) -> subprocess.Popen[bytes]:
     with open(log, "ab") as handle:
-        process = subprocess.Popen([sys.executable, "-m", "daemon.cli", "serve"], env=env,
+        process = subprocess.Popen([sys.executable, "-m", "cli", "serve"], env=env,
                                    stdout=handle, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:

@@ -11,15 +11,15 @@ from typing import Any
 
 import httpx
 
-from daemon.embedded import stop_process
+from cli.embedded import stop_process
 
 
 def start_daemon(log: Path, **env: str) -> subprocess.Popen[bytes]:
-    """``python -m daemon.cli serve`` with the test's THALAMUS_* settings, plus ``env`` overrides."""
+    """``python -m cli serve`` with the test's THALAMUS_* settings, plus ``env`` overrides."""
     environ = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                **{f"THALAMUS_{k.upper()}": v for k, v in env.items()}}
     with open(log, "ab") as handle:
-        return subprocess.Popen([sys.executable, "-m", "daemon.cli", "serve"], env=environ,
+        return subprocess.Popen([sys.executable, "-m", "cli", "serve"], env=environ,
                                 stdout=handle, stderr=subprocess.STDOUT)
 
 

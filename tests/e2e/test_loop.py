@@ -128,7 +128,7 @@ def test_route_log_refresh_train_approve_hot_swap(loop_settings, tmp_path: Path)
         for thread in threads:
             thread.start()
         time.sleep(0.5)
-        approved = subprocess.run([sys.executable, "-m", "daemon.cli", "admin", "approve", str(candidate)],
+        approved = subprocess.run([sys.executable, "-m", "cli", "admin", "approve", str(candidate)],
                                   env=thalamus_env(), capture_output=True, text=True)
         assert approved.returncode == 0, approved.stderr
         started, swapped = time.monotonic(), None

@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import select
 
-from daemon.cli import main
+from cli.main import main
 from jobs.errors import JobInputError
 from jobs.registry import JOBS, JobSpec, get_job, queues
 from store.db import session_scope

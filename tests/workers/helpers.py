@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from daemon.embedded import stop_process
+from cli.embedded import stop_process
 
 
 def thalamus_env() -> dict[str, str]:
@@ -18,7 +18,7 @@ def thalamus_env() -> dict[str, str]:
 def start(args: list[str], log: Path, new_session: bool = False) -> subprocess.Popen[bytes]:
     """``thalamus ARGS`` with output in ``log``; ``new_session``: its own process group, to kill it whole."""
     handle = open(log, "ab")
-    return subprocess.Popen([sys.executable, "-m", "daemon.cli", *args], env=thalamus_env(),
+    return subprocess.Popen([sys.executable, "-m", "cli", *args], env=thalamus_env(),
                             stdout=handle, stderr=subprocess.STDOUT, start_new_session=new_session)
 
 

@@ -15,7 +15,7 @@ import pytest
 import redis
 from sqlalchemy import select, text
 
-from daemon.cli import main
+from cli.main import main
 from jobs.ingest import ingest_file
 from jobs.runs import get_run
 from store.db import get_engine, session_scope

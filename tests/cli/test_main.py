@@ -1,13 +1,17 @@
-"""Every CLI verb refuses bad input with one sentence and exit code 2, and writes nothing."""
+"""The ``thalamus`` parser: built from the verb groups, every bad input one sentence and exit code 2."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
-from daemon.cli import main
+from cli import _common
+from cli._common import Group, arg, verb
+from cli.main import GROUPS, build_parser, main
 from store.db import session_scope
 from store.schema import Base, Expert
 
@@ -105,26 +109,13 @@ def test_a_binary_file_is_refused_naming_the_file(seeded, capsys, tmp_path: Path
     assert _row_counts(seeded) == before
 
 
-def test_admin_activate_goes_back_to_a_retired_version(seeded, capsys, bundles) -> None:  # type: ignore[no-untyped-def]
-    from sqlalchemy import select
-
-    from store.schema import Activation, RouterVersion
-    from tests.daemon.conftest import register_version
-
-    first = register_version(seeded, bundles["a"], status="candidate")
-    second = register_version(seeded, bundles["b"], status="candidate")
-    for version in (first, second):
-        main(["admin", "approve", str(version)])
-    capsys.readouterr()
-    code, _, err = _run(["admin", "approve", str(first)], capsys)
-    assert code == 2 and "admin activate" in err
-    main(["admin", "activate", str(first), "--reason", "the second one misroutes code", "--actor", "carol"])
-    assert f"router version {first} is active" in capsys.readouterr().out
-    with session_scope(seeded) as session:
-        assert {v.id: v.status for v in session.scalars(select(RouterVersion))} == {first: "active", second: "retired"}
-        last = session.scalars(select(Activation).order_by(Activation.id.desc())).first()
-        assert (last.router_version_id, last.previous_version_id, last.actor, last.reason) == (
-            first, second, "carol", "the second one misroutes code")
+def test_top_level_help_says_what_thalamus_is_and_lists_every_group(capsys) -> None:  # type: ignore[no-untyped-def]
+    code, out, _ = _run(["--help"], capsys)
+    assert code == 0 and "continual-learning routing daemon" in out and "one function per verb" not in out
+    for group in GROUPS:
+        names = [v.name for v in group.verbs] if group.name is None else [group.name]
+        for name in names:
+            assert f"    {name}" in out, f"{name} missing from the top-level help"
 
 
 def test_ingest_refuses_a_loss_outside_the_bound(seeded, capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -136,3 +127,56 @@ def test_ingest_refuses_a_loss_outside_the_bound(seeded, capsys, tmp_path: Path)
     assert "huge.csv line 3: loss 1e+308 is outside the allowed range [0, 100]" in err
     assert len(err.strip().splitlines()) == 1
     assert _row_counts(seeded) == before
+
+
+def test_each_group_help_lists_its_verbs_with_their_docstring_line(capsys) -> None:  # type: ignore[no-untyped-def]
+    for group in GROUPS:
+        if group.name is None:
+            continue
+        code, out, _ = _run([group.name, "--help"], capsys)
+        assert code == 0 and group.help in out
+        for v in group.verbs:
+            assert v.name in out and v.help.split()[0] in out
+
+
+def test_a_verb_whose_arguments_do_not_match_its_function_is_refused_when_the_parser_is_built(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    def approve(settings, version_id: int, *, actor: str) -> None:  # type: ignore[no-untyped-def]
+        """Approve."""
+
+    broken = Group("broken", "a group", (verb("approve", approve, arg("id", type=int)),))
+    monkeypatch.setattr("cli.main.GROUPS", (*GROUPS, broken))
+    with pytest.raises(TypeError, match=r"\['id'\] are not parameters.*\['actor', 'version_id'\] have no argument"):
+        build_parser()
+
+
+def test_a_verb_runs_with_the_parsed_arguments_and_its_result_is_shown(seeded, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    calls = []
+
+    def echo(settings, name: str, *, times: int = 1, loud: bool = False) -> str:  # type: ignore[no-untyped-def]
+        """Say a name."""
+        calls.append((settings.home, name, times, loud))
+        return name * times
+
+    group = Group("test", "a group", (verb("echo", echo, arg("name"), arg("--times", type=int), show=print,
+                                           fails=lambda said: said == "", cli={"loud": True}),))
+    monkeypatch.setattr("cli.main.GROUPS", (*GROUPS, group))
+    main(["test", "echo", "ab", "--times", "2"])
+    assert capsys.readouterr().out == "abab\n" and calls == [(seeded.home, "ab", 2, True)]
+    code, _, _ = _run(["test", "echo", "ab", "--times", "0"], capsys)
+    assert code == 1
+
+
+def test_pairs_become_numbers_where_they_are_numbers() -> None:
+    assert _common.parse_pair("params=51e9") == ("params", 51e9)
+    assert _common.parse_pair("epochs=3") == ("epochs", 3) and isinstance(_common.parse_pair("epochs=3")[1], int)
+    assert _common.parse_pair("lr=3.0")[1] == 3.0 and isinstance(_common.parse_pair("lr=3.0")[1], float)
+    assert _common.parse_pair("license=MIT") == ("license", "MIT")
+    for bad in ("params", "=3", "x=nan"):
+        with pytest.raises(ValueError):
+            _common.parse_pair(bad)
+
+
+def test_python_dash_m_cli_is_the_thalamus_command() -> None:
+    done = subprocess.run([sys.executable, "-m", "cli", "admin", "--help"], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0 and "usage: thalamus admin" in done.stdout and "rollback" in done.stdout

@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 from sqlalchemy import update
 
-from daemon.cli import main
+from cli.main import main
 from jobs.reaper import reap_lost
 from jobs.runs import claim, create_run
 from store.db import session_scope
@@ -42,3 +42,30 @@ def test_jobs_list_shows_silent_lost_and_re_queued_runs(sqlite_settings, capsys)
     assert f"lost → run {reaped.retry_id}" in lines[dead] and f"re-queued as run {reaped.retry_id}" in lines[dead]
     retry = lines[reaped.retry_id]
     assert " queued " in retry and f"re-run of lost run {dead} (attempt 2 of 3)" in retry
+
+
+def test_run_inline_returns_the_outcome_and_prints_it_as_json(sqlite_settings, capsys) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from cli import jobs
+
+    outcome = jobs.run(sqlite_settings, "refresh_losses", params={"limit": 10}, inline=True)
+    assert (outcome.kind, outcome.status, outcome.attempt, outcome.lost_runs, outcome.error) == (
+        "refresh_losses", "succeeded", 1, [], None)
+    assert outcome.succeeded and outcome.result is not None
+
+    main(["jobs", "run", "refresh_losses", "--inline"])
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["run"], printed["status"], printed["result"]) == (outcome.run + 1, "succeeded", outcome.result)
+
+
+def test_run_without_waiting_prints_only_the_queued_run_id(sqlite_settings, capsys) -> None:  # type: ignore[no-untyped-def]
+    main(["jobs", "run", "refresh_losses", "--no-wait", "--param", "limit=5"])
+    captured = capsys.readouterr()
+    run_id = int(captured.out)
+    assert f"job run {run_id} queued (refresh_losses)" in captured.err
+    with session_scope(sqlite_settings) as session:
+        run = session.get(JobRun, run_id)
+        assert run is not None and (run.status, run.params, run.trigger) == ("queued", {"limit": 5}, "cli")
+    lines = _lines(capsys)
+    assert " queued " in lines[run_id]

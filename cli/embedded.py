@@ -1,4 +1,10 @@
-"""Run the daemon, a Celery worker and the scheduler together (``thalamus up`` / ``make serve``)."""
+"""The embedded mode (``thalamus up`` / ``make serve``): daemon, scheduler and a worker on one machine.
+
+A process supervisor, not part of any one service: it runs the daemon and the scheduler in this
+process and a ``thalamus worker`` as a child, and stops them together. It lives with the command
+line because it composes the services (the daemon package never imports the worker layer) and
+starts the CLI's own ``worker`` verb.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,8 @@ import logging
 import signal
 import subprocess
 import sys
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 from store.settings import Settings
 
@@ -17,7 +23,7 @@ log = logging.getLogger(__name__)
 @contextmanager
 def worker_process(settings: Settings, pool: str = "solo") -> Iterator[subprocess.Popen[bytes]]:
     """A ``thalamus worker`` child process, stopped (warm shutdown, then kill) on exit."""
-    command = [sys.executable, "-m", "daemon.cli", "worker", "--pool", pool]
+    command = [sys.executable, "-m", "cli", "worker", "--pool", pool]
     env = settings.as_env()
     logfile = open(settings.home / "worker.log", "ab")
     process = subprocess.Popen(command, env=env, stdout=logfile, stderr=subprocess.STDOUT)
@@ -30,6 +36,7 @@ def worker_process(settings: Settings, pool: str = "solo") -> Iterator[subproces
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """SIGTERM (a warm shutdown), then SIGKILL after ``timeout`` seconds."""
     if process.poll() is not None:
         return
     process.send_signal(signal.SIGTERM)

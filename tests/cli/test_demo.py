@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from daemon.demo import demo_settings
+from cli.demo import demo_settings
 from store.settings import Settings
 
 

@@ -1,8 +1,10 @@
 """``thalamus demo`` / ``make demo``: drive the whole loop once through the real HTTP API and CLI.
 
-Starts ``thalamus up`` (daemon + Celery worker on the SQLite broker + in-process scheduler) on the
-embedded default, sends demo traffic, refreshes losses, trains a candidate, approves it with the
-admin CLI while traffic keeps flowing, waits for the hot swap and writes a report.
+A driver, not a service: it runs the ``thalamus`` verbs as child processes the way a user types
+them, which is why it lives with the command line. It starts ``thalamus up`` (daemon + Celery
+worker on the SQLite broker + in-process scheduler) on the embedded default, sends demo traffic,
+refreshes losses, trains a candidate, approves it with the admin CLI while traffic keeps flowing,
+waits for the hot swap and writes a report.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any
 
 import httpx
 
+from cli._common import Group, arg, positive_int, verb
+from cli.embedded import stop_process
 from store.settings import Settings
 
 
@@ -41,8 +45,8 @@ def _say(message: str) -> None:
 
 def _cli(args: Sequence[str], env: dict[str, str]) -> str:
     """Run a ``thalamus`` verb as a user would; its progress goes to our stderr, its stdout is returned."""
-    command = [sys.executable, "-m", "daemon.cli", *args]
-    done = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True)
+    command = [sys.executable, "-m", "cli", *args]
+    done = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"`thalamus {' '.join(args)}` exited with {done.returncode}")
     return done.stdout
@@ -134,8 +138,12 @@ class Traffic:
 
 
 def _active_version(base: str) -> int | None:
-    status = httpx.get(f"{base}/v1/status", timeout=5).json()
-    return status.get("router_version")
+    version = httpx.get(f"{base}/v1/status", timeout=5).json().get("router_version")
+    return None if version is None else int(version)
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))
 
 
 def _metrics_table(metrics: dict[str, Any]) -> str:
@@ -144,15 +152,18 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
     lines = [f"  {'metric':18} {'active':>12} {'candidate':>12}"]
     for key in keys:
         a, c = active.get(key), candidate.get(key)
-        fmt = lambda v: "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
-        lines.append(f"  {key:18} {fmt(a):>12} {fmt(c):>12}")
+        lines.append(f"  {key:18} {_fmt(a):>12} {_fmt(c):>12}")
     lines.append(f"  holdout rows: {candidate.get('n_rows', 0)}, training rows: {metrics.get('n_train')} "
                  f"({metrics.get('n_fit')} fitted, {metrics.get('n_val')} for validation)")
     return "\n".join(lines)
 
 
-def run_demo(settings: Settings, prompts: int = 300) -> dict[str, Any]:
-    """Drive the loop with :func:`demo_settings`; the child processes get them as their environment."""
+def run_demo(settings: Settings, *, prompts: int = 300) -> dict[str, Any]:
+    """Drive the whole loop once on the embedded default: traffic, training, approval under load, hot swap.
+
+    Runs with :func:`demo_settings`; the child processes get them as their environment. Returns the
+    report also written to ``THALAMUS_HOME/demo-report.json``.
+    """
     started = time.perf_counter()
     settings = demo_settings(settings)
     env = settings.as_env()
@@ -169,7 +180,7 @@ def run_demo(settings: Settings, prompts: int = 300) -> dict[str, Any]:
 
     _say(f"step 2/7: starting daemon + worker + scheduler (log: {settings.home / 'daemon.log'})")
     log = open(settings.home / "daemon.log", "ab")
-    daemon = subprocess.Popen([sys.executable, "-m", "daemon.cli", "up"], env=env, stdout=log,
+    daemon = subprocess.Popen([sys.executable, "-m", "cli", "up"], env=env, stdout=log,
                               stderr=subprocess.STDOUT)
     try:
         _wait_healthy(base, daemon)
@@ -229,8 +240,6 @@ def run_demo(settings: Settings, prompts: int = 300) -> dict[str, Any]:
         }
     finally:
         _say("step 7/7: stopping everything")
-        from daemon.embedded import stop_process
-
         stop_process(daemon, timeout=30)
         log.close()
     report["wall_seconds"] = round(time.perf_counter() - started, 1)
@@ -241,3 +250,14 @@ def run_demo(settings: Settings, prompts: int = 300) -> dict[str, Any]:
                 "swap_seconds", "route_latency_ms_p50", "router_latency_ms_p50", "train_seconds", "wall_seconds"):
         print(f"  {key:26} {report[key]}")
     return report
+
+
+def _failed(report: dict[str, Any]) -> bool:
+    """A request failed, or the daemon did not end up serving the approved candidate."""
+    return bool(report["failed_requests"] != 0 or report["active_version_after_swap"] != report["candidate_version"])
+
+
+GROUP = Group(None, "demo", (
+    verb("demo", run_demo, arg("--prompts", type=positive_int, default=300, help="traffic prompts to send"),
+         fails=_failed),
+))

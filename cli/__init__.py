@@ -1,0 +1,1 @@
+"""The ``thalamus`` command line: one module per verb group, each verb a typed function (see ``cli.main``)."""

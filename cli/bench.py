@@ -1,0 +1,86 @@
+"""Benchmarks: routing quality against baselines, and the demo library as a benchmark dataset."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from cli._common import CliError, Group, arg, percent_bar, positive_int, say, verb
+from store.settings import Settings
+
+RecipeChoice = Literal["bench", "product"]
+
+
+@dataclass(frozen=True)
+class DatasetWritten:
+    path: Path
+    train_rows: int
+    test_rows: int
+
+
+def quality(settings: Settings, *, dataset: Path, json_out: Path | None = None, plot_out: Path | None = None,
+            quick: bool = False, seeds: int = 3, recipe: RecipeChoice = "bench",
+            progress: bool = False) -> dict[str, Any]:
+    """Routing quality against baselines and the λ_size Pareto front on a loss/score dataset."""
+    from benchmarks.quality import bench_recipe, run
+    from benchmarks.report import plot
+    from jobs.recipe import TrainRecipe
+
+    dataset = Path(dataset)
+    if not dataset.exists():
+        raise CliError(f"dataset {dataset} does not exist")
+    train_recipe = TrainRecipe.from_settings(settings)
+    if recipe == "bench":
+        train_recipe = bench_recipe(train_recipe, quick=quick)
+    report = run(dataset, train_recipe, seeds=seeds, quick=quick, progress=say if progress else None)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    if plot_out is not None:
+        plot(report, plot_out)
+    return report
+
+
+def demo_dataset(settings: Settings, *, out: Path, seed: int = 0, progress: bool = False) -> DatasetWritten:
+    """Score the demo library's prompts with every demo expert and write them as a bench quality dataset."""
+    from benchmarks.demo_dataset import export_demo_dataset
+    from experts.demo import build_demo_library
+
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out} exists and is not a directory")
+    with percent_bar("demo dataset", enabled=progress) as bar:
+        library = build_demo_library(settings.experts_dir / "demo", seed=seed, verbose=False,
+                                     progress=lambda f, m: bar(0.5 * f, m))
+        counts = export_demo_dataset(library, out, progress=lambda f, m: bar(0.5 + 0.5 * f, m))
+    return DatasetWritten(out, counts["train"], counts["test"])
+
+
+def _show_report(report: dict[str, Any]) -> None:
+    from benchmarks.report import format_report
+
+    print(format_report(report))
+
+
+def _show_written(written: DatasetWritten) -> None:
+    print(f"wrote {written.train_rows} train and {written.test_rows} test rows to {written.path}; "
+          f"next: thalamus bench quality --dataset {written.path}")
+
+
+GROUP = Group("bench", "benchmarks (routing quality, the demo dataset)", (
+    verb("quality", quality,
+         arg("--dataset", type=Path, required=True, help="directory with train.*/test.* [+ models.json], or one file"),
+         arg("--json", dest="json_out", type=Path, help="write the full report here"),
+         arg("--plot", dest="plot_out", type=Path, help="write the λ_size Pareto plot (PNG) here"),
+         arg("--quick", action="store_true", help="fixed-seed 1,500/300 slice, 1 seed (< 5 min)"),
+         arg("--seeds", type=positive_int, default=3),
+         arg("--recipe", choices=("bench", "product"), default="bench",
+             help="bench: the frozen-encoder recipe of docs/benchmarks.md (default); "
+                  "product: the daemon's own recipe from the THALAMUS_TRAIN_* settings"),
+         show=_show_report, cli={"progress": True}),
+    verb("demo-dataset", demo_dataset,
+         arg("--out", type=Path, required=True, help="output directory (train.jsonl, test.jsonl, models.json)"),
+         arg("--seed", type=int, default=0, help="demo library seed"),
+         show=_show_written, cli={"progress": True}),
+))
