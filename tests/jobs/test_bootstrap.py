@@ -73,7 +73,7 @@ def test_with_losses_the_cold_start_predicts_each_experts_mean(settings) -> None
         hashes = ensure_prompts(session, [f"question {i}" for i in range(4)])
         upsert_losses(session, [{"prompt_hash": h, "expert": name, "expert_version": 1, "source": "reported",
                                  "loss": loss}
-                                for h, big, small in zip(hashes, (0.4, 0.6, 0.4, 0.6), (0.1, 0.3, 0.2, 0.2))
+                                for h, big, small in zip(hashes, (0.4, 0.6, 0.4, 0.6), (0.1, 0.3, 0.2, 0.2), strict=True)
                                 for name, loss in (("big", big), ("small", small))])
     version_id = ensure_active_router(settings)
     with session_scope(settings) as session:

@@ -39,7 +39,7 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path, mlm_uri: str, thala
                          Expert(name="old-mlm", kind="masked-lm", uri=mlm_uri, attributes={}, status="retired")])
         hashes = ensure_prompts(session, PROMPTS)
         session.add_all([Request(id=str(uuid.uuid4()), prompt_hash=h, expert="api", sampled=p in SAMPLED)
-                         for p, h in zip(PROMPTS, hashes)])
+                         for p, h in zip(PROMPTS, hashes, strict=True)])
     return settings
 
 
