@@ -27,13 +27,21 @@ def _complete_rows(table: LossTable) -> np.ndarray:
 
 
 def evaluate(router: Router, table: LossTable, params: np.ndarray, best_single: int | None) -> dict[str, float]:
-    """Offline metrics on the holdout rows where every expert's loss is known."""
+    """Offline metrics on the holdout rows where every expert's loss is known.
+
+    A router trained before an expert was added (or retired) chooses among its own experts only:
+    it is judged on the table's columns for those experts, on the same rows as the candidate.
+    """
     rows = np.flatnonzero(_complete_rows(table))
-    if rows.size == 0:
+    own = [str(name) for name in router.expert_names]
+    known = [name for name in own if name in table.experts]
+    if rows.size == 0 or not known:
         return {"n_rows": 0}
+    columns = [table.experts.index(name) for name in known]
     part = table.subset(rows)
-    predicted = router.predict(part.prompts)
-    return routing_metrics(predicted, part.targets, params=params, best_single=best_single)
+    predicted = router.predict(part.prompts)[:, [own.index(name) for name in known]]
+    single = columns.index(best_single) if best_single in columns else None
+    return routing_metrics(predicted, part.targets[:, columns], params=params[columns], best_single=single)
 
 
 def train_router(settings: Settings, progress: Progress | None = None, params: dict[str, Any] | None = None,

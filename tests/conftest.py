@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -127,3 +129,39 @@ def make_masked_lm(path: Path, tokenizer_dir: str, hidden: int, seed: int, layer
     BertForMaskedLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+@dataclass(frozen=True)
+class BuiltDemo:
+    """The miniature demo library and the progress calls its build made."""
+
+    library: Any  # experts.demo.DemoLibrary (imported lazily: torch is heavy)
+    progress: list[tuple[float, str]]
+
+
+def mini_demo_spec() -> Any:
+    """The real demo build's code path at tiny sizes and steps: four masked-LMs, two sizes."""
+    from experts.corpus import DOMAINS
+    from experts.demo import DemoSpec
+    from experts.training import ExpertRecipe
+
+    return DemoSpec(
+        vocab_size=800, max_length=64, batch_size=16, max_snippets=150,
+        experts=(
+            ExpertRecipe("code-small", ("code",), 32, 1, 40),
+            ExpertRecipe("docs-small", ("docs",), 32, 1, 40),
+            ExpertRecipe("legal-small", ("legal",), 32, 1, 40),
+            ExpertRecipe("general-large", DOMAINS, 64, 2, 40),
+        ),
+    )
+
+
+@pytest.fixture(scope="session")
+def mini_demo(tmp_path_factory: pytest.TempPathFactory) -> BuiltDemo:
+    """The miniature demo library, built once per test run (at ``<tmp>/lib``; read it, do not change it)."""
+    from experts.demo import build_demo_library
+
+    calls: list[tuple[float, str]] = []
+    library = build_demo_library(tmp_path_factory.mktemp("demo") / "lib", seed=0, spec=mini_demo_spec(),
+                                 progress=lambda f, m: calls.append((f, m)), verbose=False)
+    return BuiltDemo(library, calls)

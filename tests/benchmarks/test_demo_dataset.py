@@ -10,15 +10,14 @@ import pytest
 
 from benchmarks.data import load_dataset
 from benchmarks.demo_dataset import export_demo_dataset
-from experts.demo import build_demo_library
 from jobs.datasets import read_loss_records
-from tests.experts.test_demo import MINI
+from tests.conftest import BuiltDemo
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+def exported(tmp_path_factory: pytest.TempPathFactory, mini_demo: BuiltDemo) -> tuple[Path, object]:
     root = tmp_path_factory.mktemp("demo-data")
-    library = build_demo_library(root / "lib", seed=0, spec=MINI, verbose=False)
+    library = mini_demo.library
     calls: list[float] = []
     counts = export_demo_dataset(library, root / "data", progress=lambda f, m: calls.append(f))
     assert calls == sorted(calls) and calls[-1] == pytest.approx(1.0)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
-from tests.conftest import make_settings
+from tests.conftest import make_masked_lm, make_settings
 
 EXPERTS = ("large", "small", "api")
 ATTRIBUTES = {
@@ -53,19 +53,6 @@ def _build_bundle(directory: Path, backbone: str, losses: tuple[float, ...], noi
     return Bundle(directory, save_bundle(router, directory))
 
 
-def _masked_lm(path: Path, tokenizer_dir: str, hidden: int, seed: int) -> str:
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=1,
-                        num_attention_heads=2, intermediate_size=2 * hidden)
-    BertForMaskedLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
 @pytest.fixture(scope="session")
 def bundles(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: str) -> dict[str, Bundle]:
     root = tmp_path_factory.mktemp("bundles")
@@ -78,8 +65,8 @@ def bundles(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: str) -> dic
 @pytest.fixture(scope="session")
 def expert_models(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: str) -> dict[str, str]:
     root = tmp_path_factory.mktemp("experts")
-    return {"large": _masked_lm(root / "large", tiny_backbone, 32, 1),
-            "small": _masked_lm(root / "small", tiny_backbone, 16, 2)}
+    return {"large": make_masked_lm(root / "large", tiny_backbone, 32, 1),
+            "small": make_masked_lm(root / "small", tiny_backbone, 16, 2)}
 
 
 def _daemon_settings(home: Path, tiny_backbone: str, expert_models: dict[str, str], **env: str):  # type: ignore[no-untyped-def]

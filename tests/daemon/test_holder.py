@@ -100,7 +100,8 @@ def test_a_corrupt_bundle_keeps_the_old_one_serving(settings, served: int, bundl
         session.execute(update(RouterVersion).where(RouterVersion.id == wrong_order)
                         .values(expert_order=list(reversed(EXPERTS))))
     assert holder.load_active() is False and holder.current.version_id == served
-    assert "routes to" in holder.last_error or "expert" in holder.last_error
+    assert f"router version {wrong_order} failed to load" in holder.last_error
+    assert f"expert order {list(EXPERTS)} differs from expected {list(reversed(EXPERTS))}" in holder.last_error
 
     wrong_sha = register_version(settings, bundles["b"], sha256="0" * 64)
     assert holder.load_active() is False and holder.current.version_id == served

@@ -9,18 +9,17 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
-from sqlalchemy import func, select
 
 from store.db import session_scope
-from store.schema import Expert, ExpertLoss, Request
-from tests.conftest import make_settings
+from store.schema import Expert
+from tests.conftest import make_masked_lm, make_settings
+from tests.helpers import route_traffic, row_counts
 from tests.workers.helpers import start, stop_process, thalamus_env, wait_for_log
 from workers.dispatch import submit, wait
 
@@ -37,41 +36,23 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _masked_lm(path: Path, tokenizer_dir: str, hidden: int, layers: int, seed: int) -> str:
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=2, intermediate_size=2 * hidden)
-    BertForMaskedLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
 @pytest.fixture
 def loop_settings(tmp_path: Path, pg_url: str, redis_url: str, tiny_backbone: str, thalamus_env: None):  # type: ignore[no-untyped-def]
     from store.migrate import upgrade
 
-    broker = redis_url.rsplit("/", 1)[0] + "/14"
-    redis.Redis.from_url(broker).flushdb()
+    # THALAMUS_TEST_REDIS_URL names this checkout's own database, so parallel runs never share queues.
+    redis.Redis.from_url(redis_url).flushdb()
     settings = make_settings(
-        tmp_path / "home", database_url=pg_url, broker_url=broker, backbone=tiny_backbone, port=str(_free_port()),
+        tmp_path / "home", database_url=pg_url, broker_url=redis_url, backbone=tiny_backbone, port=str(_free_port()),
         label_share="1.0", swap_poll_seconds="30", train_epochs="2", train_lora_layers="1",
         refresh_interval_minutes="0", train_interval_minutes="0", log_flush_seconds="0.1",
     )
     upgrade(settings)
     with session_scope(settings) as session:
         for name, hidden, layers, seed in (("small-mlm", 16, 1, 1), ("large-mlm", 48, 2, 2)):
-            uri = _masked_lm(tmp_path / name, tiny_backbone, hidden, layers, seed)
+            uri = make_masked_lm(tmp_path / name, tiny_backbone, hidden, seed, layers=layers)
             session.add(Expert(name=name, kind="masked-lm", uri=uri, attributes={"params": hidden * 1e6}))
     return settings
-
-
-def _count(settings, column) -> int:  # type: ignore[no-untyped-def]
-    with session_scope(settings) as session:
-        return session.scalar(select(func.count(column)))
 
 
 def test_route_log_refresh_train_approve_hot_swap(loop_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -89,9 +70,9 @@ def test_route_log_refresh_train_approve_hot_swap(loop_settings, tmp_path: Path)
         assert [r.status_code for r in routed] == [200] * len(PROMPTS)
         assert {r.json()["router_version"] for r in routed} == {first}
         deadline = time.monotonic() + 10
-        while _count(settings, Request.id) < len(PROMPTS) and time.monotonic() < deadline:
+        while row_counts(settings)["requests"] < len(PROMPTS) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert _count(settings, Request.id) == len(PROMPTS)
+        assert row_counts(settings)["requests"] == len(PROMPTS)
 
         # Feedback on PostgreSQL becomes reported loss rows, and the next training reads them.
         with httpx.Client(base_url=base, timeout=30) as client:
@@ -101,7 +82,7 @@ def test_route_log_refresh_train_approve_hot_swap(loop_settings, tmp_path: Path)
 
         refresh = wait(settings, submit(settings, "refresh_losses", trigger="test"), timeout=300)
         assert refresh.status == "succeeded", refresh.error
-        assert _count(settings, ExpertLoss.id) == 2 * len(PROMPTS) + 5
+        assert row_counts(settings)["expert_losses"] == 2 * len(PROMPTS) + 5
 
         train = wait(settings, submit(settings, "train_router", trigger="test"), timeout=300)
         assert train.status == "succeeded", train.error
@@ -109,42 +90,23 @@ def test_route_log_refresh_train_approve_hot_swap(loop_settings, tmp_path: Path)
         candidate = train.result["version_id"]
         assert candidate != first
 
-        failures: list[str] = []
-        served: set[int] = set()
-        stop = threading.Event()
-
-        def hammer(offset: int) -> None:
-            with httpx.Client(base_url=base, timeout=30) as client:
-                i = offset
-                while not stop.is_set():
-                    response = client.post("/v1/route", json={"prompt": PROMPTS[i % len(PROMPTS)]})
-                    if response.status_code != 200:
-                        failures.append(f"{response.status_code} {response.text}")
-                    else:
-                        served.add(response.json()["router_version"])
-                    i += 3
-
-        threads = [threading.Thread(target=hammer, args=(k,)) for k in range(3)]
-        for thread in threads:
-            thread.start()
-        time.sleep(0.5)
-        approved = subprocess.run([sys.executable, "-m", "cli", "admin", "approve", str(candidate)],
-                                  env=thalamus_env(), capture_output=True, text=True)
-        assert approved.returncode == 0, approved.stderr
-        started, swapped = time.monotonic(), None
-        while time.monotonic() - started < 5:
-            if httpx.get(f"{base}/v1/status").json()["router_version"] == candidate:
-                swapped = time.monotonic() - started
-                break
-            time.sleep(0.05)
-        time.sleep(0.5)
-        stop.set()
-        for thread in threads:
-            thread.join(30)
+        with route_traffic(lambda: httpx.Client(base_url=base, timeout=30),
+                           lambda k, i: PROMPTS[(k + 3 * i) % len(PROMPTS)]) as traffic:
+            time.sleep(0.5)
+            approved = subprocess.run([sys.executable, "-m", "cli", "admin", "approve", str(candidate)],
+                                      check=False, env=thalamus_env(), capture_output=True, text=True)
+            assert approved.returncode == 0, approved.stderr
+            started, swapped = time.monotonic(), None
+            while time.monotonic() - started < 5:
+                if httpx.get(f"{base}/v1/status").json()["router_version"] == candidate:
+                    swapped = time.monotonic() - started
+                    break
+                time.sleep(0.05)
+            time.sleep(0.5)
         # The poll interval is 30 s here, so a swap inside 5 s came through LISTEN/NOTIFY.
         assert swapped is not None, "the daemon did not hot-swap within 5 s"
-        assert failures == []
-        assert served == {first, candidate}
+        assert traffic.failures == []
+        assert set(traffic.seen) == {first, candidate}
     finally:
         stop_process(daemon)
         stop_process(worker)

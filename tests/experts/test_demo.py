@@ -8,26 +8,15 @@ from pathlib import Path
 import pytest
 
 from experts.corpus import DOMAINS, snippets, split_of
-from experts.demo import DemoLibrary, DemoSpec, build_demo_library, load_demo_library, specialisation_problems
-from experts.training import ExpertRecipe
+from experts.demo import DemoLibrary, build_demo_library, load_demo_library, specialisation_problems
+from tests.conftest import BuiltDemo, mini_demo_spec
 
-MINI = DemoSpec(
-    vocab_size=800, max_length=64, batch_size=16, max_snippets=150,
-    experts=(
-        ExpertRecipe("code-small", ("code",), 32, 1, 40),
-        ExpertRecipe("docs-small", ("docs",), 32, 1, 40),
-        ExpertRecipe("legal-small", ("legal",), 32, 1, 40),
-        ExpertRecipe("general-large", DOMAINS, 64, 2, 40),
-    ),
-)
+MINI = mini_demo_spec()
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoLibrary, list[tuple[float, str]]]:
-    out = tmp_path_factory.mktemp("demo") / "lib"
-    calls: list[tuple[float, str]] = []
-    library = build_demo_library(out, seed=0, spec=MINI, progress=lambda f, m: calls.append((f, m)), verbose=False)
-    return library, calls
+@pytest.fixture
+def built(mini_demo: BuiltDemo) -> tuple[DemoLibrary, list[tuple[float, str]]]:
+    return mini_demo.library, mini_demo.progress
 
 
 def test_manifest_lists_real_experts_of_two_sizes(built) -> None:  # type: ignore[no-untyped-def]

@@ -97,7 +97,8 @@ def test_loss_table_skips_and_counts_rows_outside_the_bound(poisoned) -> None:  
         table = load_loss_table(session, active_experts(session), poisoned.max_loss)
     assert table.skipped == {"a": 1, "b": 2, "c": 1}
     assert table.rows_read == {"reported": 36}
-    assert all(m is not None and m < 1.2 for m in table.mean_losses())
+    # the reported rows only: base + 0.01 · i over i = 0..11, a mean of base + 0.055
+    assert dict(zip(table.experts, table.mean_losses(), strict=True)) == pytest.approx({"a": 0.255, "b": 0.655, "c": 1.055})
 
 
 def test_a_poisoned_row_does_not_stop_training_and_is_reported_as_skipped(poisoned) -> None:  # type: ignore[no-untyped-def]
@@ -110,3 +111,161 @@ def test_a_poisoned_row_does_not_stop_training_and_is_reported_as_skipped(poison
     assert run.result["loss_rows"] == {"read": {"reported": 36}, "skipped": 4,
                                        "skipped_by_expert": {"a": 1, "b": 2, "c": 1}}
     assert run.result["version_id"]
+
+
+# ---- the job's own behaviour on a small loss table: registration, the auto-approve policy, warm starts ----
+
+SMALL_BEST = [f"prompt number {i} about {topic}" for i, topic in enumerate(["code", "law", "docs", "math"] * 5)]
+
+
+def _holdout_by_hand(prompts: list[str], share: float) -> int:
+    """How many prompts the holdout takes: sha256("holdout:<prompt hash>")[:8] / 2^64 < share."""
+    import hashlib
+
+    from store.queries import prompt_hash
+
+    return sum(int.from_bytes(hashlib.sha256(f"holdout:{prompt_hash(p)}".encode()).digest()[:8], "big") / 2.0**64
+               < share for p in prompts)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def small_best(request: pytest.FixtureRequest, tmp_path: Path, tiny_backbone: str, thalamus_env: None):  # type: ignore[no-untyped-def]
+    """Two external experts over 20 prompts: ``small`` (loss 0.1 everywhere) beats ``big`` (0.3 to 0.6)
+    on every prompt, so any sensible router routes everything to ``small`` (routed loss exactly 0.1)."""
+    from store.migrate import upgrade
+
+    env = {"backbone": tiny_backbone, "train_epochs": "1", "train_lora_r": "0", "train_head_neighbors": "0"}
+    if request.param == "postgres":
+        env["database_url"] = request.getfixturevalue("pg_url")
+    settings = make_settings(tmp_path / "home", **env)
+    upgrade(settings)
+    with session_scope(settings) as session:
+        session.add_all([Expert(name="big", kind="external", attributes={"params": 7e9}),
+                         Expert(name="small", kind="external", attributes={"params": 1e9})])
+        hashes = ensure_prompts(session, SMALL_BEST)
+        upsert_losses(session, [{"prompt_hash": h, "expert": name, "expert_version": 1, "source": "reported",
+                                 "loss": loss}
+                                for i, h in enumerate(hashes) for name, loss in (("big", 0.3 + i % 4 / 10),
+                                                                                 ("small", 0.1))])
+    return settings
+
+
+def _activations(settings) -> list[tuple[int, int | None, str, str | None]]:  # type: ignore[no-untyped-def]
+    from store.schema import Activation
+
+    with session_scope(settings) as session:
+        return [(a.router_version_id, a.previous_version_id, a.actor, a.reason)
+                for a in session.scalars(select(Activation).order_by(Activation.id))]
+
+
+def _version(settings, version_id: int):  # type: ignore[no-untyped-def]
+    from store.schema import RouterVersion
+
+    with session_scope(settings) as session:
+        version = session.get(RouterVersion, version_id)
+        session.expunge(version)
+        return version
+
+
+AUTO_REASON = "auto-approved: lower routed loss on the holdout than the active router"
+
+
+@pytest.mark.parametrize("enabled, candidate, active, approved", [
+    (False, {"routed_loss": 0.1}, {}, False),  # the default: a person decides
+    (True, {"routed_loss": 0.1}, {}, True),  # nothing active to compare with
+    (True, {"routed_loss": 0.1}, {"routed_loss": 0.2}, True),
+    (True, {"routed_loss": 0.2}, {"routed_loss": 0.2}, False),  # a tie is not an improvement
+    (True, {"routed_loss": 0.3}, {"routed_loss": 0.2}, False),
+    (True, {"n_rows": 0}, {"routed_loss": 0.2}, False),  # no complete holdout row: nothing to judge by
+    (True, {"routed_loss": 0.3}, {"n_rows": 0}, True),  # the active router could not be measured
+])
+def test_auto_approve_policy(enabled: bool, candidate: dict, active: dict, approved: bool) -> None:
+    from jobs.train_router import _auto_approve
+    from store.settings import Settings
+
+    assert _auto_approve(Settings(auto_approve=enabled), candidate, active) == (AUTO_REASON if approved else "")
+
+
+def test_a_first_candidate_is_registered_with_its_metrics_and_not_activated(small_best) -> None:  # type: ignore[no-untyped-def]
+    from jobs.train_router import train_router
+
+    result = train_router(small_best)
+    n_holdout = _holdout_by_hand(SMALL_BEST, small_best.train_holdout_share)
+    assert 1 <= n_holdout < len(SMALL_BEST)
+    metrics = result["metrics"]
+    assert (metrics["n_train"], metrics["n_holdout"]) == (len(SMALL_BEST) - n_holdout, n_holdout)
+    assert metrics["n_fit"] + metrics["n_val"] == metrics["n_train"]
+    assert (metrics["active"], metrics["active_version"], metrics["best_single_expert"]) == ({}, None, "small")
+    assert metrics["candidate"]["routed_loss"] == pytest.approx(0.1)
+    assert result["auto_approved"] is False
+    assert result["loss_rows"] == {"read": {"reported": 40}, "skipped": 0, "skipped_by_expert": {}}
+    version = _version(small_best, result["version_id"])
+    assert (version.status, version.parent_id, version.expert_order) == ("candidate", None, ["big", "small"])
+    assert version.training_window == {"rows": 20, "train": metrics["n_train"], "holdout": n_holdout}
+    assert _activations(small_best) == []
+
+
+def test_with_auto_approve_a_first_candidate_is_activated_by_the_policy(small_best) -> None:  # type: ignore[no-untyped-def]
+    from jobs.train_router import train_router
+
+    result = train_router(small_best.model_copy(update={"auto_approve": True}))
+    assert result["auto_approved"] is True
+    assert (_version(small_best, result["version_id"]).status, _version(small_best, result["version_id"]).decided_by) \
+        == ("active", "policy")
+    assert _activations(small_best) == [(result["version_id"], None, "policy", AUTO_REASON)]
+
+
+def test_a_candidate_no_better_than_the_active_router_stays_a_candidate(small_best) -> None:  # type: ignore[no-untyped-def]
+    """The cold start already routes everything to ``small`` (routed loss 0.1, the least possible):
+    the candidate cannot be lower, so the policy leaves it for a person."""
+    from jobs.bootstrap import ensure_active_router
+    from jobs.train_router import train_router
+
+    cold = ensure_active_router(small_best)
+    result = train_router(small_best.model_copy(update={"auto_approve": True}))
+    metrics = result["metrics"]
+    assert metrics["active_version"] == cold
+    assert metrics["active"]["routed_loss"] == pytest.approx(0.1)
+    assert metrics["candidate"]["routed_loss"] >= metrics["active"]["routed_loss"]
+    assert result["auto_approved"] is False
+    version = _version(small_best, result["version_id"])
+    assert (version.status, version.parent_id) == ("candidate", cold)
+    assert _activations(small_best) == [(cold, None, "system", "cold start")]
+
+
+def test_a_new_expert_joins_the_parents_head(small_best) -> None:  # type: ignore[no-untyped-def]
+    """Training after ``experts add``: the active router (two experts) is evaluated on its own columns
+    (it used to crash the job on a shape mismatch) and the candidate's head grows a row."""
+    from jobs.bootstrap import ensure_active_router
+    from jobs.router_store import load_version
+    from jobs.train_router import train_router
+
+    cold = ensure_active_router(small_best)
+    with session_scope(small_best) as session:
+        session.add(Expert(name="fresh", kind="external", attributes={"params": 3e9}))
+        upsert_losses(session, [{"prompt_hash": h, "expert": "fresh", "expert_version": 1, "source": "reported",
+                                 "loss": 0.05} for h in ensure_prompts(session, SMALL_BEST)])
+    result = train_router(small_best)
+    version = _version(small_best, result["version_id"])
+    assert (version.parent_id, version.expert_order) == (cold, ["big", "fresh", "small"])
+    assert result["metrics"]["best_single_expert"] == "fresh"
+    # the active router knows big and small only: judged on those, it routes to small (0.1) everywhere
+    assert result["metrics"]["active"]["routed_loss"] == pytest.approx(0.1)
+    assert load_version(version).predict(SMALL_BEST[:3]).shape == (3, 3)
+
+
+def test_a_table_of_fewer_than_four_prompts_is_refused_and_nothing_is_written(small_best) -> None:  # type: ignore[no-untyped-def]
+    from jobs.errors import JobInputError
+    from jobs.train_router import train_router
+    from store.schema import ExpertLoss, Prompt
+    from tests.helpers import row_counts
+
+    with session_scope(small_best) as session:
+        keep = ensure_prompts(session, SMALL_BEST[:3])
+        session.execute(ExpertLoss.__table__.delete().where(ExpertLoss.prompt_hash.not_in(keep)))
+        session.execute(Prompt.__table__.delete().where(Prompt.hash.not_in(keep)))
+    before = row_counts(small_best)
+    with pytest.raises(JobInputError, match="the loss table has 3 prompts; at least 4 are needed to train"):
+        train_router(small_best)
+    assert row_counts(small_best) == before and before["router_versions"] == 0
+    assert not small_best.routers_dir.exists() or not any(small_best.routers_dir.iterdir())

@@ -1,9 +1,24 @@
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
-from store.settings import Settings
+from store.settings import Settings, get_settings
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[pytest.MonkeyPatch]:
+    """No THALAMUS_* variable from the caller's shell, and a scratch working directory."""
+    for key in [k for k in os.environ if k.startswith("THALAMUS_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    get_settings.cache_clear()
+    yield monkeypatch
+    get_settings.cache_clear()
 
 
 def test_job_liveness_defaults_and_lost_after_must_span_two_heartbeats() -> None:
@@ -13,3 +28,79 @@ def test_job_liveness_defaults_and_lost_after_must_span_two_heartbeats() -> None
         Settings(job_heartbeat_seconds=10, job_lost_after_seconds=15)
     with pytest.raises(ValidationError):
         Settings(job_max_attempts=0)
+
+
+def test_defaults_put_everything_under_a_local_home(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    settings = Settings()
+    assert settings.home == tmp_path / "var"  # ./var, made absolute
+    assert settings.db_url == f"sqlite:///{tmp_path / 'var' / 'thalamus.db'}" and settings.is_sqlite
+    assert settings.celery_broker_url == f"sqla+sqlite:///{tmp_path / 'var' / 'broker.db'}"
+    assert (settings.experts_dir, settings.routers_dir, settings.spool_dir) == (
+        tmp_path / "var" / "experts", tmp_path / "var" / "routers", tmp_path / "var" / "spool")
+    assert (settings.host, settings.port, settings.label_share, settings.max_loss) == ("127.0.0.1", 8700, 0.1, 100.0)
+    assert (settings.auto_approve, settings.spool, settings.default_lambdas) == (False, False, {})
+    assert (settings.train_epochs, settings.train_holdout_share, settings.train_loss) == (4, 0.2, "huber")
+    assert settings.backbone is None and settings.backbone_path.endswith("model")
+
+
+def test_environment_variables_are_parsed_into_types(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clean_env.setenv("THALAMUS_HOME", "~/th")
+    clean_env.setenv("HOME", str(tmp_path))
+    clean_env.setenv("THALAMUS_DATABASE_URL", "postgresql+psycopg://u@db:5432/th")
+    clean_env.setenv("THALAMUS_DEFAULT_LAMBDAS", '{"cost": 0.5}')
+    clean_env.setenv("THALAMUS_AUTO_APPROVE", "true")
+    clean_env.setenv("THALAMUS_LABEL_SHARE", "0.25")
+    clean_env.setenv("THALAMUS_UNKNOWN_THING", "ignored")
+    settings = Settings()
+    assert settings.home == tmp_path / "th"
+    assert settings.db_url == "postgresql+psycopg://u@db:5432/th" and not settings.is_sqlite
+    assert settings.default_lambdas == {"cost": 0.5} and settings.auto_approve is True
+    assert settings.label_share == 0.25
+
+
+@pytest.mark.parametrize("field, value", [
+    ("label_share", 1.5), ("label_share", -0.1), ("max_loss", 0), ("max_loss", float("inf")),
+    ("train_holdout_share", 1.0), ("train_holdout_share", 0.0), ("train_epochs", 0), ("port", "eighty"),
+    ("max_prompt_chars", 0), ("log_batch_size", 0), ("train_max_length", 8),
+])
+def test_out_of_range_values_are_refused(clean_env: pytest.MonkeyPatch, field: str, value: object) -> None:
+    with pytest.raises(ValidationError, match=field):
+        Settings(**{field: value})
+
+
+def test_a_bad_environment_variable_is_refused_by_name(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("THALAMUS_MAX_LOSS", "nan")
+    with pytest.raises(ValidationError, match="max_loss"):
+        Settings()
+
+
+def test_as_env_hands_exactly_these_settings_to_a_child(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clean_env.setenv("THALAMUS_PORT", "9999")  # the parent's own variable must not leak past the settings
+    clean_env.setenv("THALAMUS_STALE", "x")
+    settings = Settings(home=tmp_path / "h", port=8123, default_lambdas={"cost": 1.5}, auto_approve=True)
+    env = settings.as_env()
+    assert env["THALAMUS_PORT"] == "8123" and env["THALAMUS_DEFAULT_LAMBDAS"] == '{"cost": 1.5}'
+    assert env["THALAMUS_AUTO_APPROVE"] == "true" and env["THALAMUS_HOME"] == str(tmp_path / "h")
+    assert "THALAMUS_STALE" not in env and "THALAMUS_DATABASE_URL" not in env  # None is left unset
+    assert env["PATH"] == os.environ["PATH"]
+    for key in [k for k in os.environ if k.startswith("THALAMUS_")]:
+        clean_env.delenv(key)
+    for key, value in env.items():
+        if key.startswith("THALAMUS_"):
+            clean_env.setenv(key, value)
+    assert Settings() == settings
+
+
+def test_get_settings_is_cached_until_cleared(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("THALAMUS_PORT", "8111")
+    first = get_settings()
+    clean_env.setenv("THALAMUS_PORT", "8222")
+    assert get_settings() is first and first.port == 8111
+    get_settings.cache_clear()
+    assert get_settings().port == 8222
+
+
+def test_ensure_home_creates_the_folders(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "new")
+    settings.ensure_home()
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["experts", "routers"]
