@@ -124,6 +124,7 @@ class SteadyLoad:
             record = Sent(scheduled, time.monotonic(), response.status_code,
                           response.json().get("request_id") if response.status_code == 200 else None)
         except (httpx.HTTPError, ValueError):
+            client.close()
             self._local.client = None  # a fresh connection next time
             record = Sent(scheduled, time.monotonic(), None)
         if record.request_id and self.feedback_every and i % self.feedback_every == 0:
@@ -131,6 +132,7 @@ class SteadyLoad:
                 feedback = client.post("/v1/feedback", json={"request_id": record.request_id, "loss": 0.25})
                 record.feedback_status = feedback.status_code
             except httpx.HTTPError:
+                client.close()
                 self._local.client = None
                 record.feedback_error = True
             record.feedback_at = time.monotonic()
