@@ -79,3 +79,85 @@ def open_loop(base_url: str, path: str, bodies: Sequence[dict[str, Any]], rate: 
             futures.append(pool.submit(one, bodies[i % len(bodies)], scheduled))
         concurrent.futures.wait(futures)
     return LoadResult(rate, seconds, latencies, statuses, errors)
+
+
+@dataclasses.dataclass
+class Sent:
+    """One request of a :class:`SteadyLoad`: monotonic times, and what came back."""
+
+    scheduled: float
+    finished: float
+    status: int | None  # None: no HTTP answer (connection refused or reset, timeout)
+    request_id: str | None = None
+    feedback_status: int | None = None  # None: no feedback sent, or no HTTP answer to it (see feedback_error)
+    feedback_at: float | None = None
+    feedback_error: bool = False
+
+
+class SteadyLoad:
+    """Open-loop POSTs to /v1/route in the background until ``stop()``, one :class:`Sent` per request.
+
+    Every ``feedback_every``-th answered request also gets a POST /v1/feedback right after its answer.
+    Used by ``benchmarks/faults.py``, where the end of the load is not known in advance.
+    """
+
+    def __init__(self, base_url: str, bodies: Sequence[dict[str, Any]], rate: float, feedback_every: int = 0,
+                 workers: int = 64, timeout: float = 10.0) -> None:
+        self.base_url, self.bodies, self.rate = base_url, bodies, rate
+        self.feedback_every, self.workers, self.timeout = feedback_every, workers, timeout
+        self.sent: list[Sent] = []
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _client(self) -> httpx.Client:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = httpx.Client(base_url=self.base_url, timeout=self.timeout)
+        return client
+
+    def _one(self, i: int, scheduled: float) -> None:
+        client = self._client()
+        try:
+            response = client.post("/v1/route", json=self.bodies[i % len(self.bodies)])
+            record = Sent(scheduled, time.monotonic(), response.status_code,
+                          response.json().get("request_id") if response.status_code == 200 else None)
+        except (httpx.HTTPError, ValueError):
+            client.close()
+            self._local.client = None  # a fresh connection next time
+            record = Sent(scheduled, time.monotonic(), None)
+        if record.request_id and self.feedback_every and i % self.feedback_every == 0:
+            try:
+                feedback = client.post("/v1/feedback", json={"request_id": record.request_id, "loss": 0.25})
+                record.feedback_status = feedback.status_code
+            except httpx.HTTPError:
+                client.close()
+                self._local.client = None
+                record.feedback_error = True
+            record.feedback_at = time.monotonic()
+        with self._lock:
+            self.sent.append(record)
+
+    def _schedule(self) -> None:
+        with concurrent.futures.ThreadPoolExecutor(self.workers) as pool:
+            start, i = time.monotonic(), 0
+            while not self._stop.is_set():
+                scheduled = start + i / self.rate
+                if self._stop.wait(max(0.0, scheduled - time.monotonic())):
+                    break
+                pool.submit(self._one, i, scheduled)
+                i += 1
+
+    def start(self) -> SteadyLoad:
+        self._thread = threading.Thread(target=self._schedule, name="steady-load", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[Sent]:
+        """Stop sending; returns once every request in flight has its answer (or error)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        with self._lock:
+            return sorted(self.sent, key=lambda s: s.scheduled)

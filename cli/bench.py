@@ -57,6 +57,32 @@ def demo_dataset(settings: Settings, *, out: Path, seed: int = 0, progress: bool
     return DatasetWritten(out, counts["train"], counts["test"])
 
 
+def faults(settings: Settings, *, scenarios: str = "swap,outage,worker-kill,daemon-kill", rate: float = 10.0,
+           quick: bool = False, backbone: str = "tiny", admin_url: str | None = None, broker_url: str | None = None,
+           json_out: Path | None = None) -> list[Any]:
+    """Fault scenarios under load (swaps, database outage, worker SIGKILL, daemon kill -9): rows lost, failures."""
+    import dataclasses
+
+    from benchmarks.faults import ADMIN_URL, parse_request, run
+
+    try:
+        names, plan = parse_request(scenarios, rate, quick=quick)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    rows = run(names, plan, backbone=backbone, admin_url=admin_url or ADMIN_URL, broker_url=broker_url, log=say)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({"plan": dataclasses.asdict(plan), "backbone": backbone,
+                                        "rows": [r.as_dict() for r in rows]}, indent=2), encoding="utf-8")
+    return rows
+
+
+def _show_faults(rows: list[Any]) -> None:
+    from benchmarks.faults import table
+
+    print(table(rows))
+
+
 def _show_report(report: dict[str, Any]) -> None:
     from benchmarks.report import format_report
 
@@ -68,7 +94,7 @@ def _show_written(written: DatasetWritten) -> None:
           f"next: thalamus bench quality --dataset {written.path}")
 
 
-GROUP = Group("bench", "benchmarks (routing quality, the demo dataset)", (
+GROUP = Group("bench", "benchmarks (routing quality, the demo dataset, faults under load)", (
     verb("quality", quality,
          arg("--dataset", type=Path, required=True, help="directory with train.*/test.* [+ models.json], or one file"),
          arg("--json", dest="json_out", type=Path, help="write the full report here"),
@@ -83,4 +109,15 @@ GROUP = Group("bench", "benchmarks (routing quality, the demo dataset)", (
          arg("--out", type=Path, required=True, help="output directory (train.jsonl, test.jsonl, models.json)"),
          arg("--seed", type=int, default=0, help="demo library seed"),
          show=_show_written, cli={"progress": True}),
+    verb("faults", faults,
+         arg("--scenarios", default="swap,outage,worker-kill,daemon-kill", help="comma-separated, run in order"),
+         arg("--rate", type=float, default=10.0, help="/v1/route requests per second (default 10)"),
+         arg("--quick", action="store_true", help="3 swap cycles, a 4 s outage, one kill per mode (~2.5 min)"),
+         arg("--backbone", default="tiny", help="tiny (default), minilm, or a model directory"),
+         arg("--admin-url", help="PostgreSQL to create the scenarios' databases from "
+                                 "(default postgresql+psycopg://postgres@127.0.0.1:5432/postgres)"),
+         arg("--broker-url", help="Redis database worker-kill uses and FLUSHES "
+                                  "(default THALAMUS_TEST_REDIS_URL or redis://127.0.0.1:6379/0)"),
+         arg("--json", dest="json_out", type=Path, help="also write the rows here"),
+         show=_show_faults, fails=lambda rows: not rows or any(not r.passed for r in rows)),
 ))

@@ -63,6 +63,9 @@ BAD = [
     (["bench", "quality", "--dataset", "/", "--seeds", "0"], "positive integer"),
     (["bench", "quality", "--dataset", "/", "--recipe", "fast"], "invalid choice"),
     (["bench", "demo-dataset", "--out", "/etc/hostname"], "not a directory"),
+    (["bench", "faults", "--scenarios", "swap,meteor"], "unknown scenario(s) meteor"),
+    (["bench", "faults", "--scenarios", ","], "unknown scenario(s) (none given)"),
+    (["bench", "faults", "--rate", "0"], "--rate must be a positive number"),
 ]
 
 
