@@ -1,8 +1,7 @@
-"""Database outages as the API shows them: 503 with ``Retry-After``, and a cheap cached ping for /healthz.
+"""The database as ``/healthz`` sees it: a cheap cached ``SELECT 1`` that answers within a bound.
 
-Routing needs no database (the router is in memory and answered requests are spooled), so an
-outage makes only the endpoints that read or write the database answer 503; ``/healthz`` stays 200
-and says ``degraded`` so a load balancer keeps sending traffic to a daemon that can still route.
+``/healthz`` stays 200 and says ``degraded`` while the database is unreachable, so a load balancer
+keeps sending traffic to a daemon that can still route (outage responses: ``daemon/errors.py``).
 """
 
 from __future__ import annotations
@@ -11,36 +10,10 @@ import concurrent.futures
 import threading
 import time
 
-from fastapi import Request
-from fastapi.responses import JSONResponse
-from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
-from daemon.spool import SpoolError
 from store.db import get_engine
 from store.settings import Settings
-
-RETRY_AFTER_SECONDS = 5
-DATABASE_ERRORS: tuple[type[BaseException], ...] = (sa_exc.DBAPIError, sa_exc.TimeoutError, sa_exc.DisconnectionError)
-
-
-def database_unavailable(exc: BaseException) -> bool:
-    """True for errors of the connection (refused, lost, pool timed out), not of the data."""
-    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
-        return True
-    return isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError,
-                            sa_exc.DisconnectionError))
-
-
-async def unavailable_response(_: Request, exc: Exception) -> JSONResponse:
-    """503 with one sentence and ``Retry-After`` when the database (or the spool) cannot be reached."""
-    if isinstance(exc, SpoolError):
-        detail = "the request could not be made durable on this daemon's disk, so it was not answered; retry shortly"
-    elif database_unavailable(exc):
-        detail = "the database is unreachable right now; retry in a few seconds"
-    else:
-        raise exc  # a data error: Starlette's server-error handler answers 500 as before
-    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
 class DatabaseProbe:

@@ -1,0 +1,57 @@
+"""``POST /v1/feedback``: a reported loss for a served request, idempotent on ``idempotency_key``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException
+
+from daemon.deps import SettingsDep, WriterDep
+from daemon.logwriter import RequestLogWriter
+from daemon.schemas import FeedbackRequest, FeedbackResponse, error_responses
+from store.db import session_scope
+from store.loss_bounds import loss_problem, max_loss
+from store.queries import expert_by_name, insert_feedback, upsert_losses
+from store.schema import Request as RequestRow
+from store.settings import Settings
+
+router = APIRouter()
+
+
+@router.post("/v1/feedback", status_code=202, response_model=FeedbackResponse,
+             responses=error_responses(400, 404, 422, 503))
+def feedback(body: FeedbackRequest, settings: SettingsDep, writer: WriterDep) -> dict[str, Any]:
+    """Record a reported loss for a served request (idempotent on ``idempotency_key``)."""
+    request = _find_request(settings, writer, body.request_id)
+    if request is None:
+        raise HTTPException(404, f"unknown request_id {body.request_id!r}")
+    name = body.expert or request["expert"]
+    loss = body.effective_loss
+    key = body.idempotency_key or f"{body.request_id}:{name}"
+    with session_scope(settings) as session:
+        expert = expert_by_name(session, name)
+        if expert is None:
+            raise HTTPException(422, f"unknown expert {name!r}; registered experts are listed by GET /v1/status")
+        problem = loss_problem(loss, max_loss(expert.attributes, settings.max_loss))
+        if problem is not None:
+            raise HTTPException(422, f"{problem} for expert {name!r}")
+        payload = {**body.model_dump(exclude_none=True), "expert": name, "expert_version": expert.version,
+                   "loss": loss}
+        fresh = insert_feedback(session, key, body.app, body.request_id, payload)
+        if fresh:
+            upsert_losses(session, [{"prompt_hash": request["prompt_hash"], "expert": name,
+                                     "expert_version": expert.version, "loss": loss, "source": "reported"}])
+    return {"status": "accepted" if fresh else "duplicate", "idempotency_key": key, "expert": name, "loss": loss}
+
+
+def _find_request(settings: Settings, writer: RequestLogWriter, request_id: str) -> dict[str, Any] | None:
+    """The logged request, waiting for the log writer if it still holds it."""
+    for attempt in range(2):
+        with session_scope(settings) as session:
+            row = session.get(RequestRow, request_id)
+            if row is not None:
+                return {"expert": row.expert, "prompt_hash": row.prompt_hash}
+        if attempt == 0 and writer.pending(request_id) is None:
+            return None
+        writer.flush(timeout=10.0)
+    return None
