@@ -7,18 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
 
 from cli import _common
 from cli._common import Group, arg, verb
 from cli.main import GROUPS, build_parser, main
 from store.db import session_scope
-from store.schema import Base, Expert
-
-
-def _row_counts(settings) -> dict[str, int]:  # type: ignore[no-untyped-def]
-    with session_scope(settings) as session:
-        return {t.name: session.scalar(select(func.count()).select_from(t)) for t in Base.metadata.sorted_tables}
+from store.schema import Expert
+from tests.helpers import row_counts
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -71,21 +66,21 @@ BAD = [
 
 @pytest.mark.parametrize(("argv", "message"), BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_input_exits_2_with_a_sentence_and_writes_nothing(seeded, capsys, argv, message) -> None:  # type: ignore[no-untyped-def]
-    before = _row_counts(seeded)
+    before = row_counts(seeded)
     code, _, err = _run(argv, capsys)
     assert code == 2
     assert message in err
     assert "usage:" not in err and len(err.strip().splitlines()) == 1, f"one sentence, no usage line: {err!r}"
-    assert _row_counts(seeded) == before
+    assert row_counts(seeded) == before
 
 
 def test_bad_ingest_file_writes_nothing(seeded, capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "bad.jsonl"
     path.write_text('{"prompt": "p", "expert": "a", "loss": 1}\n{"prompt": "q", "expert": "zzz", "loss": 1}\n')
-    before = _row_counts(seeded)
+    before = row_counts(seeded)
     code, _, err = _run(["ingest", "losses", str(path)], capsys)
     assert code == 2 and "unknown expert" in err and "zzz" in err
-    assert _row_counts(seeded) == before
+    assert row_counts(seeded) == before
 
 
 def test_good_verbs_work(seeded, capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -103,13 +98,13 @@ def test_good_verbs_work(seeded, capsys, tmp_path: Path) -> None:  # type: ignor
 
 
 def test_a_binary_file_is_refused_naming_the_file(seeded, capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    before = _row_counts(seeded)
+    before = row_counts(seeded)
     for name in ("losses.csv", "losses.json", "losses.jsonl"):
         path = tmp_path / name
         path.write_bytes(b"prompt,expert,loss\nok,a,1\n" + bytes(range(256)) * 40)
         code, _, err = _run(["ingest", "losses", str(path)], capsys)
         assert code == 2 and f"{path} is not UTF-8 text" in err and len(err.strip().splitlines()) == 1
-    assert _row_counts(seeded) == before
+    assert row_counts(seeded) == before
 
 
 def test_top_level_help_says_what_thalamus_is_and_lists_every_group(capsys) -> None:  # type: ignore[no-untyped-def]
@@ -124,12 +119,12 @@ def test_top_level_help_says_what_thalamus_is_and_lists_every_group(capsys) -> N
 def test_ingest_refuses_a_loss_outside_the_bound(seeded, capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "huge.csv"
     path.write_text("prompt,expert,loss\nfine,a,0.5\nhuge,a,1e308\n")
-    before = _row_counts(seeded)
+    before = row_counts(seeded)
     code, _, err = _run(["ingest", "losses", str(path)], capsys)
     assert code == 2
     assert "huge.csv line 3: loss 1e+308 is outside the allowed range [0, 100]" in err
     assert len(err.strip().splitlines()) == 1
-    assert _row_counts(seeded) == before
+    assert row_counts(seeded) == before
 
 
 def test_each_group_help_lists_its_verbs_with_their_docstring_line(capsys) -> None:  # type: ignore[no-untyped-def]

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import update
 
 from tests.conftest import make_masked_lm, make_settings
+from tests.helpers import row_counts  # noqa: F401 - re-exported for the daemon tests
 
 EXPERTS = ("large", "small", "api")
 ATTRIBUTES = {
@@ -127,16 +128,6 @@ def copy_bundle(bundle: Bundle, directory: Path) -> Bundle:
     return Bundle(directory, bundle.sha256)
 
 
-def row_counts(settings) -> dict[str, int]:  # type: ignore[no-untyped-def]
-    """Rows in every table: bad input must leave all of them unchanged."""
-    from store.db import session_scope
-    from store.schema import Base
-
-    with session_scope(settings) as session:
-        return {name: session.scalar(select(func.count()).select_from(table)) or 0
-                for name, table in Base.metadata.tables.items()}
-
-
 @pytest.fixture
 def served(settings, bundles: dict[str, Bundle]) -> int:  # type: ignore[no-untyped-def]
     """Bundle A registered as the active version; returns its id."""
@@ -221,8 +212,8 @@ def new_id() -> str:
 
 
 @pytest.fixture
-def pg_daemon_settings(tmp_path: Path, pg_url: str, thalamus_env: None, tiny_backbone: str,  # type: ignore[no-untyped-def]
-                       expert_models: dict[str, str], bundles: dict[str, Bundle]):
+def pg_serve_settings(tmp_path: Path, pg_url: str, thalamus_env: None, tiny_backbone: str,  # type: ignore[no-untyped-def]
+                      expert_models: dict[str, str], bundles: dict[str, Bundle]):
     """PostgreSQL with the three experts and bundle A active, for a real ``thalamus serve`` on a free port."""
     from benchmarks.tcpproxy import free_port
     from store.db import session_scope

@@ -27,8 +27,8 @@ def _until(check, timeout: float = 20.0):  # type: ignore[no-untyped-def]
         time.sleep(0.2)
 
 
-def test_database_outage_answers_503_routes_on_and_recovers(pg_daemon_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    settings = pg_daemon_settings
+def test_database_outage_answers_503_routes_on_and_recovers(pg_serve_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    settings = pg_serve_settings
     url = make_url(settings.db_url)
     proxy = ProxyProcess(target=(url.host or "127.0.0.1", url.port or 5432))
     proxy.start()

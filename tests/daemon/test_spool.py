@@ -137,9 +137,9 @@ def test_rows_of_a_killed_process_are_replayed_into_sqlite(settings) -> None:  #
 
 
 @pytest.mark.integration
-def test_kill_9_under_load_loses_no_answered_request(pg_daemon_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_kill_9_under_load_loses_no_answered_request(pg_serve_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Real daemon on PostgreSQL at ~16 req/s, SIGKILLed mid-load: every request answered 200 is in the table."""
-    settings = pg_daemon_settings
+    settings = pg_serve_settings
     base, log = f"http://127.0.0.1:{settings.port}", tmp_path / "daemon.log"
     # A 1 s flush interval (a valid setting) keeps ~16 answered rows in memory at any moment, so
     # without the spool the kill loses some every time (at the default 0.2 s, ~3, most of the time).

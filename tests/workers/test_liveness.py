@@ -1,7 +1,7 @@
 """Fault suite: a worker killed mid-job. Real ``thalamus worker`` processes, PostgreSQL, Redis, SIGKILL.
 
 The training run is the real ``train_router`` job on the tiny backbone, made long enough to be
-caught mid-training with its own ``epochs``/``patience`` params (about 0.1 s an epoch here).
+caught mid-training with its own ``epochs``/``patience`` params.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from workers.dispatch import submit, wait
 
 pytestmark = pytest.mark.integration
 
-SLOW_TRAINING = {"epochs": 30, "patience": 30}  # ~3 s of real training on the tiny backbone, idle machine
+# Long enough to be caught mid-training even on an idle machine, where an epoch of the tiny backbone
+# takes well under 0.1 s (30 epochs once finished between two polls): ~5-15 s of real training.
+SLOW_TRAINING = {"epochs": 150, "patience": 150}
 WORKER = ["worker", "--pool", "prefork", "--concurrency", "1"]
 
 
