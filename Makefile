@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test serve bench-quality bench-quality-quick clean
+.PHONY: setup demo lint test serve bench-quality bench-quality-quick clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,12 @@ setup: $(BIN)/.installed
 demo: setup
 	$(BIN)/thalamus demo
 
-test: setup
+# Lint and type-check the packages (scope and rules: [tool.ruff] and [tool.mypy] in pyproject.toml).
+lint: setup
+	$(BIN)/ruff check
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/pytest -q
 
 serve: setup
@@ -29,4 +34,4 @@ bench-quality: setup
 	$(BIN)/thalamus bench quality --dataset ../shared/data/dcrouter --json var/bench-quality.json --plot var/pareto.png
 
 clean:
-	rm -rf var .pytest_cache
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

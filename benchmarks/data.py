@@ -32,7 +32,7 @@ class Split:
     losses: np.ndarray  # (N, E), NaN = unobserved
     records: list[LossRecord]
 
-    def subset(self, rows: Sequence[int]) -> "Split":
+    def subset(self, rows: Sequence[int] | np.ndarray) -> Split:
         keep = [self.prompts[i] for i in rows]
         wanted = set(keep)
         return Split(keep, self.experts, self.losses[np.asarray(rows, dtype=int)],
@@ -60,7 +60,7 @@ def parse_params(size: Any) -> float | None:
     if isinstance(size, (int, float)):
         return float(size)
     text = str(size).strip().upper()
-    scale = {"B": 1.0, "M": 1e-3, "K": 1e-6, "T": 1e3}.get(text[-1:], None)
+    scale = {"B": 1.0, "M": 1e-3, "K": 1e-6, "T": 1e3}.get(text[-1:])
     try:
         return float(text[:-1]) * scale if scale is not None else float(text)
     except ValueError:

@@ -43,7 +43,7 @@ def export_demo_dataset(library: DemoLibrary, out_dir: Path, progress: Progress 
             for start in range(0, len(texts), batch_size):
                 chunk = texts[start:start + batch_size]
                 rows += [{"prompt": p, "expert": expert.name, "loss": round(float(x), 6)}
-                         for p, x in zip(chunk, expert.losses(chunk))]
+                         for p, x in zip(chunk, expert.losses(chunk), strict=True)]
                 done += len(chunk)
                 say(done / total, f"{stem}: {expert.name} {start + len(chunk)}/{len(texts)}")
         _write_atomic(out_dir / f"{stem}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))

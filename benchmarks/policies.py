@@ -107,7 +107,7 @@ def mlp_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, *,
 
 def _val_split(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     order = np.random.RandomState(seed).permutation(n)
-    cut = max(1, int(round(n * share)))
+    cut = max(1, round(n * share))
     return np.sort(order[cut:]), np.sort(order[:cut])
 
 

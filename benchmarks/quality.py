@@ -73,6 +73,8 @@ def train_and_predict(settings: Settings, recipe: TrainRecipe, seed: int, test_p
     result = train_router(settings, None, {"seed": seed}, recipe=recipe)
     with session_scope(settings) as session:
         version = session.get(RouterVersion, result["version_id"])
+        if version is None:
+            raise RuntimeError(f"the training job's router version {result['version_id']} is not in the database")
         router = load_version(version)
     predicted = router.predict(list(test_prompts), batch_size=64)
     return predicted, router.expert_names, result["metrics"], time.perf_counter() - started
@@ -127,8 +129,12 @@ def run(dataset: Path, recipe: TrainRecipe, seeds: int = 3, quick: bool = False,
     oracle = y.argmin(axis=1)
     add("oracle", oracle, y[rows, oracle], 0.0)
 
-    temp = tempfile.TemporaryDirectory(prefix="thalamus-bench-") if home is None else None
-    home_dir = Path(temp.name) if temp is not None else Path(home)  # type: ignore[arg-type]
+    temp: tempfile.TemporaryDirectory[str] | None = None
+    if home is None:
+        temp = tempfile.TemporaryDirectory(prefix="thalamus-bench-")
+        home_dir = Path(temp.name)
+    else:
+        home_dir = Path(home)
     try:
         say(f"preparing {home_dir}: {len(experts)} experts, {len(train.prompts)} train prompts")
         settings = prepare_home(home_dir, train, attributes, recipe)

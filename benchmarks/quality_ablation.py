@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +41,8 @@ def hidden_features(prompts: list[str], max_length: int, cache: Path) -> dict[st
     tokenizer = AutoTokenizer.from_pretrained(default_backbone())
     model = AutoModel.from_pretrained(default_backbone()).eval()
     order = np.argsort([len(p) for p in prompts])
-    mean = cls = None
+    mean: np.ndarray | None = None
+    cls: np.ndarray | None = None
     started = time.perf_counter()
     with torch.no_grad():
         for start in range(0, len(prompts), 32):
@@ -47,7 +50,7 @@ def hidden_features(prompts: list[str], max_length: int, cache: Path) -> dict[st
             batch = tokenizer([prompts[i] for i in idx], truncation=True, max_length=max_length, padding=True,
                               return_tensors="pt")
             states = model(**batch, output_hidden_states=True).hidden_states
-            if mean is None:
+            if mean is None or cls is None:
                 mean = np.zeros((len(prompts), len(states), states[0].shape[-1]), np.float32)
                 cls = np.zeros_like(mean)
             weights = batch["attention_mask"].unsqueeze(-1).float()
@@ -57,6 +60,8 @@ def hidden_features(prompts: list[str], max_length: int, cache: Path) -> dict[st
             print(f"\rembedding at length {max_length}: {min(start + 32, len(prompts))}/{len(prompts)}",
                   end="", file=sys.stderr)
     print(f" ({time.perf_counter() - started:.0f}s)", file=sys.stderr)
+    if mean is None or cls is None:
+        raise ValueError("no prompts to embed")
     cache.mkdir(parents=True, exist_ok=True)
     np.savez(path, mean=mean, cls=cls)
     return {"mean": mean, "cls": cls}
@@ -74,7 +79,11 @@ def neighbour_head(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
     return neighbour_losses(torch.tensor(test_x), keys.half(), torch.tensor(train_y, dtype=torch.float32), k).numpy()
 
 
-def cross_validate(x: np.ndarray, y: np.ndarray, predict) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+Predictor = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+"""(train x, train y, test x) → predicted test losses."""
+
+
+def cross_validate(x: np.ndarray, y: np.ndarray, predict: Predictor) -> tuple[float, float]:
     """Mean ± standard error over folds of the true loss of argmin(predicted loss)."""
     folds = np.random.RandomState(0).permutation(len(y)) % FOLDS
     scores = []
@@ -104,7 +113,8 @@ def main() -> None:
 
     def stack(length: int, kind: str, pool_layers: int) -> np.ndarray:
         f = feats[length][kind]
-        return np.concatenate([f[:, layer] for layer in range(top - pool_layers + 1, top + 1)], axis=1).astype(np.float64)
+        layers = range(top - pool_layers + 1, top + 1)
+        return np.concatenate([f[:, layer] for layer in layers], axis=1).astype(np.float64)
 
     rows: list[tuple[str, tuple[float, float]]] = []
     single = np.zeros((len(y), 1))
@@ -115,10 +125,10 @@ def main() -> None:
         x = stack(256, "mean", pool_layers)
         for alpha in (300.0, 1000.0, 3000.0):
             rows.append((f"ridge head α={alpha:g}, mean pool, top {pool_layers} layer(s), len 256",
-                         cross_validate(x, y, lambda a, b, c, al=alpha * pool_layers: ridge_head(a, b, c, al))))
+                         cross_validate(x, y, partial(ridge_head, alpha=alpha * pool_layers))))
         for k in (30, 100, 200):
             rows.append((f"neighbour head k={k}, mean pool, top {pool_layers} layer(s), len 256",
-                         cross_validate(x, y, lambda a, b, c, kk=k: neighbour_head(a, b, c, kk))))
+                         cross_validate(x, y, partial(neighbour_head, k=k))))
     for label, x in (("[CLS] pool, top 1 layer, len 256", stack(256, "cls", 1)),
                      ("mean pool, top 1 layer, len 128", stack(128, "mean", 1)),
                      ("mean pool, top 3 layers, len 128", stack(128, "mean", 3))):
@@ -127,7 +137,8 @@ def main() -> None:
                      cross_validate(x, y, lambda a, b, c: neighbour_head(a, b, c, 100))))
     x = stack(256, "mean", 3)
     rows.append(("ridge + neighbour average (α=3000, k=100), top 3 layers, len 256",
-                 cross_validate(x, y, lambda a, b, c: 0.5 * ridge_head(a, b, c, 3000.0) + 0.5 * neighbour_head(a, b, c, 100))))
+                 cross_validate(x, y, lambda a, b, c: 0.5 * ridge_head(a, b, c, 3000.0)
+                                + 0.5 * neighbour_head(a, b, c, 100))))
     metric = "score" if higher else "loss"
     print(f"{FOLDS}-fold CV on {len(y)} training prompts of {args.dataset} (mean {metric} of the routed expert)\n")
     print(f"| variant | CV mean {metric} |\n|---|---|")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -44,11 +45,22 @@ def prompts(n: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(WORDS, size=160)) for _ in range(n)]
 
 
-def run(name: str, config: RouterConfig, train: TrainConfig, texts: list[str], targets: np.ndarray) -> dict[str, float]:
+@dataclass(frozen=True)
+class Speed:
+    """One recipe's throughput: examples per second per epoch and end to end, seconds spent caching."""
+
+    name: str
+    epoch: float
+    e2e: float
+    cache_s: float
+    seconds: float
+
+
+def run(name: str, config: RouterConfig, train: TrainConfig, texts: list[str], targets: np.ndarray) -> Speed:
     router = Router.from_config(config)
     report = train_router(router, texts, targets, train)
-    return {"name": name, "epoch": report.train_examples_per_second, "e2e": report.examples_per_second,
-            "cache_s": report.cache_seconds, "seconds": report.seconds}
+    return Speed(name=name, epoch=report.train_examples_per_second, e2e=report.examples_per_second,
+                 cache_s=report.cache_seconds, seconds=report.seconds)
 
 
 def main() -> None:
@@ -67,20 +79,21 @@ def main() -> None:
     targets[rng.uniform(size=targets.shape) < 0.5] = np.nan
     targets[:, 0] = rng.uniform(0, 1, size=args.n)  # every row has at least one observation
     train = TrainConfig(epochs=args.epochs, batch_size=32, val_share=0.0)
-    base = dict(backbone=backbone, expert_names=experts, max_length=128)
+    base = RouterConfig(backbone=backbone, expert_names=experts, max_length=128)
     rows = [
-        run("(a) head-only, cached embeddings", RouterConfig(**base, lora_r=0), train, texts, targets),
-        run("(b) LoRA top 2 layers, cached", RouterConfig(**base, lora_r=8, lora_layers=2), train, texts, targets),
-        run("(c) LoRA all 6 layers, no cache", RouterConfig(**base, lora_r=8, lora_layers=6),
-            TrainConfig(**{**train.__dict__, "cache": False}), texts, targets),
+        run("(a) head-only, cached embeddings", replace(base, lora_r=0), train, texts, targets),
+        run("(b) LoRA top 2 layers, cached", replace(base, lora_r=8, lora_layers=2), train, texts, targets),
+        run("(c) LoRA all 6 layers, no cache", replace(base, lora_r=8, lora_layers=6),
+            replace(train, cache=False), texts, targets),
     ]
-    ref_epoch, ref_e2e = rows[2]["epoch"], rows[2]["e2e"]
+    ref_epoch, ref_e2e = rows[2].epoch, rows[2].e2e
     print(f"MiniLM-L6, max_length 128 (all prompts truncated to 128 tokens), batch 32, N={args.n}, "
-          f"epochs={args.epochs}, torch threads={torch.get_num_threads()}, {platform.processor() or platform.machine()}")
+          f"epochs={args.epochs}, torch threads={torch.get_num_threads()}, "
+          f"{platform.processor() or platform.machine()}")
     print(f"{'recipe':36} {'epoch ex/s':>11} {'vs (c)':>7} {'end-to-end ex/s':>16} {'vs (c)':>7} {'cache s':>8}")
     for r in rows:
-        print(f"{r['name']:36} {r['epoch']:11.1f} {r['epoch'] / ref_epoch:6.1f}x {r['e2e']:16.1f} "
-              f"{r['e2e'] / ref_e2e:6.1f}x {r['cache_s']:8.1f}")
+        print(f"{r.name:36} {r.epoch:11.1f} {r.epoch / ref_epoch:6.1f}x {r.e2e:16.1f} "
+              f"{r.e2e / ref_e2e:6.1f}x {r.cache_s:8.1f}")
 
 
 if __name__ == "__main__":

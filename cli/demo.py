@@ -179,9 +179,9 @@ def run_demo(settings: Settings, *, prompts: int = 300) -> dict[str, Any]:
     traffic_prompts = [p["prompt"] for p in library.prompts(split="traffic")][:prompts]
 
     _say(f"step 2/7: starting daemon + worker + scheduler (log: {settings.home / 'daemon.log'})")
-    log = open(settings.home / "daemon.log", "ab")
-    daemon = subprocess.Popen([sys.executable, "-m", "cli", "up"], env=env, stdout=log,
-                              stderr=subprocess.STDOUT)
+    with open(settings.home / "daemon.log", "ab") as log:  # the child keeps its own copy of the handle
+        daemon = subprocess.Popen([sys.executable, "-m", "cli", "up"], env=env, stdout=log,
+                                  stderr=subprocess.STDOUT)
     try:
         _wait_healthy(base, daemon)
         first_version = _active_version(base)
@@ -241,7 +241,6 @@ def run_demo(settings: Settings, *, prompts: int = 300) -> dict[str, Any]:
     finally:
         _say("step 7/7: stopping everything")
         stop_process(daemon, timeout=30)
-        log.close()
     report["wall_seconds"] = round(time.perf_counter() - started, 1)
     path = Path(settings.home) / "demo-report.json"
     path.write_text(json.dumps(report, indent=2))

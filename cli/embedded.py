@@ -25,8 +25,8 @@ def worker_process(settings: Settings, pool: str = "solo") -> Iterator[subproces
     """A ``thalamus worker`` child process, stopped (warm shutdown, then kill) on exit."""
     command = [sys.executable, "-m", "cli", "worker", "--pool", pool]
     env = settings.as_env()
-    logfile = open(settings.home / "worker.log", "ab")
-    process = subprocess.Popen(command, env=env, stdout=logfile, stderr=subprocess.STDOUT)
+    with open(settings.home / "worker.log", "ab") as logfile:  # the child keeps its own copy of the handle
+        process = subprocess.Popen(command, env=env, stdout=logfile, stderr=subprocess.STDOUT)
     log.info("worker started (pid %s), log in %s", process.pid, settings.home / "worker.log")
     try:
         yield process

@@ -11,9 +11,8 @@ from typing import Any
 from cli._common import Group, KeyValues, arg, positive_int, print_json, verb
 from jobs.registry import JOBS, get_job
 from store.schema import JobRun
-from store.states import JobStatus
 from store.settings import Settings
-
+from store.states import JobStatus
 
 
 @dataclass(frozen=True)
@@ -127,7 +126,7 @@ def list_runs(settings: Settings, *, limit: int = 20) -> list[RunLine]:
     now = utcnow()
     lines = []
     for r in runs:
-        state = r.status
+        state: str = r.status
         age = None if r.heartbeat_at is None else (now - as_utc(r.heartbeat_at)).total_seconds()
         if state == JobStatus.LOST and r.id in retries:
             state = f"lost → run {retries[r.id]}"

@@ -16,14 +16,17 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from experts.corpus import DOMAINS, collect_prompts
 from experts.local import quiet_hf_progress
 from experts.training import ExpertRecipe, measure_latency_ms, train_masked_lm, train_tokenizer
+
+if TYPE_CHECKING:  # torch and transformers load only when a library is built
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 BUILD_VERSION = 4
 Progress = Callable[[float, str], None]
@@ -94,8 +97,8 @@ def _swap_into_place(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def quality_matrix(models: dict[str, Any], tokenizer: Any, rows: list[dict[str, Any]],
-                   max_length: int) -> dict[str, dict[str, float]]:
+def quality_matrix(models: Mapping[str, PreTrainedModel], tokenizer: PreTrainedTokenizerBase,
+                   rows: list[dict[str, Any]], max_length: int) -> dict[str, dict[str, float]]:
     """Mean held-out MLM loss of each expert on each domain, and on the whole mix ("all")."""
     from experts.scoring import mlm_losses
 
@@ -103,7 +106,7 @@ def quality_matrix(models: dict[str, Any], tokenizer: Any, rows: list[dict[str, 
     matrix: dict[str, dict[str, float]] = {}
     for name, model in models.items():
         losses = mlm_losses(model, tokenizer, [r["prompt"] for r in heldout], max_length=max_length, batch_size=32)
-        by_domain = {d: [x for x, r in zip(losses, heldout) if r["domain"] == d] for d in DOMAINS}
+        by_domain = {d: [x for x, r in zip(losses, heldout, strict=True) if r["domain"] == d] for d in DOMAINS}
         matrix[name] = {d: round(sum(v) / len(v), 4) for d, v in by_domain.items() if v}
         matrix[name]["all"] = round(sum(losses) / max(len(losses), 1), 4)
     return matrix
@@ -132,7 +135,8 @@ def format_matrix(matrix: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def _expert_entry(recipe: ExpertRecipe, final: Path, model: Any, tokenizer: Any) -> dict[str, Any]:
+def _expert_entry(recipe: ExpertRecipe, final: Path, model: PreTrainedModel,
+                  tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
     params = sum(p.numel() for p in model.parameters())
     return {
         "name": recipe.name, "kind": "masked-lm", "uri": str(final.resolve()),
@@ -192,7 +196,8 @@ def _build_into(tmp: Path, out_dir: Path, spec: DemoSpec, fingerprint: dict[str,
         tokenizer = train_tokenizer([p for d in DOMAINS for p in train[d]], spec.vocab_size, tmp / "_tokenizer")
         shutil.rmtree(tmp / "_tokenizer")
         total = sum(r.steps for r in spec.experts) or 1
-        done, experts, models = 0, [], {}
+        done, experts = 0, []
+        models: dict[str, PreTrainedModel] = {}
         for recipe in spec.experts:
             def tick(fraction: float, before: int = done, recipe: ExpertRecipe = recipe) -> None:
                 report(0.05 + 0.85 * (before + fraction * recipe.steps) / total, f"training {recipe.name}")

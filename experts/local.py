@@ -8,11 +8,14 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from experts.scoring import causal_nll, mlm_losses
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 LOCAL_KINDS = ("masked-lm", "causal-lm")
 _ARCHITECTURE_SUFFIXES = {
@@ -63,7 +66,7 @@ def check_model_dir(name: str, kind: str, uri: str | None) -> Path:
 class LocalExpert:
     """A loaded model + tokenizer. Calls are serialised per expert (one forward at a time)."""
 
-    def __init__(self, name: str, kind: str, model: Any, tokenizer: Any) -> None:
+    def __init__(self, name: str, kind: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
         self.name, self.kind, self.model, self.tokenizer = name, kind, model, tokenizer
         self._lock = threading.Lock()
 
@@ -124,18 +127,27 @@ class LocalExpert:
         for position in positions:
             top = torch.topk(logits[position].float().softmax(-1), 5)
             tokens = [self._token_text(int(i)) for i in top.indices]
-            masks.append([{"token": t, "score": round(float(s), 4)} for t, s in zip(tokens, top.values)])
+            masks.append([{"token": t, "score": round(float(s), 4)} for t, s in zip(tokens, top.values, strict=True)])
             filled = filled.replace(mask, tokens[0], 1)
         return {"kind": "fill-mask", "masks": masks, "text": filled, "input": text}
 
     def _token_text(self, token_id: int) -> str:
         token = self.tokenizer.convert_ids_to_tokens(token_id)
-        return token[2:] if token.startswith("##") else self.tokenizer.decode([token_id]).strip()
+        if isinstance(token, str) and token.startswith("##"):
+            return token[2:]
+        return str(self.tokenizer.decode([token_id])).strip()
 
     def _generate(self, prompt: str, max_new_tokens: int) -> dict[str, Any]:
+        from transformers import GenerationMixin
+
+        if not isinstance(self.model, GenerationMixin):
+            raise ExpertError(f"expert {self.name!r}: its {type(self.model).__name__} cannot generate text")
         batch = self.tokenizer(prompt, truncation=True, max_length=self._window(), return_tensors="pt")
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+        # generate()'s self-type is transformers' GenerativePreTrainedModel protocol, written for the ty checker;
+        # mypy does not match it against a PreTrainedModel narrowed to GenerationMixin.
+        out = self.model.generate(**batch, max_new_tokens=max_new_tokens,  # type: ignore[misc]
+                                  do_sample=False, pad_token_id=pad)
         new = out[0, batch["input_ids"].shape[1] :]
         return {"kind": "generation", "text": self.tokenizer.decode(new, skip_special_tokens=True),
                 "tokens": int(new.numel())}

@@ -11,7 +11,7 @@ same seed over its own tokenization. Losses are comparable across experts that s
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,17 +20,20 @@ import torch.nn.functional as F
 from router.layer import pad_token_ids
 from store.queries import prompt_hash
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 
 def mask_positions(prompt: str, candidates: int, rate: float = 0.15) -> np.ndarray:
     """Indices (sorted) of the ``candidates`` maskable positions to mask: at least one, seeded by the prompt."""
     if candidates <= 0:
         return np.zeros(0, dtype=np.int64)
     rng = np.random.default_rng(int(prompt_hash(prompt)[:16], 16))
-    count = min(candidates, max(1, int(round(rate * candidates))))
+    count = min(candidates, max(1, round(rate * candidates)))
     return np.sort(rng.choice(candidates, size=count, replace=False))
 
 
-def _device(model: Any) -> torch.device:
+def _device(model: PreTrainedModel) -> torch.device:
     return next(model.parameters()).device
 
 
@@ -41,7 +44,7 @@ def _mean_per_row(logits: torch.Tensor, labels: torch.Tensor) -> list[float]:
 
 
 @torch.no_grad()
-def mlm_losses(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int = 128,
+def mlm_losses(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int = 128,
                mask_rate: float = 0.15, batch_size: int = 16) -> list[float]:
     """Mean cross-entropy over the masked positions of each text (one float per text, input order)."""
     if tokenizer.mask_token_id is None:
@@ -57,7 +60,7 @@ def mlm_losses(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int
         ids, attention = pad_token_ids([list(e) for e in encoded], pad_id)
         labels = torch.full_like(ids, -100)
         masked = ids.clone()
-        for row, (text, tokens) in enumerate(zip(chunk, encoded)):
+        for row, (text, tokens) in enumerate(zip(chunk, encoded, strict=True)):
             maskable = [i for i, t in enumerate(tokens) if t not in special]
             if not maskable:  # an empty prompt: score its last (special) token rather than nothing
                 maskable = [len(tokens) - 1]
@@ -70,7 +73,7 @@ def mlm_losses(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int
 
 
 @torch.no_grad()
-def causal_nll(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int = 128,
+def causal_nll(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int = 128,
                batch_size: int = 8) -> list[float]:
     """Mean next-token NLL of each text.
 
@@ -81,7 +84,7 @@ def causal_nll(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int
     model.eval()
     device = _device(model)
     bos = tokenizer.bos_token_id
-    pad_id = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if t is not None))
+    pad_id = next(t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if t is not None)
     losses: list[float] = []
     for start in range(0, len(texts), batch_size):
         chunk = list(texts[start : start + batch_size])

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:  # torch and transformers load only when a library is built
+    import torch
+    from transformers import BertForMaskedLM, PreTrainedModel, PreTrainedTokenizerBase
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -54,9 +57,11 @@ def wordpiece_vocab(texts: Sequence[str], vocab_size: int, min_frequency: int = 
     return [*base, *ranked[: max(0, vocab_size - len(base))]]
 
 
-def train_tokenizer(texts: Sequence[str], vocab_size: int, directory: Path) -> Any:
+def train_tokenizer(texts: Sequence[str], vocab_size: int, directory: Path) -> PreTrainedTokenizerBase:
     """A cased WordPiece tokenizer for ``texts`` (deterministic), returned as a BertTokenizerFast."""
-    from transformers import BertTokenizerFast
+    # v5 keeps BertTokenizerFast as a runtime alias of BertTokenizer but leaves it out of its exports;
+    # v4 (also supported) needs the name.
+    from transformers import BertTokenizerFast  # type: ignore[attr-defined]
 
     directory.mkdir(parents=True, exist_ok=True)
     vocab = wordpiece_vocab(texts, vocab_size)
@@ -65,8 +70,9 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int, directory: Path) -> A
                              do_lower_case=False, strip_accents=False, model_max_length=512)
 
 
-def train_masked_lm(recipe: ExpertRecipe, texts: Sequence[str], tokenizer: Any, seed: int, max_length: int,
-                    batch_size: int, report: Callable[[float], None] = lambda fraction: None) -> Any:
+def train_masked_lm(recipe: ExpertRecipe, texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, seed: int,
+                    max_length: int, batch_size: int,
+                    report: Callable[[float], None] = lambda fraction: None) -> BertForMaskedLM:
     """A fresh BertForMaskedLM trained for ``recipe.steps`` steps of dynamic 15 % masking on ``texts``."""
     import torch
     from transformers import BertConfig, BertForMaskedLM, DataCollatorForLanguageModeling
@@ -105,7 +111,7 @@ def _lr_factor(step: int, steps: int) -> float:
     return min((step + 1) / warmup, max(0.05, (steps - step) / (steps - warmup + 1)))
 
 
-def _masked_loss(model: Any, batch: Any) -> Any:
+def _masked_loss(model: BertForMaskedLM, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """MLM loss computing the vocabulary head on masked positions only (most of a small model's cost)."""
     import torch.nn.functional as F
 
@@ -114,7 +120,7 @@ def _masked_loss(model: Any, batch: Any) -> Any:
     return F.cross_entropy(model.cls(hidden[chosen]), batch["labels"][chosen])
 
 
-def measure_latency_ms(model: Any, tokenizer: Any, repeats: int = 10) -> float:
+def measure_latency_ms(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, repeats: int = 10) -> float:
     """Fastest of ``repeats`` forward passes over 8 short prompts (the minimum resists a busy machine)."""
     import time
 

@@ -53,4 +53,5 @@ def enough_new_loss_rows(settings: Settings, kind: str) -> Skip | None:
     since = "ever" if last is None else f"{kind} run {last.id} started"
     return Skip(f"skipped: {new_rows} new loss rows since {since}; "
                 f"THALAMUS_MIN_NEW_ROWS_TO_TRAIN is {minimum}",
-                {"new_rows": new_rows, "min_new_rows_to_train": minimum, "since_run": None if last is None else last.id})
+                {"new_rows": new_rows, "min_new_rows_to_train": minimum,
+                 "since_run": None if last is None else last.id})

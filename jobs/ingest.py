@@ -32,7 +32,7 @@ def ingest_records(settings: Settings, records: Sequence[LossRecord], source: st
                 "prompt_hash": key, "expert": record.expert, "expert_version": versions[record.expert],
                 "loss": record.loss, "source": "reported",
             }
-            for key, record in zip(hashes, records)
+            for key, record in zip(hashes, records, strict=True)
         }
         written = upsert_losses(session, list(rows.values()))
     return {"records": len(records), "rows_written": written, "prompts": len(set(hashes)),

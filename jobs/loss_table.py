@@ -30,7 +30,7 @@ class LossTable:
     def __len__(self) -> int:
         return len(self.hashes)
 
-    def subset(self, rows: np.ndarray) -> "LossTable":
+    def subset(self, rows: np.ndarray) -> LossTable:
         return LossTable([self.hashes[i] for i in rows], [self.prompts[i] for i in rows], self.experts,
                          self.targets[rows], self.rows_read, self.skipped)
 

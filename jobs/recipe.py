@@ -35,7 +35,7 @@ class TrainRecipe:
     seed: int
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "TrainRecipe":
+    def from_settings(cls, settings: Settings) -> TrainRecipe:
         """The product's recipe: the one mapping from settings to a recipe."""
         return cls(
             backbone=settings.backbone_path, max_length=settings.train_max_length, lora_r=settings.train_lora_r,

@@ -52,7 +52,9 @@ def refresh_losses(settings: Settings, progress: Progress | None = None, limit: 
         experts = [e for e in active_experts(session) if e.kind in LOCAL_KINDS]
         work = [(expert, _pending(session, expert, limit)) for expert in experts]
     total = sum(len(items) for _, items in work) or 1
-    done, scored, written, skipped = 0, 0, {}, {}
+    done, scored = 0, 0
+    written: dict[str, int] = {}
+    skipped: dict[str, int] = {}
     for expert, items in work:
         if not items:
             written[expert.name] = 0
@@ -66,7 +68,7 @@ def refresh_losses(settings: Settings, progress: Progress | None = None, limit: 
             rows = [
                 {"prompt_hash": key, "expert": expert.name, "expert_version": expert.version,
                  "loss": loss, "source": "computed"}
-                for (key, _), loss in zip(chunk, losses) if loss_problem(loss, bound) is None
+                for (key, _), loss in zip(chunk, losses, strict=True) if loss_problem(loss, bound) is None
             ]
             if len(rows) < len(chunk):
                 skipped[expert.name] = skipped.get(expert.name, 0) + len(chunk) - len(rows)

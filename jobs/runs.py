@@ -45,7 +45,7 @@ def db_now(settings: Settings) -> Any:
 
 def as_utc(value: dt.datetime) -> dt.datetime:
     """SQLite hands back naive datetimes; every stored time is UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
 def create_run(settings: Settings, kind: str, params: dict[str, Any] | None = None, trigger: str = "cli") -> int:

@@ -22,9 +22,12 @@ import shutil
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # torch and transformers load only when a bundle is written or read
+    from router.model import Router
 
 FORMAT = "thalamus-router-bundle"
 FORMAT_VERSION = 1
@@ -104,7 +107,7 @@ def _write_bytes(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def save_bundle(router: Any, directory: Path, extra: Mapping[str, Any] | None = None) -> str:
+def save_bundle(router: Router, directory: Path, extra: Mapping[str, Any] | None = None) -> str:
     """Write ``router`` as a bundle at ``directory`` atomically; return the bundle sha256.
 
     Files go to a temporary sibling directory, are fsynced, and the directory is renamed into
@@ -215,7 +218,7 @@ def verify_bundle(directory: Path, expected_sha256: str | None = None,
 
 
 def load_bundle(directory: Path, expected_sha256: str | None = None,
-                expected_experts: Sequence[str] | None = None) -> Any:
+                expected_experts: Sequence[str] | None = None) -> Router:
     """Verify and load a bundle; returns a :class:`router.model.Router` in eval mode."""
     from safetensors.torch import load_file
 

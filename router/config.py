@@ -81,7 +81,7 @@ class RouterConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RouterConfig":
+    def from_dict(cls, data: dict[str, Any]) -> RouterConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:

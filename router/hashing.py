@@ -14,7 +14,7 @@ import hashlib
 
 
 @enum.unique
-class Salt(str, enum.Enum):
+class Salt(enum.StrEnum):
     """Every salt in use; ``@unique`` refuses two samples that would draw the same numbers."""
 
     LABEL_SAMPLE = "label-sample"  # daemon: which routed prompts get their losses computed
@@ -27,5 +27,5 @@ class Salt(str, enum.Enum):
 
 def stable_fraction(text: str, *, salt: Salt) -> float:
     """A number in [0, 1) fixed by ``salt`` and ``text``: the first 8 bytes of sha256("salt:text") / 2^64."""
-    digest = hashlib.sha256(f"{Salt(salt).value}:{text}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{Salt(salt).value}:{text}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64

@@ -12,7 +12,8 @@ KINDS: tuple[str, ...] = ("mse", "huber", "bce")
 _EPS = 1e-6
 
 
-def masked_divergence(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, kind: str = "huber") -> torch.Tensor:
+def masked_divergence(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                      kind: str = "huber") -> torch.Tensor:
     """Mean divergence over entries where ``mask`` is true; 0 (with a graph) when nothing is observed.
 
     ``target`` may hold NaN where ``mask`` is false. For "bce" the losses must lie in [0, 1]
@@ -52,7 +53,7 @@ class Normalizer:
     count: np.ndarray
 
     @classmethod
-    def fit(cls, targets: np.ndarray) -> "Normalizer":
+    def fit(cls, targets: np.ndarray) -> Normalizer:
         targets = np.asarray(targets, dtype=np.float64)
         if targets.ndim != 2:
             raise ValueError(f"targets must be (N, E), got shape {targets.shape}")

@@ -72,10 +72,10 @@ def routing_metrics(predicted: np.ndarray, true: np.ndarray, params: np.ndarray 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     """Indices of the non-dominated (cost, loss) points — lower is better on both — sorted by
     cost (then loss). Identical points do not dominate each other; both are kept."""
-    pts = [(float(c), float(l)) for c, l in points]
+    pts = [(float(c), float(loss)) for c, loss in points]
     keep = []
-    for i, (c, l) in enumerate(pts):
-        dominated = any(c2 <= c and l2 <= l and (c2 < c or l2 < l) for j, (c2, l2) in enumerate(pts) if j != i)
+    for i, (c, loss) in enumerate(pts):
+        dominated = any(c2 <= c and l2 <= loss and (c2 < c or l2 < loss) for j, (c2, l2) in enumerate(pts) if j != i)
         if not dominated:
             keep.append(i)
     return sorted(keep, key=lambda i: (pts[i][0], pts[i][1], i))

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from router.config import RouterConfig
 from router.layer import RegressionHead, additive_mask, neighbour_losses, pool
 
-__all__ = ["Router", "RouterConfig", "init_head_cold_start", "expand_experts", "renormalize"]
+__all__ = ["Router", "RouterConfig", "expand_experts", "init_head_cold_start", "renormalize"]
 
 INIT_SEED = 0
 """LoRA and head initialisation are seeded so the same config always builds the same router."""
@@ -36,7 +36,13 @@ class Router(nn.Module):
     ``memory_losses``) of its training prompts, see :meth:`set_memory`.
     """
 
-    def __init__(self, config: RouterConfig, backbone: nn.Module, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    # Buffers (registered in __init__), declared so that their type is a tensor, not nn.Module's getattr union.
+    loss_mean: torch.Tensor
+    loss_std: torch.Tensor
+    memory_keys: torch.Tensor
+    memory_losses: torch.Tensor
+
+    def __init__(self, config: RouterConfig, backbone: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
         super().__init__()
         if not hasattr(backbone, "embeddings") or not hasattr(getattr(backbone, "encoder", None), "layer"):
             raise ValueError(f"backbone {config.backbone!r} is not BERT-like (needs .embeddings and .encoder.layer)")
@@ -45,9 +51,9 @@ class Router(nn.Module):
         self.tokenizer = tokenizer
         hidden = int(backbone.config.hidden_size)
         num_experts = len(config.expert_names)
-        if config.pool_layers > len(backbone.encoder.layer) + 1:
+        if config.pool_layers > len(encoder_layers(backbone)) + 1:
             raise ValueError(f"pool_layers ({config.pool_layers}) exceeds the backbone's "
-                             f"{len(backbone.encoder.layer) + 1} hidden states")
+                             f"{len(encoder_layers(backbone)) + 1} hidden states")
         self.head = RegressionHead(hidden * config.pool_layers, num_experts, config.head_hidden)
         self.register_buffer("loss_mean", torch.zeros(num_experts))
         self.register_buffer("loss_std", torch.ones(num_experts))
@@ -56,7 +62,7 @@ class Router(nn.Module):
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: RouterConfig, tokenizer_path: str | Path | None = None) -> "Router":
+    def from_config(cls, config: RouterConfig, tokenizer_path: str | Path | None = None) -> Router:
         """Load the backbone (and tokenizer, from ``tokenizer_path`` or the backbone) from local
         paths; freeze it; add LoRA to the top ``lora_layers`` layers when ``lora_r > 0``."""
         path = Path(config.backbone)
@@ -68,7 +74,7 @@ class Router(nn.Module):
             backbone = AutoModel.from_pretrained(str(path))
             for parameter in backbone.parameters():
                 parameter.requires_grad_(False)
-            num_layers = len(backbone.encoder.layer)
+            num_layers = len(encoder_layers(backbone))
             if config.lora_r > 0:
                 from peft import LoraConfig, inject_adapter_in_model
 
@@ -92,7 +98,7 @@ class Router(nn.Module):
 
     @property
     def num_layers(self) -> int:
-        return len(self.backbone.encoder.layer)
+        return len(encoder_layers(self.backbone))
 
     @property
     def head_only(self) -> bool:
@@ -112,14 +118,14 @@ class Router(nn.Module):
         """The input followed by each layer's output: ``stop - start + 1`` hidden states."""
         mask = additive_mask(attention_mask, hidden.dtype)
         states = [hidden]
-        for layer in self.backbone.encoder.layer[start:stop]:
+        for layer in encoder_layers(self.backbone)[start:stop]:
             out = layer(states[-1], mask)
             states.append(out[0] if isinstance(out, tuple) else out)
         return states
 
     def lower(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Hidden states after the frozen layers, (B, T, H)."""
-        hidden = self.backbone.embeddings(input_ids=input_ids)
+        hidden: torch.Tensor = self.backbone.get_submodule("embeddings")(input_ids=input_ids)
         return self._layers(hidden, attention_mask, 0, self.split)[-1]
 
     def upper(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -175,7 +181,8 @@ class Router(nn.Module):
                                return_tensors="pt")
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
-    def _batched(self, texts: Sequence[str], batch_size: int, fn) -> np.ndarray:  # type: ignore[no-untyped-def]
+    def _batched(self, texts: Sequence[str], batch_size: int,
+                 fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> np.ndarray:
         texts = [str(t) for t in texts]
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -221,7 +228,8 @@ class Router(nn.Module):
         expected = {k for k in self.state_dict() if _is_trainable_key(k)}
         missing, unexpected = expected - set(state), set(state) - expected
         if missing or unexpected:
-            raise KeyError(f"trainable state mismatch: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+            raise KeyError(f"trainable state mismatch: missing {sorted(missing)[:5]}, "
+                           f"unexpected {sorted(unexpected)[:5]}")
         for name in ("memory_keys", "memory_losses"):  # the memory's row count varies between versions
             setattr(self, name, torch.empty_like(state[name]))
         result = self.load_state_dict(state, strict=False)
@@ -241,12 +249,20 @@ class Router(nn.Module):
                 module.train()
 
 
+def encoder_layers(backbone: nn.Module) -> nn.ModuleList:
+    """The encoder's layer stack of a BERT-like backbone (``backbone.encoder.layer``)."""
+    layers = backbone.get_submodule("encoder.layer")
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(f"backbone's encoder.layer is a {type(layers).__name__}, not a ModuleList")
+    return layers
+
+
 def _is_trainable_key(key: str) -> bool:
     return "lora_" in key or key.startswith("head.") or key in ("loss_mean", "loss_std", "memory_keys", "memory_losses")
 
 
 # ---- head surgery --------------------------------------------------------------------------
-def renormalize(router: Router, mean: Sequence[float], std: Sequence[float]) -> None:
+def renormalize(router: Router, mean: Sequence[float] | np.ndarray, std: Sequence[float] | np.ndarray) -> None:
     """Change the normalisation buffers while keeping every prediction unchanged (the head's
     output layer is rescaled to compensate), so training can continue from any router."""
     new_mean = torch.as_tensor(np.asarray(mean, dtype=np.float64), dtype=torch.float32)

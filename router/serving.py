@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # torch loads only when a bundle is loaded
+    from router.model import Router
 
 WARMUP_PROMPT = "warm-up: route this prompt once before serving"
 
@@ -29,7 +32,7 @@ def constraints_for(attributes: Sequence[Mapping[str, Any]]) -> np.ndarray:
 
 
 def load_for_serving(directory: Path, sha256: str, expert_order: Sequence[str],
-                     attributes: Sequence[Mapping[str, Any]]) -> tuple[Any, np.ndarray]:
+                     attributes: Sequence[Mapping[str, Any]]) -> tuple[Router, np.ndarray]:
     """(router, constraints) of a verified, warmed-up bundle; raises on anything a daemon would refuse."""
     from router.checkpoint import load_bundle
 

@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
@@ -172,8 +173,10 @@ class _Data:
                     value = hidden[row] if self.head_only else hidden[row, :len(self.ids[i])]
                     out[i] = value.to(dtype).clone()
                 done = min(start + step, len(order)) / max(1, len(order))
-                report(span[0] + (span[1] - span[0]) * done, f"caching frozen layers: {start + len(chunk)}/{len(order)}")
-        self.items = torch.stack(out) if self.head_only else out  # type: ignore[arg-type]
+                report(span[0] + (span[1] - span[0]) * done,
+                       f"caching frozen layers: {start + len(chunk)}/{len(order)}")
+        filled = cast(list[torch.Tensor], out)  # the loop above set every entry
+        self.items = torch.stack(filled) if self.head_only else filled
 
     def pooled(self, index: Sequence[int]) -> torch.Tensor:
         """Pooled embeddings for a batch; gradients flow through the trainable layers only."""
@@ -226,7 +229,7 @@ def ridge_solution(features: np.ndarray, targets: np.ndarray, alpha: float) -> t
     return weight, bias
 
 
-def _pooled_features(router: Router, data: "_Data", index: np.ndarray, batch_size: int) -> torch.Tensor:
+def _pooled_features(router: Router, data: _Data, index: np.ndarray, batch_size: int) -> torch.Tensor:
     router.eval()
     chunks = []
     with torch.no_grad():
@@ -235,13 +238,13 @@ def _pooled_features(router: Router, data: "_Data", index: np.ndarray, batch_siz
     return torch.cat(chunks) if chunks else torch.zeros((0, router.head.last.in_features))
 
 
-def remember(router: Router, data: "_Data", index: np.ndarray, target: torch.Tensor, config: TrainConfig) -> None:
+def remember(router: Router, data: _Data, index: np.ndarray, target: torch.Tensor, config: TrainConfig) -> None:
     """Fill the neighbour head's memory with these rows' pooled embeddings and losses."""
     router.set_memory(_pooled_features(router, data, index, config.eval_batch_size), target[list(index)],
                       seed=config.seed)
 
 
-def fit_ridge_head(router: Router, data: "_Data", index: np.ndarray, target: torch.Tensor, alpha: float,
+def fit_ridge_head(router: Router, data: _Data, index: np.ndarray, target: torch.Tensor, alpha: float,
                    batch_size: int) -> None:
     """Set the linear head to the ridge fit of the normalised targets on the pooled embeddings."""
     features = _pooled_features(router, data, index, batch_size).double().numpy()
@@ -256,13 +259,14 @@ def _prepare_targets(router: Router, prompts: Sequence[str], targets: np.ndarray
     values = np.asarray(targets, dtype=np.float64)
     n_experts = len(router.expert_names)
     if values.ndim != 2 or values.shape != (len(prompts), n_experts):
-        raise ValueError(f"targets must have shape ({len(prompts)}, {n_experts}) = (prompts, experts), got {values.shape}")
+        raise ValueError(f"targets must have shape ({len(prompts)}, {n_experts}) = (prompts, experts), "
+                         f"got {values.shape}")
     if np.isinf(values).any():
         raise ValueError("targets hold infinite values; use NaN for unobserved entries")
     keep = ~np.isnan(values).all(axis=1)
     if not keep.any():
         raise ValueError("targets hold no observed loss at all")
-    return [str(prompts[i]) for i in np.flatnonzero(keep)], values[keep]
+    return [str(prompts[int(i)]) for i in np.flatnonzero(keep)], values[keep]
 
 
 def train_router(router: Router, prompts: Sequence[str], targets: np.ndarray, config: TrainConfig,
@@ -375,9 +379,9 @@ def train_router(router: Router, prompts: Sequence[str], targets: np.ndarray, co
         remember(router, data, np.arange(len(texts)), target, config)
     router.eval()
     finished = time.perf_counter()
-    seen = result.n_train * result.epochs_run
+    examples = result.n_train * result.epochs_run
     result.seconds = finished - started
-    result.examples_per_second = seen / max(result.seconds, 1e-9)
-    result.train_examples_per_second = seen / max(finished - train_started, 1e-9)
+    result.examples_per_second = examples / max(result.seconds, 1e-9)
+    result.train_examples_per_second = examples / max(finished - train_started, 1e-9)
     report(1.0, f"done: best epoch {result.best_epoch}, {result.examples_per_second:.1f} examples/s", force=True)
     return result

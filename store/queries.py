@@ -10,7 +10,7 @@ from sqlalchemy import select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from store.schema import Expert, ExpertLoss, Prompt, RouterVersion, utcnow
+from store.schema import Base, Expert, ExpertLoss, Prompt, RouterVersion, utcnow
 from store.states import VersionStatus
 
 ACTIVATION_CHANNEL = "thalamus_active_router"
@@ -20,7 +20,7 @@ def prompt_hash(prompt: str) -> str:
     return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
 
 
-def _insert(session: Session, table):  # type: ignore[no-untyped-def]
+def _insert(session: Session, table: type[Base]) -> postgresql.Insert | sqlite.Insert:
     """A dialect-specific INSERT that supports ON CONFLICT."""
     dialect = session.get_bind().dialect.name
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
@@ -73,7 +73,8 @@ def expert_by_name(session: Session, name: str) -> Expert | None:
 def notify_activation(session: Session, version_id: int) -> None:
     """Tell every listening daemon that the active router changed (PostgreSQL only; SQLite daemons poll)."""
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": ACTIVATION_CHANNEL, "payload": str(version_id)})
+        session.execute(text("SELECT pg_notify(:channel, :payload)"),
+                        {"channel": ACTIVATION_CHANNEL, "payload": str(version_id)})
 
 
 def insert_requests(session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
@@ -83,7 +84,8 @@ def insert_requests(session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
     if not rows:
         return 0
     hashes = ensure_prompts(session, (row["prompt"] for row in rows))
-    values = [{**{k: v for k, v in row.items() if k != "prompt"}, "prompt_hash": key} for row, key in zip(rows, hashes)]
+    values = [{**{k: v for k, v in row.items() if k != "prompt"}, "prompt_hash": key}
+              for row, key in zip(rows, hashes, strict=True)]
     for start in range(0, len(values), 500):
         stmt = _insert(session, Request).values(values[start : start + 500])
         session.execute(stmt.on_conflict_do_nothing(index_elements=["id"]))

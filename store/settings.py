@@ -76,10 +76,10 @@ class Settings(BaseSettings):
         return value.expanduser().resolve()
 
     @model_validator(mode="after")
-    def _lost_after_spans_heartbeats(self) -> "Settings":
+    def _lost_after_spans_heartbeats(self) -> Settings:
         if self.job_lost_after_seconds < 2 * self.job_heartbeat_seconds:
-            raise ValueError(f"THALAMUS_JOB_LOST_AFTER_SECONDS ({self.job_lost_after_seconds:g}) must be at least twice "
-                             f"THALAMUS_JOB_HEARTBEAT_SECONDS ({self.job_heartbeat_seconds:g})")
+            raise ValueError(f"THALAMUS_JOB_LOST_AFTER_SECONDS ({self.job_lost_after_seconds:g}) must be at least "
+                             f"twice THALAMUS_JOB_HEARTBEAT_SECONDS ({self.job_heartbeat_seconds:g})")
         return self
 
     @property

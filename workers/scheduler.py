@@ -8,6 +8,7 @@ Which jobs and how often come from ``jobs.registry`` (each spec's ``schedule`` s
 from __future__ import annotations
 
 import logging
+from typing import TypeVar
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import BaseScheduler
@@ -19,6 +20,7 @@ from store.settings import Settings
 from workers.dispatch import reap, submit
 
 log = logging.getLogger(__name__)
+Scheduler = TypeVar("Scheduler", bound=BaseScheduler)
 
 
 def _trigger(settings: Settings, kind: str) -> None:
@@ -42,7 +44,7 @@ def _sweep(settings: Settings) -> None:
         log.exception("lost-run sweep failed")
 
 
-def configure(scheduler: BaseScheduler, settings: Settings) -> BaseScheduler:
+def configure(scheduler: Scheduler, settings: Settings) -> Scheduler:
     for spec in JOBS.values():
         minutes = spec.interval_minutes(settings)
         if minutes > 0:
@@ -55,7 +57,7 @@ def configure(scheduler: BaseScheduler, settings: Settings) -> BaseScheduler:
 
 def background_scheduler(settings: Settings) -> BackgroundScheduler:
     """In-process scheduler for the embedded mode."""
-    return configure(BackgroundScheduler(daemon=True), settings)  # type: ignore[return-value]
+    return configure(BackgroundScheduler(daemon=True), settings)
 
 
 def run_forever(settings: Settings) -> None:
