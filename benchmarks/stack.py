@@ -8,6 +8,7 @@ registers three external experts with a few hundred loss rows, creates the cold-
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ from sqlalchemy import create_engine, select, text
 
 from benchmarks.tcpproxy import free_port
 from store.settings import Settings
+from store.states import VersionStatus
 
 ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 EXPERTS = {"coder": {"params": 7e9, "cost": 1.0}, "writer": {"params": 70e9, "cost": 5.0}, "api": {"cost": 10.0}}
@@ -121,9 +123,9 @@ class Stack:
         router = Router.from_config(TrainRecipe.from_settings(self.settings).router_config(list(EXPERTS)))
         init_head_cold_start(router, [0.6, 0.2, 0.4], [None] * len(EXPERTS))
         with session_scope(self.settings) as session:
-            second = save_version(session, self.settings, router, parent_id=first, status="candidate",
+            second = save_version(session, self.settings, router, parent_id=first, status=VersionStatus.CANDIDATE,
                                   metrics={"bench": "faults"}, training_window={})
-            if second.status != "candidate":
+            if second.status != VersionStatus.CANDIDATE:
                 raise RuntimeError(f"the second router version does not load: {second.reason}")
             self.versions = (first, second.id)
 
@@ -199,8 +201,6 @@ class Stack:
 
 def kill(process: subprocess.Popen[bytes]) -> None:
     """SIGKILL a process started by :meth:`Stack.spawn` and its whole process group."""
-    try:  # the group outlives a dead leader while its children (a worker's pool) live
+    with contextlib.suppress(ProcessLookupError):  # the group outlives a dead leader while its children live
         os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     process.wait(10)

@@ -16,7 +16,7 @@ import numpy as np
 
 
 class _Slot:
-    __slots__ = ("text", "result", "error", "done")
+    __slots__ = ("done", "error", "result", "text")
 
     def __init__(self, text: str) -> None:
         self.text = text
@@ -67,7 +67,7 @@ class MicroBatcher:
             out = np.asarray(self._predict([slot.text for slot in batch]))
             if out.shape[0] != len(batch):
                 raise RuntimeError(f"predict returned {out.shape[0]} rows for {len(batch)} prompts")
-            for slot, row in zip(batch, out):
+            for slot, row in zip(batch, out, strict=True):
                 slot.result = row
         except BaseException as exc:
             for slot in batch:

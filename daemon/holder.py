@@ -16,10 +16,11 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from daemon.batcher import MicroBatcher
 from daemon.metrics import Metrics, default_metrics
@@ -28,6 +29,9 @@ from store.queries import ACTIVATION_CHANNEL, active_router_version
 from store.schema import Expert
 from store.settings import Settings
 from store.states import VersionStatus
+
+if TYPE_CHECKING:  # the daemon imports torch lazily, when it loads a bundle
+    from router.model import Router
 
 log = logging.getLogger(__name__)
 
@@ -80,16 +84,12 @@ class LoadedRouter:
 
     version_id: int
     sha256: str
-    router: Any
+    router: Router
     expert_names: tuple[str, ...]
     experts: tuple[ExpertInfo, ...]
     constraints: np.ndarray  # (E, C) in head order, read-only
     loaded_at: dt.datetime
-    batcher: MicroBatcher = dataclasses.field(repr=False, default=None)  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        if self.batcher is None:
-            object.__setattr__(self, "batcher", MicroBatcher(self.router.predict))
+    batcher: MicroBatcher = dataclasses.field(repr=False)  # micro-batches this bundle's predictions
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
         """Predicted losses (N, E); a single prompt is micro-batched with concurrent requests."""
@@ -104,8 +104,8 @@ class LoadedRouter:
         index, values = choose(predicted, self.constraints, lambdas)
         names = self.expert_names
         return Decision(index=int(index), expert=names[int(index)],
-                        predicted={n: float(v) for n, v in zip(names, predicted)},
-                        objective={n: float(v) for n, v in zip(names, values)})
+                        predicted={n: float(v) for n, v in zip(names, predicted, strict=True)},
+                        objective={n: float(v) for n, v in zip(names, values, strict=True)})
 
     def route(self, prompt: str, lambdas: Mapping[str, float]) -> Decision:
         return self.decide(self.predict([prompt])[0], lambdas)
@@ -175,9 +175,9 @@ class RouterHolder:
             if current.experts != experts:  # attributes or versions changed: cheap refresh, same model
                 self._current = dataclasses.replace(current, experts=experts, constraints=_constraints(experts))
             return False
-        if self._failed is not None and self._failed[:2] == (version_id, sha):
-            if time.monotonic() - self._failed[2] < _RETRY_FAILED_SECONDS:
-                return False
+        if (self._failed is not None and self._failed[:2] == (version_id, sha)
+                and time.monotonic() - self._failed[2] < _RETRY_FAILED_SECONDS):
+            return False
         try:
             loaded = self._load(version_id, uri, sha, order, experts)
         except Exception as exc:
@@ -216,7 +216,8 @@ class RouterHolder:
             options = []
             for row in rows:
                 order = tuple(str(name) for name in row.expert_order)
-                options.append((row.id, row.checkpoint_uri, row.checkpoint_sha256, order, _expert_infos(session, order)))
+                infos = _expert_infos(session, order)
+                options.append((row.id, row.checkpoint_uri, row.checkpoint_sha256, order, infos))
         for option in options:
             try:
                 loaded = self._load(*option)
@@ -315,7 +316,7 @@ class RouterHolder:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _conninfo(url: str) -> str:
@@ -325,7 +326,7 @@ def _conninfo(url: str) -> str:
     return make_url(normalize_url(url)).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def _expert_infos(session: Any, order: Sequence[str]) -> tuple[ExpertInfo, ...]:
+def _expert_infos(session: Session, order: Sequence[str]) -> tuple[ExpertInfo, ...]:
     rows = {e.name: e for e in session.scalars(select(Expert).where(Expert.name.in_(list(order))))}
     infos = []
     for name in order:

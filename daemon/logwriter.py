@@ -160,7 +160,7 @@ class RequestLogWriter:
             self._write(batch)
 
     def _gather(self, block: bool = True) -> list[dict[str, Any]]:
-        size, batch = self.settings.log_batch_size, []
+        size, batch = self.settings.log_batch_size, list[dict[str, Any]]()
         deadline: float | None = None
         while len(batch) < size:
             hurry = self._urgent.is_set() or self._stop.is_set() or not block

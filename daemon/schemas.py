@@ -89,14 +89,17 @@ class FeedbackRequest(_TextRule):
     app: Text | None = Field(None, min_length=1, max_length=200)
 
     @model_validator(mode="after")
-    def _one_value(self) -> "FeedbackRequest":
+    def _one_value(self) -> FeedbackRequest:
         if (self.loss is None) == (self.score is None):
             raise ValueError("give exactly one of 'loss' or 'score'")
         return self
 
     @property
     def effective_loss(self) -> float:
-        return float(self.loss) if self.loss is not None else 1.0 - float(self.score)  # type: ignore[arg-type]
+        if self.loss is not None:
+            return float(self.loss)
+        assert self.score is not None  # the validator above guarantees exactly one of the two
+        return 1.0 - float(self.score)
 
 
 class FeedbackResponse(BaseModel):

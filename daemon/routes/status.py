@@ -14,7 +14,8 @@ from daemon.metrics import CONTENT_TYPE_LATEST
 from daemon.schemas import ExpertStatus, HealthResponse, StatusResponse, error_responses
 from store.db import session_scope
 from store.queries import active_experts, active_router_version
-from store.schema import ExpertLoss, Feedback, Request as RequestRow
+from store.schema import ExpertLoss, Feedback
+from store.schema import Request as RequestRow
 
 router = APIRouter()
 

@@ -7,7 +7,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import pytest
 
 from daemon.batcher import MicroBatcher
 from daemon.holder import RouterHolder

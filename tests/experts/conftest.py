@@ -49,8 +49,8 @@ def masked_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def causal_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
     root = tmp_path_factory.mktemp("clm")
     words = sorted({w for s in SENTENCES for w in s.split()})

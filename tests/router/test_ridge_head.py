@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from router.training import TrainConfig, _Data, _Throttle, ridge_solution, train_router
 

@@ -9,13 +9,13 @@ import pytest
 import redis
 from sqlalchemy import select
 
-from workers.dispatch import submit, wait
 from jobs.ingest import ingest_file
 from jobs.runs import get_run
 from store.db import session_scope
 from store.schema import Expert, JobRun, RouterVersion
 from tests.conftest import make_settings
 from tests.workers.helpers import start, stop_process, wait_for_log
+from workers.dispatch import submit, wait
 
 pytestmark = pytest.mark.integration
 
