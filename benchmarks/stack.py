@@ -44,7 +44,8 @@ def thalamus_command(*args: str) -> list[str]:
 
 
 def build_tiny_backbone(path: Path) -> str:
-    """A 2-layer, 32-wide BERT with MiniLM's tokenizer (as tests/conftest.py's ``tiny_backbone``)."""
+    """A 2-layer, 32-wide BERT with MiniLM's tokenizer: a real encoder, small enough for fast loop tests
+    (the test suite's ``tiny_backbone`` fixture and the fault benchmark's default)."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 

@@ -102,19 +102,9 @@ def redis_url() -> str:
 @pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 2-layer, 32-wide BERT with MiniLM's tokenizer: a real encoder, small enough for fast loop tests."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from benchmarks.stack import build_tiny_backbone
 
-    from store.settings import default_backbone
-
-    path = tmp_path_factory.mktemp("tiny-backbone")
-    tokenizer = AutoTokenizer.from_pretrained(default_backbone())
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=512)
-    BertModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
+    return build_tiny_backbone(tmp_path_factory.mktemp("tiny-backbone"))
 
 
 def make_masked_lm(path: Path, tokenizer_dir: str, hidden: int, seed: int, layers: int = 1) -> str:
