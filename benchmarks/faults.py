@@ -316,11 +316,11 @@ def worker_kill(plan: Plan, setup: Setup) -> list[FaultRow]:
 
 
 def daemon_kill(plan: Plan, setup: Setup) -> list[FaultRow]:
-    """kill -9 the daemon under load and restart it, ``kills`` times with the spool on, then off (the default)."""
+    """kill -9 the daemon under load and restart it, ``kills`` times with the spool on (the default), then off."""
     rows = []
     with Stack("daemon-kill", setup.backbone, setup.admin_url) as stack:
         for spool in (True, False):
-            mode = "on" if spool else "off (default)"
+            mode = "on (default)" if spool else "off"
             row = FaultRow(f"daemon-kill, spool {mode}", f"kill -9 under load and restart, {plan.kills}×",
                            loss_expected=not spool)
             daemon = stack.serve(spool=spool)

@@ -36,9 +36,9 @@ class Settings(BaseSettings):
     # an expert's ``max_loss`` attribute overrides it for that expert.
     max_loss: float = Field(100.0, gt=0, allow_inf_nan=False)
 
-    # on: answered requests are fsynced to HOME/spool before the response, so kill -9 loses none. Off by
-    # default: it cost 2.6-3 ms per request at p50 on the shared dev disk (> the 1 ms budget; docs/benchmarks.md).
-    spool: bool = False
+    # on (default): answered requests are fsynced to HOME/spool before the response, so kill -9 loses none.
+    # A request waited 0.62-0.65 ms at p50 for its sync on a quiet dev box (budget 1 ms; docs/benchmarks.md).
+    spool: bool = True
     log_batch_size: int = Field(256, gt=0)
     log_flush_seconds: float = Field(0.2, gt=0)
     swap_poll_seconds: float = Field(2.0, gt=0)

@@ -193,6 +193,7 @@ def test_kill_9_under_load_loses_no_answered_request(pg_serve_settings, tmp_path
 def test_thalamus_spool_setting_gives_the_daemon_a_spool(settings) -> None:  # type: ignore[no-untyped-def]
     from daemon.app import create_app
 
-    assert create_app(settings).state.writer.spool is None  # off by default (docs/benchmarks.md)
-    spooled = create_app(settings.model_copy(update={"spool": True})).state.writer.spool
+    assert "THALAMUS_SPOOL" not in os.environ  # the fixture's settings hold the default: on (docs/benchmarks.md)
+    spooled = create_app(settings).state.writer.spool
     assert isinstance(spooled, Spool) and spooled.directory == settings.home / "spool"
+    assert create_app(settings.model_copy(update={"spool": False})).state.writer.spool is None

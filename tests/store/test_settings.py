@@ -38,7 +38,7 @@ def test_defaults_put_everything_under_a_local_home(clean_env: pytest.MonkeyPatc
     assert (settings.experts_dir, settings.routers_dir, settings.spool_dir) == (
         tmp_path / "var" / "experts", tmp_path / "var" / "routers", tmp_path / "var" / "spool")
     assert (settings.host, settings.port, settings.label_share, settings.max_loss) == ("127.0.0.1", 8700, 0.1, 100.0)
-    assert (settings.auto_approve, settings.spool, settings.default_lambdas) == (False, False, {})
+    assert (settings.auto_approve, settings.spool, settings.default_lambdas) == (False, True, {})
     assert (settings.train_epochs, settings.train_holdout_share, settings.train_loss) == (4, 0.2, "huber")
     assert settings.backbone is None and settings.backbone_path.endswith("model")
 
