@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from router.checkpoint import fsync_dir
+
 log = logging.getLogger(__name__)
 
 SEGMENT_BYTES = 4 * 1024 * 1024
@@ -298,7 +300,7 @@ class Spool:
         self._file = open(path, "ab")  # noqa: SIM115 - the open segment, closed when it rotates or the spool closes
         self._size = 0
         self._segments.append(_Segment(path))
-        _sync_dir(self.directory)
+        fsync_dir(self.directory)
         self._collect()
 
     def _collect(self) -> None:
@@ -322,11 +324,3 @@ class Spool:
         handle.close()
         self._adopted.pop(lock_path, None)
 
-
-def _sync_dir(directory: Path) -> None:
-    """Make a new file's directory entry durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -92,7 +92,8 @@ def _canonical(manifest: Mapping[str, Any]) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make the entries of a directory (a new or renamed file in it) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -142,12 +143,12 @@ def save_bundle(router: Router, directory: Path, extra: Mapping[str, Any] | None
         }
         manifest["bundle_sha256"] = hashlib.sha256(_canonical(manifest)).hexdigest()
         _write_bytes(tmp / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode())
-        _fsync_dir(tmp / "tokenizer")
-        _fsync_dir(tmp)
+        fsync_dir(tmp / "tokenizer")
+        fsync_dir(tmp)
         if directory.exists():
             raise BundleError(f"refusing to overwrite existing path {str(directory)!r}: bundles are immutable")
         os.rename(tmp, directory)
-        _fsync_dir(directory.parent)
+        fsync_dir(directory.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
