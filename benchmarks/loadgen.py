@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -161,3 +162,20 @@ class SteadyLoad:
             self._thread.join()
         with self._lock:
             return sorted(self.sent, key=lambda s: s.scheduled)
+
+
+def wait_healthy(base: str, process: subprocess.Popen[bytes], *, timeout: float, poll: float = 0.1,
+                 log_tail: Callable[[], str] = lambda: "see its log") -> None:
+    """Wait until the daemon at ``base`` answers ``/healthz`` with 200; RuntimeError (with ``log_tail()``)
+    when its process exits first or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the daemon exited with {process.returncode}: {log_tail()}")
+        try:
+            if httpx.get(f"{base}/healthz", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(poll)
+    raise RuntimeError(f"the daemon was not healthy after {timeout:.0f} s: {log_tail()}")

@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ import httpx
 import numpy as np
 from sqlalchemy import create_engine, text
 
-from benchmarks.loadgen import open_loop
+from benchmarks.loadgen import open_loop, wait_healthy
 from benchmarks.tcpproxy import free_port
 
 WORDS = ("route the prompt to the expert that answers best under size cost latency and recency constraints "
@@ -69,17 +68,11 @@ def _serve(env: dict[str, str], log: Path, base: str) -> subprocess.Popen[bytes]
     with open(log, "ab") as handle:
         process = subprocess.Popen([sys.executable, "-m", "cli", "serve"], env=env,
                                    stdout=handle, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"daemon exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{base}/healthz", timeout=5).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit("daemon did not become healthy")
+    try:
+        wait_healthy(base, process, timeout=300, poll=0.5, log_tail=lambda: log.read_text()[-2000:])
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
+    return process
 
 
 def _histogram(body: str, name: str) -> tuple[list[tuple[float, float]], float, float]:

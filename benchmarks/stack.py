@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any, Self
 import httpx
 from sqlalchemy import create_engine, select, text
 
+from benchmarks.loadgen import wait_healthy
 from benchmarks.tcpproxy import free_port
 from store.settings import Settings
 from store.states import VersionStatus
@@ -167,17 +167,7 @@ class Stack:
         return process
 
     def wait_healthy(self, process: subprocess.Popen[bytes], timeout: float = 180.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"daemon exited with {process.returncode}: {self.log_tail('daemon.log')}")
-            try:
-                if httpx.get(f"{self.base}/healthz", timeout=5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"daemon not healthy after {timeout:.0f} s: {self.log_tail('daemon.log')}")
+        wait_healthy(self.base, process, timeout=timeout, log_tail=lambda: self.log_tail("daemon.log"))
 
     def log_tail(self, log: str, chars: int = 2000) -> str:
         path = self.home / log

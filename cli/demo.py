@@ -52,20 +52,6 @@ def _cli(args: Sequence[str], env: dict[str, str]) -> str:
     return done.stdout
 
 
-def _wait_healthy(base: str, process: subprocess.Popen[bytes], timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the daemon exited with {process.returncode}; see its log")
-        try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError("the daemon did not become healthy in time")
-
-
 class Traffic:
     """Sends prompts from a few threads; counts failures and keeps latencies."""
 
@@ -164,6 +150,8 @@ def run_demo(settings: Settings, *, prompts: int = 300) -> dict[str, Any]:
     Runs with :func:`demo_settings`; the child processes get them as their environment. Returns the
     report also written to ``THALAMUS_HOME/demo-report.json``.
     """
+    from benchmarks.loadgen import wait_healthy
+
     started = time.perf_counter()
     settings = demo_settings(settings)
     env = settings.as_env()
@@ -183,7 +171,7 @@ def run_demo(settings: Settings, *, prompts: int = 300) -> dict[str, Any]:
         daemon = subprocess.Popen([sys.executable, "-m", "cli", "up"], env=env, stdout=log,
                                   stderr=subprocess.STDOUT)
     try:
-        _wait_healthy(base, daemon)
+        wait_healthy(base, daemon, timeout=300, poll=0.5)
         first_version = _active_version(base)
         _say(f"daemon healthy, serving router version {first_version}")
 
