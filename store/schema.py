@@ -19,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -98,6 +99,9 @@ class RouterVersion(Base):
     decided_by: Mapped[str | None] = mapped_column(String(200))
     decided_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     reason: Mapped[str | None] = mapped_column(Text)
+    # Not NULL while the version is a shadow: every daemon also routes this share of live requests
+    # with it, off the response path, and logs its choice in ``shadow_decisions``.
+    shadow_share: Mapped[float | None] = mapped_column(Float)
 
 
 class Prompt(Base):
@@ -125,6 +129,11 @@ class Request(Base):
     sampled: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
     app: Mapped[str | None] = mapped_column(String(200))
+    # The whole action distribution of the policy that served this request ({expert: probability},
+    # summing to 1); ``propensity`` is its entry for ``expert``. NULL for rows logged before 0003,
+    # which were served deterministically (propensity 1).
+    action_probs: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    explored: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class ExpertLoss(Base):
@@ -188,6 +197,37 @@ class Activation(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     router_version_id: Mapped[int] = mapped_column(ForeignKey("router_versions.id"))
     previous_version_id: Mapped[int | None] = mapped_column(ForeignKey("router_versions.id"))
+    actor: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ShadowDecision(Base):
+    """What a shadow router would have chosen for a live request (it served nothing)."""
+
+    __tablename__ = "shadow_decisions"
+    __table_args__ = (UniqueConstraint("request_id", "router_version_id", name="uq_shadow_decisions_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(36))
+    router_version_id: Mapped[int] = mapped_column(ForeignKey("router_versions.id"), index=True)
+    expert: Mapped[str] = mapped_column(String(200))
+    served_expert: Mapped[str] = mapped_column(String(200))
+    predicted_losses: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class GateDecision(Base):
+    """Append-only: every promotion-gate verdict on a candidate, promote or not, with its numbers."""
+
+    __tablename__ = "gate_decisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    router_version_id: Mapped[int] = mapped_column(ForeignKey("router_versions.id"), index=True)
+    active_version_id: Mapped[int | None] = mapped_column(ForeignKey("router_versions.id"))
+    decision: Mapped[str] = mapped_column(String(20))  # "promote", "hold", "refuse", "forced"
+    basis: Mapped[str] = mapped_column(String(20))  # "off-policy", "holdout", "none"
+    numbers: Mapped[dict[str, Any]] = mapped_column(default=dict)
     actor: Mapped[str] = mapped_column(String(200))
     reason: Mapped[str | None] = mapped_column(Text)
     at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
