@@ -77,6 +77,12 @@ def notify_activation(session: Session, version_id: int) -> None:
                         {"channel": ACTIVATION_CHANNEL, "payload": str(version_id)})
 
 
+REQUEST_DEFAULTS: dict[str, Any] = {"propensity": 1.0, "action_probs": None, "explored": False, "app": None}
+"""Values for keys a logged row may lack: a row spooled by a daemon older than exploration was
+served by the argmin (propensity 1, no distribution logged). A multi-row INSERT needs every row
+to carry the same keys, so a replayed batch mixing old and new rows fills these in."""
+
+
 def insert_requests(session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
     """Log routed requests; each row carries its ``prompt`` text. Idempotent on the request id."""
     from store.schema import Request
@@ -84,7 +90,7 @@ def insert_requests(session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
     if not rows:
         return 0
     hashes = ensure_prompts(session, (row["prompt"] for row in rows))
-    values = [{**{k: v for k, v in row.items() if k != "prompt"}, "prompt_hash": key}
+    values = [{**REQUEST_DEFAULTS, **{k: v for k, v in row.items() if k != "prompt"}, "prompt_hash": key}
               for row, key in zip(rows, hashes, strict=True)]
     for start in range(0, len(values), 500):
         stmt = _insert(session, Request).values(values[start : start + 500])

@@ -20,7 +20,8 @@ def test_feedback_writes_a_reported_loss_once(any_client: TestClient) -> None:
     """On SQLite and PostgreSQL (where psycopg's rowcount once made every first submission a 'duplicate')."""
     client = any_client
     settings = client.app.state.settings
-    routed = client.post("/v1/route", json={"prompt": "Explain LoRA briefly.", "lambdas": {"cost": 1}}).json()
+    routed = client.post("/v1/route", json={"prompt": "Explain LoRA briefly.", "lambdas": {"cost": 1},
+                                                  "explore": False}).json()
     flush(client)
 
     first = client.post("/v1/feedback", json={"request_id": routed["request_id"], "score": 0.75, "app": "tests"})

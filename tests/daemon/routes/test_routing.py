@@ -25,33 +25,37 @@ def _objective(predicted: dict[str, float], lambdas: dict[str, float]) -> dict[s
 
 
 def test_route_returns_the_argmin_of_the_objective(client: TestClient, served: int) -> None:
+    """With ``"explore": false`` (determinism is the point here) the route is the argmin, propensity 1."""
     for prompt in PROMPTS:
-        response = client.post("/v1/route", json={"prompt": prompt, "app": "tests"})
+        response = client.post("/v1/route", json={"prompt": prompt, "app": "tests", "explore": False})
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["router_version"] == served
         assert set(body["predicted_losses"]) == set(EXPERTS)
         assert body["expert"] == min(body["objective"], key=body["objective"].get)
         assert body["objective"] == pytest.approx(_objective(body["predicted_losses"], body["lambdas"]))
-        assert body["propensity"] == 1.0
+        assert body["propensity"] == 1.0 and body["explored"] is False
+        assert body["action_probs"] == {"api": 1.0, "large": 0.0, "small": 0.0}
         assert body["expert"] == "api"  # bundle A: api 0.1 < large 0.2 < small 0.5
-    predictions = {tuple(client.post("/v1/route", json={"prompt": p}).json()["predicted_losses"].values())
+    predictions = {tuple(client.post("/v1/route", json={"prompt": p, "explore": False}).json()["predicted_losses"].values())
                    for p in PROMPTS}
     assert len(predictions) > 1, "predictions should depend on the prompt"
 
 
 def test_flags_and_lambdas_set_the_choice(client: TestClient) -> None:
-    flagged = client.post("/v1/route", json={"prompt": "[Flag: smallest model] Translate 'cat' to German."}).json()
+    flagged = client.post("/v1/route", json={"prompt": "[Flag: smallest model] Translate 'cat' to German.",
+                                             "explore": False}).json()
     assert flagged["expert"] == "small"
     assert flagged["lambdas"] == {"size": 16.0}
     assert flagged["expert"] == min(flagged["objective"], key=flagged["objective"].get)
 
-    by_cost = client.post("/v1/route", json={"prompt": "Translate 'cat' to German.", "lambdas": {"cost": 1}}).json()
+    by_cost = client.post("/v1/route", json={"prompt": "Translate 'cat' to German.", "lambdas": {"cost": 1},
+                                             "explore": False}).json()
     assert by_cost["expert"] == "large"
 
     # Request λ override flags, key by key.
     both = client.post("/v1/route", json={"prompt": "[Flag: smallest model] Translate 'cat' to German.",
-                                          "lambdas": {"size": 0, "cost": 1}}).json()
+                                          "lambdas": {"size": 0, "cost": 1}, "explore": False}).json()
     assert both["lambdas"] == {"size": 0.0, "cost": 1.0}
     assert both["expert"] == "large"
 
@@ -65,7 +69,7 @@ def test_flags_and_lambdas_set_the_choice(client: TestClient) -> None:
 
 
 def test_default_lambdas_fill_the_rest(settings, served: int) -> None:  # type: ignore[no-untyped-def]
-    settings = settings.model_copy(update={"default_lambdas": {"cost": 1.0}})
+    settings = settings.model_copy(update={"default_lambdas": {"cost": 1.0}, "explore": "off"})
     with TestClient(create_app(settings, RouterHolder(settings, metrics=Metrics()))) as client:
         body = client.post("/v1/route", json={"prompt": "hello there"}).json()
         assert body["lambdas"] == {"cost": 1.0} and body["expert"] == "large"
@@ -89,7 +93,10 @@ def test_requests_are_logged_with_decision_propensity_and_sampling(client: TestC
         row = rows[request_id]
         assert row.prompt_hash == prompt_hash(prompt)
         assert row.router_version_id == served and row.expert == body["expert"] and row.app == "tests"
-        assert row.propensity == 1.0 and row.sampled == body["sampled"]
+        assert row.sampled == body["sampled"]
+        assert row.propensity == body["propensity"] == body["action_probs"][body["expert"]]
+        assert row.action_probs == body["action_probs"] and row.explored == body["explored"]
+        assert sum(row.action_probs.values()) == pytest.approx(1.0)
         assert row.predicted_losses == pytest.approx(body["predicted_losses"])
         sampled_by_prompt.setdefault(prompt, set()).add(row.sampled)
     assert all(len(values) == 1 for values in sampled_by_prompt.values()), "sampling is per prompt"
@@ -97,7 +104,8 @@ def test_requests_are_logged_with_decision_propensity_and_sampling(client: TestC
 
 
 def test_infer_runs_the_chosen_local_expert(client: TestClient) -> None:
-    response = client.post("/v1/infer", json={"prompt": "The capital of France is [MASK].", "lambdas": {"cost": 1}})
+    response = client.post("/v1/infer", json={"prompt": "The capital of France is [MASK].",
+                                              "lambdas": {"cost": 1}, "explore": False})
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["expert"] == "large"
@@ -109,7 +117,7 @@ def test_infer_runs_the_chosen_local_expert(client: TestClient) -> None:
 
 def test_infer_refuses_an_external_expert_and_writes_nothing(client: TestClient) -> None:
     before = row_counts(client.app.state.settings)
-    response = client.post("/v1/infer", json={"prompt": "Write a haiku about routers."})
+    response = client.post("/v1/infer", json={"prompt": "Write a haiku about routers.", "explore": False})
     assert response.status_code == 409
     assert "api" in response.json()["detail"] and "external" in response.json()["detail"]
     flush(client)
