@@ -79,8 +79,9 @@ def notify_activation(session: Session, version_id: int) -> None:
 
 REQUEST_DEFAULTS: dict[str, Any] = {"propensity": 1.0, "action_probs": None, "explored": False, "app": None}
 """Values for keys a logged row may lack: a row spooled by a daemon older than exploration was
-served by the argmin (propensity 1, no distribution logged). A multi-row INSERT needs every row
-to carry the same keys, so a replayed batch mixing old and new rows fills these in."""
+served by the argmin (propensity 1, no distribution logged). SQLAlchemy's multi-row VALUES takes
+its columns from the first row and silently drops other rows' extra keys (tested: an old row first
+lost the next row's action_probs), so every row carries every one of these keys."""
 
 
 def insert_requests(session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
