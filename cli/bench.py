@@ -77,6 +77,39 @@ def faults(settings: Settings, *, scenarios: str = "swap,outage,worker-kill,daem
     return rows
 
 
+def bandit_training(settings: Settings, *, dataset: Path, quick: bool = False, seeds: int = 3,
+                    policies: str = "off,epsilon:0.05,epsilon:0.2,softmax:0.1", margin: float = 0.25,
+                    seed_prompts: int = 200, json_out: Path | None = None, progress: bool = False) -> dict[str, Any]:
+    """Training from bandit feedback: a head trained with and without 1/propensity weights on simulated logs."""
+    from benchmarks.bandit_training import run
+    from router.exploration import ExploreError, parse_policy
+
+    dataset = Path(dataset)
+    if not dataset.exists():
+        raise CliError(f"dataset {dataset} does not exist")
+    names = [p.strip() for p in policies.split(",") if p.strip()]
+    if not names:
+        raise CliError("--policies names no policy; give e.g. off,epsilon:0.05")
+    try:
+        for name in names:
+            parse_policy(name, margin)
+    except ExploreError as exc:
+        raise CliError(str(exc).replace("THALAMUS_EXPLORE_MARGIN", "--margin").replace("THALAMUS_EXPLORE", "--policies")
+                       ) from None
+    report = run(dataset, settings.backbone_path, quick=quick, seeds=seeds, seed_prompts=seed_prompts,
+                 policies=names, margin=margin, progress=say if progress else None)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return report
+
+
+def _show_bandit(report: dict[str, Any]) -> None:
+    from benchmarks.bandit_training import format_report
+
+    print(format_report(report))
+
+
 def _show_faults(rows: list[Any]) -> None:
     from benchmarks.faults import table
 
@@ -94,7 +127,7 @@ def _show_written(written: DatasetWritten) -> None:
           f"next: thalamus bench quality --dataset {written.path}")
 
 
-GROUP = Group("bench", "benchmarks (routing quality, the demo dataset, faults under load)", (
+GROUP = Group("bench", "benchmarks (routing quality, the demo dataset, faults under load, bandit training)", (
     verb("quality", quality,
          arg("--dataset", type=Path, required=True, help="directory with train.*/test.* [+ models.json], or one file"),
          arg("--json", dest="json_out", type=Path, help="write the full report here"),
@@ -109,6 +142,16 @@ GROUP = Group("bench", "benchmarks (routing quality, the demo dataset, faults un
          arg("--out", type=Path, required=True, help="output directory (train.jsonl, test.jsonl, models.json)"),
          arg("--seed", type=int, default=0, help="demo library seed"),
          show=_show_written, cli={"progress": True}),
+    verb("bandit-training", bandit_training,
+         arg("--dataset", type=Path, required=True, help="directory with train.*/test.* holding every expert's loss"),
+         arg("--quick", action="store_true", help="fixed-seed 1,500/300 slice, max length 128 (a few minutes)"),
+         arg("--seeds", type=positive_int, default=3, help="logging draws per policy (default 3)"),
+         arg("--policies", default="off,epsilon:0.05,epsilon:0.2,softmax:0.1",
+             help="comma-separated logging policies in THALAMUS_EXPLORE syntax"),
+         arg("--margin", type=float, default=0.25, help="exploration margin in loss-scale units (default 0.25)"),
+         arg("--seed-prompts", type=positive_int, default=200, help="fully labelled prompts of the weak router"),
+         arg("--json", dest="json_out", type=Path, help="write the full report here"),
+         show=_show_bandit, cli={"progress": True}),
     verb("faults", faults,
          arg("--scenarios", default="swap,outage,worker-kill,daemon-kill", help="comma-separated, run in order"),
          arg("--rate", type=float, default=10.0, help="/v1/route requests per second (default 10)"),
