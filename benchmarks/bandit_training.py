@@ -12,7 +12,10 @@ and routes the test prompts greedily:
   ridge head where none of them observed the expert);
 * ``ipw``: the same with each logged cell weighted by 1 / propensity (weighted neighbour mean and
   weighted ridge), which undoes the logging policy's preference for the experts it believed good;
-* ``ipw_clip``: the same with the weights clipped at ``clip`` (variance control).
+* ``ipw_clip``: the same with the weights clipped at ``clip`` (variance control);
+* ``ridge_masked`` / ``ridge_ipw``: the ridge head alone, unweighted and weighted — a global
+  regression, the analogue of the parametric head that ``router/training.py``'s masked loss trains,
+  where importance weights classically correct a misspecified model's covariate shift.
 
 Reported per policy: the test mean score of each head (higher is better), the difference
 ``ipw − masked`` with a 95 % paired-bootstrap interval over test prompts (pooled over the logging
@@ -43,6 +46,9 @@ Progress = Callable[[str], None]
 DEFAULT_POLICIES = ("off", "epsilon:0.05", "epsilon:0.2", "softmax:0.1")
 NEIGHBOURS = 100  # the product's k (THALAMUS_TRAIN_HEAD_NEIGHBORS)
 RIDGE = 1000.0  # the product's ridge α (THALAMUS_TRAIN_HEAD_RIDGE)
+METHODS = ("masked", "ipw", "ipw_clip", "ridge_masked", "ridge_ipw")
+"""Heads trained on the logs: the product's (neighbour over ridge) unweighted, 1/p-weighted and clipped;
+the ridge head alone, the analogue of the gradient-trained parametric head, unweighted and 1/p-weighted."""
 
 
 @dataclass(frozen=True)
@@ -173,7 +179,7 @@ def run(dataset: Path, backbone: str, *, quick: bool = False, seeds: int = 3, se
         "policies": {}}
     masked_scores: dict[str, np.ndarray] = {}
     for policy in parsed:
-        per_method: dict[str, list[np.ndarray]] = {"masked": [], "ipw": [], "ipw_clip": []}
+        per_method: dict[str, list[np.ndarray]] = {m: [] for m in METHODS}
         logs: list[Logged] = []
         weak_scores = []
         for seed in range(seeds):
@@ -190,8 +196,12 @@ def run(dataset: Path, backbone: str, *, quick: bool = False, seeds: int = 3, se
             x = np.concatenate([tr_x[seed_rows], tr_x[logged_rows]])
             y = np.concatenate([seed_y, log.losses])
             inverse = np.concatenate([ones, 1.0 / log.propensity])
-            for method, w in (("masked", np.ones_like(y)), ("ipw", inverse), ("ipw_clip", np.minimum(inverse, clip))):
-                per_method[method].append(test_losses(fit_predict(x, y, w, te_x)))
+            weights = {"masked": np.ones_like(y), "ipw": inverse, "ipw_clip": np.minimum(inverse, clip)}
+            for method in METHODS:
+                w = weights[method.removeprefix("ridge_")]
+                ridge_only = method.startswith("ridge_")
+                pred = weighted_ridge(x, y, w, te_x, RIDGE) if ridge_only else fit_predict(x, y, w, te_x)
+                per_method[method].append(test_losses(pred))
         say(f"{policy.spec}: masked {np.mean(per_method['masked']):.4f}, ipw {np.mean(per_method['ipw']):.4f} "
             "(mean test loss)")
         scores = {m: _score(higher_is_better, np.concatenate(v)) for m, v in per_method.items()}
@@ -205,6 +215,8 @@ def run(dataset: Path, backbone: str, *, quick: bool = False, seeds: int = 3, se
             "test_score": {m: float(s.mean()) for m, s in scores.items()},
             "ipw_minus_masked": _interval(paired_bootstrap(scores["ipw"], scores["masked"], n=2000, seed=0)),
             "ipw_clip_minus_masked": _interval(paired_bootstrap(scores["ipw_clip"], scores["masked"], n=2000, seed=0)),
+            "ridge_ipw_minus_masked": _interval(paired_bootstrap(scores["ridge_ipw"], scores["ridge_masked"], n=2000,
+                                                                 seed=0)),
         }
     if "off" in masked_scores:  # what exploring while logging did to the masked head (same seeds and splits)
         for name, row in report["policies"].items():
@@ -234,16 +246,20 @@ def format_report(report: dict[str, Any]) -> str:
              f"{ref['full_information']:.4f}, oracle {ref['oracle']:.4f}", "",
              f"{'policy':<14}{'weak':>8}{'logging':>9}{'greedy':>8}{'explored':>9}{'min p':>8}"
              f"{'masked':>9}{'ipw':>8}{'clip':>8}  {'ipw − masked [95% CI]':<28}{'clip − masked [95% CI]':<28}"
-             "masked − off [95% CI]"]
+             f"{'masked − off [95% CI]':<28}{'ridge':>8}{'r-ipw':>8}  ridge ipw − masked [95% CI]"]
     for name, row in report["policies"].items():
         d, c = row["ipw_minus_masked"], row["ipw_clip_minus_masked"]
+        off = _fmt(row["masked_minus_off"]) if "masked_minus_off" in row else ""
         lines.append(f"{name:<14}{row['weak_router']:>8.4f}{row['logging_score']:>9.4f}{row['logging_greedy_score']:>8.4f}"
                      f"{row['explored_share']:>9.3f}{row['min_propensity']:>8.3f}{row['test_score']['masked']:>9.4f}"
                      f"{row['test_score']['ipw']:>8.4f}{row['test_score']['ipw_clip']:>8.4f}  "
-                     f"{_fmt(d):<28}{_fmt(c):<28}{_fmt(row['masked_minus_off']) if 'masked_minus_off' in row else ''}")
+                     f"{_fmt(d):<28}{_fmt(c):<28}{off:<28}"
+                     f"{row['test_score']['ridge_masked']:>8.4f}{row['test_score']['ridge_ipw']:>8.4f}  "
+                     f"{_fmt(row['ridge_ipw_minus_masked'])}")
     lines.append("")
     lines.append("weak: the logging router's test score; logging/greedy: the mean score it served on the logged "
-                 "prompts with/without exploring; masked/ipw/clip: test score of the head trained on the logs.")
+                 "prompts with/without exploring; masked/ipw/clip: test score of the product's head trained on the "
+                 "logs; ridge/r-ipw: the ridge head alone.")
     return "\n".join(lines)
 
 
