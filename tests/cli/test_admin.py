@@ -54,16 +54,16 @@ def test_the_verbs_are_typed_functions_other_code_can_call(sqlite_settings, bund
 
     listed = admin.versions(sqlite_settings)
     assert [(v.id, v.status) for v in listed] == [(first, "active"), (second, "retired"), (third, "rejected")]
-    shown = admin.show(sqlite_settings, first)
+    shown = admin.show(sqlite_settings, first).version
     assert shown.experts == ["large", "small", "api"] and shown.sha256 == bundles["a"].sha256
 
 
-def test_show_prints_the_version_as_json(sqlite_settings, capsys, bundles) -> None:  # type: ignore[no-untyped-def]
+def test_show_json_prints_the_version(sqlite_settings, capsys, bundles) -> None:  # type: ignore[no-untyped-def]
     import json
 
     version = register_version(sqlite_settings, bundles["a"], status="candidate")
-    main(["admin", "show", str(version)])
-    shown = json.loads(capsys.readouterr().out)
+    main(["admin", "show", str(version), "--json"])
+    shown = json.loads(capsys.readouterr().out)["version"]
     assert (shown["id"], shown["status"], shown["experts"], shown["sha256"]) == (
         version, "candidate", ["large", "small", "api"], bundles["a"].sha256)
     main(["admin", "versions"])
