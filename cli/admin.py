@@ -138,12 +138,13 @@ def _interval(values: dict[str, Any] | None, signed: bool = False) -> str:
     return text
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
-    """Aligned columns: the first left-aligned, the others right-aligned."""
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "  ",
+           left: Sequence[int] = (0,)) -> list[str]:
+    """Aligned columns: numbers right-aligned, the ``left`` columns (words) left-aligned."""
     widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=True)]
 
     def line(cells: Sequence[str]) -> str:
-        return indent + "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+        return indent + "  ".join(str(c).ljust(w) if i in left else str(c).rjust(w)
                                   for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
 
     return [line(header), *(line(r) for r in rows)]
@@ -162,12 +163,16 @@ def _collect_holdout(session: Session, version: RouterVersion, settings: Setting
             "n_holdout": metrics.get("n_holdout")}
 
 
+def _metric(metrics: dict[str, Any], key: str) -> str:
+    return _num(metrics.get(key), 0 if key == "n_rows" else 4)  # n_rows is a count stored as a float
+
+
 def _render_holdout(data: dict[str, Any]) -> list[str]:
     candidate, parent = data["candidate"], data["parent"]
     if not candidate:
         return ["holdout: no metrics (this version was not trained by train_router)"]
     parent_name = f"parent v{data['parent_version']}" if data["parent_version"] else "parent"
-    rows = [[label, _num(candidate.get(key)), _num(parent.get(key)) if parent else "-"]
+    rows = [[label, _metric(candidate, key), _metric(parent, key) if parent else "-"]
             for key, label in HOLDOUT_METRICS if key in candidate or key in parent]
     lines = [f"holdout ({_num(data['n_holdout'])} prompts kept out of training; metrics on those with every "
              "expert's loss)", *_table(["metric", "this version", parent_name], rows)]
@@ -222,7 +227,8 @@ def _render_gate(data: dict[str, Any]) -> list[str]:
     rows = [[f"{d['at']:%Y-%m-%d %H:%M:%S}", d["actor"], d["decision"], d["basis"],
              _interval((d["numbers"] or {}).get("difference"), signed=True), (d["reason"] or "")[:70]]
             for d in data["decisions"]]
-    return [*lines, *_table(["at", "actor", "decision", "basis", "this − active", "reason"], rows)]
+    return [*lines, *_table(["at", "actor", "decision", "basis", "this − active", "reason"], rows,
+                            left=(0, 1, 2, 3, 5))]
 
 
 SECTIONS: list[Section] = [

@@ -76,12 +76,12 @@ def approve(session: Session, version_id: int, actor: str, reason: str = "approv
     if version.status not in _UNDECIDED:
         hint = "; use `thalamus admin activate` to go back to it" if version.status == VersionStatus.RETIRED else ""
         raise JobInputError(f"router version {version_id} is {version.status}; only a candidate can be approved{hint}")
-    _check_loadable(session, version)
     active = active_router_version(session)
     rows = min_logged_rows if min_logged_rows is not None else Settings.model_fields["gate_min_logged_rows"].default
     verdict = gate.verdict(version.metrics or {}, active.id if active is not None else None, rows)
     if verdict.worse and not force:
         raise GateRefused(version_id, verdict)
+    _check_loadable(session, version)
     gate.record(session, version.id, verdict, gate.FORCED if verdict.worse else gate.PROMOTE, actor, reason)
     activate(session, version, actor, reason)
     return version
