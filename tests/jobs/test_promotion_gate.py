@@ -49,7 +49,7 @@ def test_the_notes_say_why_a_basis_was_not_used() -> None:
 
 
 def test_the_refusal_is_one_sentence_with_the_numbers() -> None:
-    v = verdict({"holdout_difference": _holdout(0.0123, 0.04567)}, active_version=3, min_logged_rows=200)
+    v = verdict({"holdout_difference": _holdout(0.0123, 0.04567, active=3)}, active_version=3, min_logged_rows=200)
     assert refusal(5, v) == ("router version 5 is worse than the active version 3 (holdout routed loss candidate − "
                              "active on 40 prompts: +0.0290 [+0.0123, +0.0457], interval above 0), so it was not "
                              "approved; pass --force --reason TEXT to approve it anyway")
