@@ -206,12 +206,14 @@ def evaluate_candidate(settings: Settings, progress: Progress | None = None, par
         experts = [e.name for e in active_experts(session)]
         table = load_loss_table(session, active_experts(session), settings.max_loss)
         rows = logged_rows(session, table, settings.train_holdout_share, settings.ope_max_rows)
-        candidate = candidate_router if candidate_router is not None else load_version(version)
-        active_router = None
-        if active is not None:
-            active_router = candidate if active.id == version_id else load_version(active)
-        candidate_constraints = _constraints(session, candidate)
-        active_constraints = _constraints(session, active_router) if active_router is not None else None
+        routers: tuple[Router, Router | None, np.ndarray, np.ndarray | None] | None = None
+        if len(rows.logged):  # no logged row: nothing to load
+            candidate = candidate_router if candidate_router is not None else load_version(version)
+            active_router = None
+            if active is not None:
+                active_router = candidate if active.id == version_id else load_version(active)
+            routers = (candidate, active_router, _constraints(session, candidate),
+                       _constraints(session, active_router) if active_router is not None else None)
     result: dict[str, Any] = {
         "candidate_version": version_id, "active_version": active_id, "n_rows": len(rows.logged),
         "n_prompts": len(set(rows.hashes)), "explored_rows": rows.explored, "skipped": rows.skipped,
@@ -219,10 +221,9 @@ def evaluate_candidate(settings: Settings, progress: Progress | None = None, par
         "estimators": list(ESTIMATORS), "confidence": 0.95, "bootstrap": n_boot, "seed": seed,
         "direct_model": DIRECT_MODEL, "rows": "requests on holdout prompts with a loss for the served expert",
     }
-    if len(rows.logged):
+    if routers is not None:
         prompts = dict(zip(table.hashes, table.prompts, strict=True))
-        result.update(off_policy(rows, experts, candidate, active_router, candidate_constraints, active_constraints,
-                                 prompts, n_boot=n_boot, seed=seed, progress=report))
+        result.update(off_policy(rows, experts, *routers, prompts, n_boot=n_boot, seed=seed, progress=report))
     else:
         result.update({"candidate": None, "active": None, "difference": None, "agreement": None})
     result["seconds"] = round(time.perf_counter() - started, 3)
