@@ -1,4 +1,4 @@
-"""Benchmarks: routing quality against baselines, and the demo library as a benchmark dataset."""
+"""Benchmarks: routing quality, the demo library as a dataset, faults under load, off-policy intervals."""
 
 from __future__ import annotations
 
@@ -108,6 +108,25 @@ def _show_bandit(report: dict[str, Any]) -> None:
     from benchmarks.bandit_training import format_report
 
     print(format_report(report))
+def ope(settings: Settings, *, sizes: str = "1000,5000", epsilons: str = "0.05,0.1,0.2", repetitions: int = 40,
+        seed: int = 0) -> list[Any]:
+    """Off-policy interval widths and coverage on a seeded synthetic bandit, by logged rows and exploration ε."""
+    from benchmarks.offpolicy import run
+
+    try:
+        n_rows = [int(x) for x in sizes.split(",")]
+        eps = [float(x) for x in epsilons.split(",")]
+    except ValueError:
+        raise CliError(f"--sizes {sizes!r} and --epsilons {epsilons!r} must be comma-separated numbers") from None
+    if any(n < 20 for n in n_rows) or any(not 0 < e <= 1 for e in eps):
+        raise CliError("--sizes must be at least 20 rows each and --epsilons in (0, 1]")
+    return run(n_rows, eps, repetitions=repetitions, seed=seed, log=say)
+
+
+def _show_ope(rows: list[Any]) -> None:
+    from benchmarks.offpolicy import table
+
+    print(table(rows))
 
 
 def _show_faults(rows: list[Any]) -> None:
@@ -127,7 +146,8 @@ def _show_written(written: DatasetWritten) -> None:
           f"next: thalamus bench quality --dataset {written.path}")
 
 
-GROUP = Group("bench", "benchmarks (routing quality, the demo dataset, faults under load, bandit training)", (
+GROUP = Group("bench", "benchmarks (routing quality, the demo dataset, faults under load, bandit training, "
+                       "off-policy intervals)", (
     verb("quality", quality,
          arg("--dataset", type=Path, required=True, help="directory with train.*/test.* [+ models.json], or one file"),
          arg("--json", dest="json_out", type=Path, help="write the full report here"),
@@ -163,4 +183,10 @@ GROUP = Group("bench", "benchmarks (routing quality, the demo dataset, faults un
                                   "(default THALAMUS_TEST_REDIS_URL or redis://127.0.0.1:6379/0)"),
          arg("--json", dest="json_out", type=Path, help="also write the rows here"),
          show=_show_faults, fails=lambda rows: not rows or any(not r.passed for r in rows)),
+    verb("ope", ope,
+         arg("--sizes", default="1000,5000", help="logged rows per set, comma-separated"),
+         arg("--epsilons", default="0.05,0.1,0.2", help="exploration shares of the logging policy"),
+         arg("--repetitions", type=positive_int, default=40),
+         arg("--seed", type=int, default=0),
+         show=_show_ope),
 ))

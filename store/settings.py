@@ -74,6 +74,14 @@ class Settings(BaseSettings):
     explore_opt_out_apps: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     auto_approve: bool = False
+    # Promotion gate (issue 9, jobs/promotion_gate.py): the off-policy DR estimate decides when at
+    # least this many logged requests (on holdout prompts, with the served expert's loss) back it;
+    # with fewer, the holdout's paired bootstrap interval decides.
+    gate_min_logged_rows: int = Field(200, ge=1)
+    # Off-policy evaluation (jobs/evaluate_candidate.py): the newest this many logged requests are
+    # read, and the intervals are percentile bootstraps of this many resamples.
+    ope_max_rows: int = Field(20_000, gt=0)
+    ope_bootstrap_samples: int = Field(1000, ge=50)
     job_timeout_seconds: int = Field(6 * 3600, gt=0)
     # A running job writes a heartbeat this often; one silent for job_lost_after_seconds is marked
     # lost and re-run (at most job_max_attempts attempts in all). See docs/architecture.md, Celery.
