@@ -1,4 +1,4 @@
-"""Router versions: list and show them, approve, activate, reject, roll back.
+"""Router versions: list and show them, approve, activate, reject, roll back, run them as shadows.
 
 Every change of the active version goes through ``jobs.promote`` (a load check of the bundle, one
 transaction, a NOTIFY the daemons act on).
@@ -10,11 +10,14 @@ import dataclasses
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cli._common import CliError, Group, arg, positive_int, print_json, verb
+from cli._common import CliError, Group, arg, positive_int, print_json, unit_share, verb
 from store.schema import RouterVersion
 from store.settings import Settings
+
+if TYPE_CHECKING:
+    from jobs.shadows import ShadowChange
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class VersionInfo:
     decided_at: dt.datetime | None
     reason: str | None
     created_at: dt.datetime
+    shadow: dict[str, Any] | None = None  # shadow_report(), filled by ``show``
 
     @classmethod
     def of(cls, v: RouterVersion) -> VersionInfo:
@@ -76,7 +80,7 @@ def show(settings: Settings, version_id: int) -> VersionInfo:
         version = session.get(RouterVersion, version_id)
         if version is None:
             raise CliError(f"router version {version_id} does not exist")
-        return VersionInfo.of(version)
+        return dataclasses.replace(VersionInfo.of(version), shadow=_shadow_report(session, version))
 
 
 def approve(settings: Settings, version_id: int, *, actor: str = "admin", reason: str | None = None) -> VersionChange:
@@ -117,6 +121,96 @@ def rollback(settings: Settings, *, actor: str = "admin", reason: str | None = N
         return VersionChange(VersionInfo.of(roll_back(session, actor=actor, reason=reason)), reason)
 
 
+@dataclass(frozen=True)
+class ShadowOutcome:
+    """What ``admin shadow`` changed: the version it started (or re-shared), or the shadows it stopped."""
+
+    started: ShadowChange | None
+    stopped: list[ShadowChange]
+
+
+def shadow(settings: Settings, version_id: int | None = None, *, share: float | None = None, stop: bool = False,
+           actor: str = "admin", reason: str | None = None) -> ShadowOutcome:
+    """Make a candidate a shadow router: it routes a share of live requests off the response path and logs its choice.
+
+    ``--stop`` stops the shadow ID, or every shadow without an ID. The default share is
+    THALAMUS_SHADOW_SHARE. ``admin show ID`` reports a shadow's agreement with the served router and
+    its estimated loss.
+    """
+    from jobs.shadows import start_shadow, stop_shadows
+    from store.db import session_scope
+
+    if stop:
+        if share is not None:
+            raise CliError("--share does not go with --stop")
+        with session_scope(settings) as session:
+            return ShadowOutcome(None, stop_shadows(session, version_id, actor=actor, reason=reason))
+    if version_id is None:
+        raise CliError("give the router version ID to run as a shadow, or --stop")
+    with session_scope(settings) as session:
+        change = start_shadow(session, version_id, settings.shadow_share if share is None else share,
+                              actor=actor, reason=reason)
+        return ShadowOutcome(change, [])
+
+
+def _shadow_report(session: Any, version: RouterVersion) -> dict[str, Any] | None:
+    from jobs.shadows import shadow_summary
+
+    report = shadow_summary(session, version.id)
+    if report is not None:
+        report["share"] = version.shadow_share
+    return report
+
+
+def shadow_report(settings: Settings, version_id: int) -> dict[str, Any] | None:
+    """The shadow section of ``admin show``: agreement and loss (``jobs.shadows.shadow_summary``) plus the
+    current share (None: not a shadow now); None when the version has no shadow decisions."""
+    from store.db import session_scope
+
+    with session_scope(settings) as session:
+        version = session.get(RouterVersion, version_id)
+        if version is None:
+            raise CliError(f"router version {version_id} does not exist")
+        return _shadow_report(session, version)
+
+
+def print_shadow_report(report: dict[str, Any]) -> None:
+    """Print the shadow section for a person: rounded numbers with their 95 % intervals."""
+    share = report.get("share")
+    state = f"a shadow at share {share:g}" if share is not None else "not a shadow now"
+    print(f"Shadow routing (router version {report['version']}, {state})")
+    print(f"  decisions          {report['decisions']:,}  ({report['first_at'][:19]} to {report['last_at'][:19]})")
+    agreement = report["agreement"]
+    print(f"  agreement          {agreement['rate']:.3f}  [{agreement['low']:.3f}, {agreement['high']:.3f}]  "
+          f"with the served router's choice, n={agreement['n']:,}")
+    loss = report["loss"]
+    if not loss["n"]:
+        print("  loss               no labelled rows yet (no known loss for both choices of any shadowed prompt)")
+    else:
+        print(f"  mean loss on {loss['n']:,} labelled rows:")
+        for label, key in (("shadow", "shadow"), ("served", "served"), ("shadow - served", "difference")):
+            cell = loss[key]
+            print(f"    {label:16} {cell['mean']:+.4f}  [{cell['low']:+.4f}, {cell['high']:+.4f}]")
+    chosen = ", ".join(f"{expert} {n:,}" for expert, n in report["chosen"].items())
+    print(f"  shadow's choices   {chosen}")
+
+
+def _show_version(version: VersionInfo) -> None:
+    print_json(dataclasses.asdict(version))
+
+
+def _show_shadow(outcome: ShadowOutcome) -> None:
+    if outcome.started is not None:
+        change = outcome.started
+        was = "" if change.previous_share is None else f" (was {change.previous_share:g})"
+        print(f"router version {change.version_id} is a shadow: it routes {change.share:g} of live requests{was}, "
+              "off the response path")
+    elif outcome.stopped:
+        print("stopped shadow router version(s) " + ", ".join(str(c.version_id) for c in outcome.stopped))
+    else:
+        print("no shadow router was running")
+
+
 def _show_versions(rows: list[VersionInfo]) -> None:
     print(f"{'id':>4}  {'status':10} {'parent':>6}  {'created':19}  {'routed loss':>11}  {'hit rate':>8}")
     for v in rows:
@@ -134,9 +228,9 @@ def _said(template: str) -> Callable[[VersionChange], None]:
 ID = arg("version_id", metavar="ID", type=positive_int, help="router version id")
 ACTOR = arg("--actor", default="admin", help="who decides (recorded with the activation)")
 
-GROUP = Group("admin", "router versions (list, show, approve, activate, reject, roll back)", (
+GROUP = Group("admin", "router versions (list, show, approve, activate, reject, roll back, shadow)", (
     verb("versions", versions, show=_show_versions),
-    verb("show", show, ID, show=lambda version: print_json(dataclasses.asdict(version))),
+    verb("show", show, ID, show=_show_version),
     verb("approve", approve, ID, ACTOR, arg("--reason", default=None),
          show=_said("router version {id} approved and active")),
     verb("activate", activate, ID, ACTOR, arg("--reason", required=True),
@@ -145,4 +239,10 @@ GROUP = Group("admin", "router versions (list, show, approve, activate, reject, 
          show=_said("router version {id} rejected: {reason}")),
     verb("rollback", rollback, ACTOR, arg("--reason", default=None),
          show=_said("rolled back: router version {id} is active again")),
+    verb("shadow", shadow, arg("version_id", metavar="ID", type=positive_int, nargs="?", default=None,
+                               help="router version id (a candidate or approved one)"),
+         arg("--share", type=unit_share, default=None,
+             help="share of live requests it routes, in (0, 1] (default THALAMUS_SHADOW_SHARE, 0.2)"),
+         arg("--stop", action="store_true", help="stop the shadow ID, or every shadow without an ID"),
+         ACTOR, arg("--reason", default=None), show=_show_shadow),
 ))

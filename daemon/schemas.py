@@ -153,6 +153,20 @@ class ExpertStatus(BaseModel):
     in_router: bool
 
 
+class ShadowStatus(BaseModel):
+    """A shadow router this daemon runs (or fails to load), with its counts since the daemon started."""
+
+    version: int
+    share: float | None = Field(description="share of live requests it routes; null while it is not loaded")
+    loaded: bool
+    sha256: str | None
+    loaded_at: str | None
+    load_error: str | None = Field(description="why it is not loaded; serving is not affected")
+    routed: int = Field(description="shadow decisions made and written")
+    dropped: int = Field(description="sampled requests dropped because the shadow queue was full")
+    failed: int = Field(description="sampled requests whose shadow decision failed (prediction or write)")
+
+
 class StatusResponse(BaseModel):
     router_version: int | None
     router_sha256: str | None
@@ -171,3 +185,5 @@ class StatusResponse(BaseModel):
     writer: dict[str, Any]
     default_lambdas: dict[str, float]
     label_share: float
+    shadows: list[ShadowStatus]
+    shadow_queue: dict[str, Any]

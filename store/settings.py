@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     train_seed: int = 0
 
     auto_approve: bool = False
+    # Shadow routers (`thalamus admin shadow ID`): the share of live requests a new shadow routes by
+    # default, and the daemon's bounded queue and batch size for them (a full queue drops, never blocks).
+    shadow_share: float = Field(0.2, gt=0, le=1)
+    shadow_queue_size: int = Field(1000, gt=0)
+    shadow_batch_size: int = Field(8, gt=0)
     job_timeout_seconds: int = Field(6 * 3600, gt=0)
     # A running job writes a heartbeat this often; one silent for job_lost_after_seconds is marked
     # lost and re-run (at most job_max_attempts attempts in all). See docs/architecture.md, Celery.

@@ -13,11 +13,12 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException
 
-from daemon.deps import ExpertsDep, HolderDep, MetricsDep, SettingsDep, WriterDep
+from daemon.deps import ExpertsDep, HolderDep, MetricsDep, SettingsDep, ShadowsDep, WriterDep
 from daemon.holder import Decision, LoadedRouter, RouterHolder
 from daemon.logwriter import RequestLogWriter
 from daemon.metrics import Metrics
 from daemon.schemas import InferRequest, InferResponse, RouteRequest, RouteResponse, error_responses
+from daemon.shadow import ShadowRunner
 from router.hashing import Salt, stable_fraction
 from store.schema import utcnow
 from store.settings import Settings
@@ -27,15 +28,15 @@ router = APIRouter()
 
 @router.post("/v1/route", response_model=RouteResponse, responses=error_responses(400, 422, 503))
 def route(body: RouteRequest, settings: SettingsDep, holder: HolderDep, writer: WriterDep,
-          metrics: MetricsDep) -> dict[str, Any]:
+          metrics: MetricsDep, shadows: ShadowsDep) -> dict[str, Any]:
     """Choose the expert: argmin of predicted loss + Σ λ·constraint."""
     routed = _route(settings, holder, metrics, body)
-    return _answer(settings, writer, metrics, body, routed)
+    return _answer(settings, writer, metrics, body, routed, shadows)
 
 
 @router.post("/v1/infer", response_model=InferResponse, responses=error_responses(400, 409, 422, 503))
 def infer(body: InferRequest, settings: SettingsDep, holder: HolderDep, writer: WriterDep, metrics: MetricsDep,
-          experts: ExpertsDep) -> dict[str, Any]:
+          experts: ExpertsDep, shadows: ShadowsDep) -> dict[str, Any]:
     """Route, then run the chosen local expert (fill-mask or generation)."""
     from experts.local import LOCAL_KINDS, ExpertError
 
@@ -52,7 +53,7 @@ def infer(body: InferRequest, settings: SettingsDep, holder: HolderDep, writer: 
             prompt, max_new_tokens=body.max_new_tokens)
     except ExpertError as exc:
         raise HTTPException(422, f"expert {decision.expert!r} cannot answer: {exc}") from None
-    return {**_answer(settings, writer, metrics, body, routed), "output": output}
+    return {**_answer(settings, writer, metrics, body, routed, shadows), "output": output}
 
 
 _Routed = tuple[LoadedRouter, str, dict[str, float], Decision, float]
@@ -72,7 +73,7 @@ def _route(settings: Settings, holder: RouterHolder, metrics: Metrics, body: Rou
 
 
 def _answer(settings: Settings, writer: RequestLogWriter, metrics: Metrics, body: RouteRequest,
-            routed: _Routed) -> dict[str, Any]:
+            routed: _Routed, shadows: ShadowRunner) -> dict[str, Any]:
     """Log the decision (asynchronously) and build the response body."""
     loaded, prompt, lambdas, decision, latency_ms = routed
     request_id = str(uuid.uuid4())
@@ -84,6 +85,7 @@ def _answer(settings: Settings, writer: RequestLogWriter, metrics: Metrics, body
         "latency_ms": latency_ms, "app": body.app,
     })
     metrics.chosen.labels(decision.expert).inc()
+    shadows.offer(request_id, prompt, lambdas, decision.expert)  # off the response path: queues or drops
     return {"request_id": request_id, "expert": decision.expert, "predicted_losses": decision.predicted,
             "objective": decision.objective, "router_version": loaded.version_id, "lambdas": lambdas,
             "sampled": sampled, "propensity": 1.0, "latency_ms": round(latency_ms, 3)}
