@@ -188,9 +188,10 @@ def print_shadow_report(report: dict[str, Any]) -> None:
         print("  loss               no labelled rows yet (no known loss for both choices of any shadowed prompt)")
     else:
         print(f"  mean loss on {loss['n']:,} labelled rows:")
-        for label, key in (("shadow", "shadow"), ("served", "served"), ("shadow - served", "difference")):
+        for label, key, sign in (("shadow", "shadow", ""), ("served", "served", ""),
+                                 ("shadow - served", "difference", "+")):
             cell = loss[key]
-            print(f"    {label:16} {cell['mean']:+.4f}  [{cell['low']:+.4f}, {cell['high']:+.4f}]")
+            print(f"    {label:16} {cell['mean']:{sign}.4f}  [{cell['low']:{sign}.4f}, {cell['high']:{sign}.4f}]")
     chosen = ", ".join(f"{expert} {n:,}" for expert, n in report["chosen"].items())
     print(f"  shadow's choices   {chosen}")
 
