@@ -1,10 +1,11 @@
 """What shadow mode adds to a routed request's latency: the same daemon with no shadow, and with one.
 
     HF_HUB_OFFLINE=1 python -m benchmarks.shadow_latency [--rate 10] [--seconds 30] [--rounds 2]
-        [--shares 0.2 1.0] [--backbone minilm|tiny|PATH]      (or: thalamus bench shadow ...)
+        [--shares 0.2 1.0] [--nice 0 10] [--backbone minilm|tiny|PATH]      (or: thalamus bench shadow ...)
 
 One throw-away stack (``benchmarks/stack.py``: a fresh PostgreSQL database, three external experts,
-the cold-start router version 1 active and a candidate version 2) and one real ``thalamus serve``.
+the cold-start router version 1 active and a candidate version 2) and one real ``thalamus serve`` per
+``THALAMUS_SHADOW_NICE`` value asked for (``--nice``).
 Each round drives the same open-loop load (``benchmarks/loadgen.open_loop``, latency from each
 request's scheduled start) with shadow mode off, and with version 2 as a shadow at each share
 (``thalamus admin shadow 2 --share S``, waiting until the daemon reports it loaded); the order of
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.loadgen import open_loop
-from benchmarks.stack import ADMIN_URL, CODE, PROSE, Stack, build_tiny_backbone
+from benchmarks.stack import ADMIN_URL, CODE, PROSE, Stack, build_tiny_backbone, kill
 
 OFF = "off"
 
@@ -40,7 +41,7 @@ def bodies(n: int = 400, seed: int = 0) -> list[dict[str, Any]]:
             for _ in range(n)]
 
 
-def _set_mode(stack: Stack, version: int, mode: float | str, timeout: float = 120.0) -> None:
+def _set_mode(stack: Stack, version: int, mode: float | str, timeout: float = 120.0, wait: bool = True) -> None:
     """Make ``version`` a shadow at share ``mode`` (or stop every shadow), then wait until the daemon reports it."""
     from jobs.shadows import start_shadow, stop_shadows
     from store.db import session_scope
@@ -50,6 +51,8 @@ def _set_mode(stack: Stack, version: int, mode: float | str, timeout: float = 12
             stop_shadows(session, None, actor="bench", reason="shadow latency benchmark")
         else:
             start_shadow(session, version, float(mode), actor="bench", reason="shadow latency benchmark")
+    if not wait:
+        return
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = stack.status()
@@ -66,62 +69,76 @@ def _counts(stack: Stack, version: int) -> dict[str, int]:
 
 
 def run(rate: float = 10.0, seconds: float = 30.0, rounds: int = 2, shares: Sequence[float] = (0.2, 1.0),
-        backbone: str = "minilm", admin_url: str = ADMIN_URL, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the benchmark; returns ``{"rows": [...], "raw": {...}}`` (a row per mode: n, p50/p95/p99, ratios)."""
+        backbone: str = "minilm", admin_url: str = ADMIN_URL, nices: Sequence[int] = (0,),
+        log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the benchmark; returns ``{"rows": [...], ...}``: a row per (shadow nice, mode) with n, p50/p95/p99
+    and their ratios to the same daemon's "off" mode. One daemon per ``THALAMUS_SHADOW_NICE`` value."""
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # every load check would draw one
     modes: list[float | str] = [OFF, *shares]
-    latencies: dict[str, list[float]] = {str(m): [] for m in modes}
-    errors: dict[str, int] = {str(m): 0 for m in modes}
-    shadow_counts: dict[str, dict[str, int]] = {str(m): {"routed": 0, "dropped": 0, "failed": 0} for m in modes}
+    rows: list[dict[str, Any]] = []
     load = bodies()
     with tempfile.TemporaryDirectory(prefix="thalamus-shadow-backbone-") as scratch:
         path = build_tiny_backbone(Path(scratch) / "tiny") if backbone == "tiny" else (
             None if backbone == "minilm" else backbone)
         with Stack("shadow", path, admin_url) as stack:
-            log(f"starting the daemon (backbone {backbone}) …")
-            stack.serve(timeout=300)
-            candidate = stack.versions[1]
-            open_loop(stack.base, "/v1/route", load, rate=rate, seconds=5)  # warm-up, not counted
-            for round_ in range(rounds):
-                order = modes[round_ % len(modes):] + modes[: round_ % len(modes)]
-                for mode in order:
-                    _set_mode(stack, candidate, mode)
-                    before = _counts(stack, candidate)
-                    result = open_loop(stack.base, "/v1/route", load, rate=rate, seconds=seconds)
-                    time.sleep(1.0)  # let the shadow thread finish what this mode queued before counting
-                    after = _counts(stack, candidate)
-                    key = str(mode)
-                    latencies[key] += result.latencies_ms
-                    summary = result.summary()
-                    errors[key] += summary["errors"]
-                    for name in shadow_counts[key]:
-                        shadow_counts[key][name] += after.get(name, 0) - before.get(name, 0)
-                    log(f"round {round_} shadow={mode}: {json.dumps(summary)} shadow counts "
-                        f"{ {k: after.get(k, 0) - before.get(k, 0) for k in ('routed', 'dropped', 'failed')} }")
-            _set_mode(stack, candidate, OFF)
+            for nice in nices:
+                rows += _one_daemon(stack, nice, modes, rate, seconds, rounds, load, log)
+    return {"rate": rate, "seconds": seconds, "rounds": rounds, "backbone": backbone, "rows": rows}
+
+
+def _one_daemon(stack: Stack, nice: int, modes: Sequence[float | str], rate: float, seconds: float, rounds: int,
+                load: Sequence[dict[str, Any]], log: Callable[[str], None]) -> list[dict[str, Any]]:
+    latencies: dict[str, list[float]] = {str(m): [] for m in modes}
+    errors: dict[str, int] = {str(m): 0 for m in modes}
+    shadow_counts: dict[str, dict[str, int]] = {str(m): {"routed": 0, "dropped": 0, "failed": 0} for m in modes}
+    candidate = stack.versions[1]
+    _set_mode(stack, candidate, OFF, wait=False)
+    log(f"starting the daemon (THALAMUS_SHADOW_NICE={nice}) …")
+    daemon = stack.serve(timeout=300, shadow_nice=nice)
+    try:
+        open_loop(stack.base, "/v1/route", load, rate=rate, seconds=5)  # warm-up, not counted
+        for round_ in range(rounds):
+            order = [*modes[round_ % len(modes):], *modes[: round_ % len(modes)]]
+            for mode in order:
+                _set_mode(stack, candidate, mode)
+                before = _counts(stack, candidate)
+                result = open_loop(stack.base, "/v1/route", load, rate=rate, seconds=seconds)
+                time.sleep(1.0)  # let the shadow thread finish what this mode queued before counting
+                after = _counts(stack, candidate)
+                key, summary = str(mode), result.summary()
+                latencies[key] += result.latencies_ms
+                errors[key] += summary["errors"]
+                delta = {k: after.get(k, 0) - before.get(k, 0) for k in ("routed", "dropped", "failed")}
+                for name, value in delta.items():
+                    shadow_counts[key][name] += value
+                log(f"nice {nice} round {round_} shadow={mode}: {json.dumps(summary)} shadow counts {delta}")
+        _set_mode(stack, candidate, OFF)
+    finally:
+        kill(daemon)
     base = {q: float(np.percentile(latencies[OFF], q)) for q in (50, 95, 99)}
     rows = []
     for mode in modes:
         key = str(mode)
         values = np.array(latencies[key])
-        row: dict[str, Any] = {"shadow": key, "n": len(values), "errors": errors[key], **shadow_counts[key]}
+        row: dict[str, Any] = {"nice": nice, "shadow": key, "n": len(values), "errors": errors[key],
+                               **shadow_counts[key]}
         for q in (50, 95, 99):
             row[f"p{q}_ms"] = float(np.percentile(values, q))
             row[f"p{q}_ratio"] = row[f"p{q}_ms"] / base[q]
         rows.append(row)
-    return {"rate": rate, "seconds": seconds, "rounds": rounds, "backbone": backbone, "rows": rows}
+    return rows
 
 
 def table(report: dict[str, Any]) -> str:
     """The rows as a Markdown table."""
-    lines = ["| shadow share | requests | errors | p50 ms | p95 ms | p99 ms | p50 ratio | p95 ratio | p99 ratio "
-             "| shadow decisions | dropped |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| shadow nice | shadow share | requests | errors | p50 ms | p95 ms | p99 ms | p50 ratio | p95 ratio "
+             "| p99 ratio | shadow decisions | dropped |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
-        lines.append(f"| {r['shadow']} | {r['n']} | {r['errors']} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
-                     f"{r['p99_ms']:.1f} | {r['p50_ratio']:.2f} | {r['p95_ratio']:.2f} | {r['p99_ratio']:.2f} | "
-                     f"{r['routed']} | {r['dropped']} |")
+        lines.append(f"| {r['nice']} | {r['shadow']} | {r['n']} | {r['errors']} | {r['p50_ms']:.1f} | "
+                     f"{r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['p50_ratio']:.2f} | {r['p95_ratio']:.2f} | "
+                     f"{r['p99_ratio']:.2f} | {r['routed']} | {r['dropped']} |")
     return "\n".join(lines)
 
 
@@ -133,9 +150,10 @@ def main() -> None:
     parser.add_argument("--shares", type=float, nargs="+", default=[0.2, 1.0])
     parser.add_argument("--backbone", default="minilm")
     parser.add_argument("--admin-url", default=ADMIN_URL)
+    parser.add_argument("--nice", type=int, nargs="+", default=[0], help="THALAMUS_SHADOW_NICE values, a daemon each")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    report = run(args.rate, args.seconds, args.rounds, args.shares, args.backbone, args.admin_url)
+    report = run(args.rate, args.seconds, args.rounds, args.shares, args.backbone, args.admin_url, args.nice)
     print(table(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

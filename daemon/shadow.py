@@ -34,8 +34,9 @@ from store.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_NICE = 10  # added to the thread's nice value: the served router's forward passes go first
 _IDLE_WAIT = 0.2
+_YIELD_POLL = 0.002
+_MAX_YIELD = 1.0  # the longest a shadow pass waits for the served router to be idle before it runs anyway
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +150,7 @@ class ShadowRunner:
     # -- the background thread --------------------------------------------------------------------
 
     def _run(self) -> None:
-        _lower_priority()
+        _lower_priority(self.settings.shadow_nice)
         while not self._stop.is_set():
             batch = self._gather()
             if not batch:
@@ -192,6 +193,7 @@ class ShadowRunner:
             if shadow is None:  # stopped (or unloaded) since the request was sampled
                 continue
             try:
+                self._yield_to_serving()
                 predicted = shadow.loaded.predict([item.prompt for item in items])
                 for item, row in zip(items, predicted, strict=True):
                     decision = shadow.loaded.decide(row, item.lambdas)
@@ -222,14 +224,25 @@ class ShadowRunner:
         self.metrics.shadow_decisions.labels("routed").inc(sum(written.values()))
         self.metrics.shadow_decisions.labels("failed").inc(sum(failed.values()))
 
+    def _yield_to_serving(self) -> None:
+        """Wait (at most ``_MAX_YIELD`` s) while the served router computes or a request waits for it."""
+        deadline = time.monotonic() + _MAX_YIELD
+        while time.monotonic() < deadline:
+            current = self.holder.current
+            if current is None or not current.batcher.busy:
+                return
+            time.sleep(_YIELD_POLL)
+
     def _count(self, version: int) -> ShadowCounts:
         """The counts of ``version``; call with ``self._lock`` held."""
         return self._counts.setdefault(version, ShadowCounts())
 
 
-def _lower_priority() -> None:
-    """Raise this thread's nice value (Linux schedules threads separately); a no-op where that is not possible."""
+def _lower_priority(nice: int) -> None:
+    """Raise this thread's nice value by ``nice`` (Linux schedules threads separately); a no-op where impossible."""
+    if nice <= 0:
+        return
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + _NICE)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + nice)
     except (AttributeError, OSError) as exc:
         log.info("the shadow thread keeps the process priority: %s", exc)
