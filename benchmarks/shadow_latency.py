@@ -93,6 +93,7 @@ def _one_daemon(stack: Stack, nice: int, modes: Sequence[float | str], rate: flo
     latencies: dict[str, list[float]] = {str(m): [] for m in modes}
     errors: dict[str, int] = {str(m): 0 for m in modes}
     shadow_counts: dict[str, dict[str, int]] = {str(m): {"routed": 0, "dropped": 0, "failed": 0} for m in modes}
+    per_round: list[dict[str, dict[int, float]]] = []  # each round's percentiles by mode
     candidate = stack.versions[1]
     _set_mode(stack, candidate, OFF, wait=False)
     log(f"starting the daemon (THALAMUS_SHADOW_NICE={nice}) …")
@@ -101,6 +102,7 @@ def _one_daemon(stack: Stack, nice: int, modes: Sequence[float | str], rate: flo
         open_loop(stack.base, "/v1/route", load, rate=rate, seconds=5)  # warm-up, not counted
         for round_ in range(rounds):
             order = [*modes[round_ % len(modes):], *modes[: round_ % len(modes)]]
+            per_round.append({})
             for mode in order:
                 _set_mode(stack, candidate, mode)
                 before = _counts(stack, candidate)
@@ -109,6 +111,7 @@ def _one_daemon(stack: Stack, nice: int, modes: Sequence[float | str], rate: flo
                 after = _counts(stack, candidate)
                 key, summary = str(mode), result.summary()
                 latencies[key] += result.latencies_ms
+                per_round[-1][key] = {q: result.percentile(q) for q in (50, 95, 99)}
                 errors[key] += summary["errors"]
                 delta = {k: after.get(k, 0) - before.get(k, 0) for k in ("routed", "dropped", "failed")}
                 for name, value in delta.items():
@@ -127,6 +130,10 @@ def _one_daemon(stack: Stack, nice: int, modes: Sequence[float | str], rate: flo
         for q in (50, 95, 99):
             row[f"p{q}_ms"] = float(np.percentile(values, q))
             row[f"p{q}_ratio"] = row[f"p{q}_ms"] / base[q]
+            # Robust to the machine's drift: the ratio to "off" within each round, median over rounds.
+            ratios = [r[key][q] / r[OFF][q] for r in per_round]
+            row[f"p{q}_round_ratios"] = ratios
+            row[f"p{q}_median_round_ratio"] = float(np.median(ratios))
         rows.append(row)
     return rows
 
@@ -134,11 +141,13 @@ def _one_daemon(stack: Stack, nice: int, modes: Sequence[float | str], rate: flo
 def table(report: dict[str, Any]) -> str:
     """The rows as a Markdown table."""
     lines = ["| shadow nice | shadow share | requests | errors | p50 ms | p95 ms | p99 ms | p50 ratio | p95 ratio "
-             "| p99 ratio | shadow decisions | dropped |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| p99 ratio | median per-round ratio p50 / p95 / p99 | shadow decisions | dropped |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         lines.append(f"| {r['nice']} | {r['shadow']} | {r['n']} | {r['errors']} | {r['p50_ms']:.1f} | "
                      f"{r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['p50_ratio']:.2f} | {r['p95_ratio']:.2f} | "
-                     f"{r['p99_ratio']:.2f} | {r['routed']} | {r['dropped']} |")
+                     f"{r['p99_ratio']:.2f} | {r['p50_median_round_ratio']:.2f} / {r['p95_median_round_ratio']:.2f} / "
+                     f"{r['p99_median_round_ratio']:.2f} | {r['routed']} | {r['dropped']} |")
     return "\n".join(lines)
 
 

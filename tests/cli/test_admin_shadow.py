@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -15,9 +16,9 @@ from tests.daemon.conftest import register_version
 from tests.helpers import row_counts
 
 
-def _snapshot(settings) -> tuple[dict[str, int], list[tuple[int, str, float | None, dict]]]:  # type: ignore[no-untyped-def, type-arg]
+def _snapshot(settings) -> tuple[dict[str, int], list[tuple[int, str, float | None, dict[str, Any]]]]:  # type: ignore[no-untyped-def]
     with session_scope(settings) as session:
-        versions = [(v.id, v.status, v.shadow_share, dict(v.metrics or {}))
+        versions = [(v.id, str(v.status), v.shadow_share, dict(v.metrics or {}))
                     for v in session.query(RouterVersion).order_by(RouterVersion.id)]
     return row_counts(settings), versions
 

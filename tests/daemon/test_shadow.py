@@ -55,14 +55,15 @@ def test_holder_loads_changes_and_unloads_a_shadow(request: pytest.FixtureReques
     candidate = register_version(settings, bundles["b"], status="candidate")
     holder = RouterHolder(settings, metrics=Metrics())
     holder.load_active()
-    assert holder.current.version_id == active and holder.shadows == {}
+    served = holder.current
+    assert served is not None and served.version_id == active and holder.shadows == {}
 
     _shadow(settings, candidate, 0.5)
     assert holder.load_shadows() is True
     shadow = holder.shadows[candidate]
     assert shadow.share == 0.5 and shadow.loaded.sha256 == bundles["b"].sha256
     assert shadow.loaded.route("hello", {}).expert == "small"  # bundle B; the served A chooses api
-    assert holder.current.route("hello", {}).expert == "api"
+    assert served.route("hello", {}).expert == "api"
 
     _shadow(settings, candidate, 1.0)  # a new share: same bundle, no reload
     assert holder.load_shadows() is False
@@ -70,7 +71,7 @@ def test_holder_loads_changes_and_unloads_a_shadow(request: pytest.FixtureReques
 
     _stop(settings)
     holder.load_active()  # the watcher's read refreshes the shadows too
-    assert holder.shadows == {} and holder.current.version_id == active and holder.shadow_errors == {}
+    assert holder.shadows == {} and holder.current is served and holder.shadow_errors == {}
 
 
 def test_a_shadow_is_hot_loaded_by_notify_on_postgres(pg_daemon_settings, bundles) -> None:  # type: ignore[no-untyped-def]
@@ -177,3 +178,25 @@ def test_no_shadow_means_no_work_on_the_response_path(settings, bundles) -> None
         assert client.post("/v1/route", json={"prompt": "hello"}).status_code == 200
         assert app.state.shadows.depth == 0 and client.get("/v1/status").json()["shadows"] == []
     assert _decisions(settings) == []
+
+
+def test_the_shadow_thread_waits_while_the_served_router_computes(settings, bundles) -> None:  # type: ignore[no-untyped-def]
+    register_version(settings, bundles["a"])
+    candidate = register_version(settings, bundles["b"], status="candidate")
+    _shadow(settings, candidate, 1.0)
+    holder = RouterHolder(settings, metrics=Metrics())
+    holder.load_active()
+    runner = ShadowRunner(settings, holder, metrics=Metrics())
+    runner.start()
+    assert holder.current is not None
+    served = holder.current.batcher
+    try:
+        with served._model_lock:  # a served forward pass in progress
+            assert served.busy
+            assert runner.offer("00000000-0000-4000-8000-000000000000", "hello", {}, "api") == 1
+            time.sleep(0.3)
+            assert runner.counts().get(candidate) is None  # still waiting for the served router
+        assert not served.busy
+        assert runner.flush(10) and runner.counts()[candidate].routed == 1
+    finally:
+        runner.close()
