@@ -68,14 +68,41 @@ def _counts(stack: Stack, version: int) -> dict[str, int]:
     return {k: listed[0][k] for k in ("routed", "dropped", "failed")} if listed else {}
 
 
+def offer_cost(calls: int = 20_000) -> dict[str, float]:
+    """Microseconds per ``ShadowRunner.offer`` — the only shadow work on the response path — with no shadow
+    loaded, and with one at share 1.0 (hash, sample, enqueue). Timed in this process, not the daemon."""
+    import types
+    import uuid
+    from typing import cast
+
+    from daemon.holder import RouterHolder
+    from daemon.metrics import Metrics
+    from daemon.shadow import ShadowRunner
+    from store.settings import Settings
+
+    ids = [str(uuid.uuid4()) for _ in range(calls)]
+    result = {}
+    for label, shadows in (("none", {}), ("share 1.0", {2: types.SimpleNamespace(share=1.0)})):
+        holder = cast(RouterHolder, types.SimpleNamespace(shadows=shadows))
+        runner = ShadowRunner(Settings(), holder, metrics=Metrics(), max_queue=calls + 1)
+        started = time.perf_counter()
+        for request_id in ids:
+            runner.offer(request_id, "a prompt of a few words", {}, "api")
+        result[label] = 1e6 * (time.perf_counter() - started) / calls
+    return result
+
+
 def run(rate: float = 10.0, seconds: float = 30.0, rounds: int = 2, shares: Sequence[float] = (0.2, 1.0),
-        backbone: str = "minilm", admin_url: str = ADMIN_URL, nices: Sequence[int] = (0,),
+        backbone: str = "minilm", admin_url: str = ADMIN_URL, nices: Sequence[int] | None = None,
         log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the benchmark; returns ``{"rows": [...], ...}``: a row per (shadow nice, mode) with n, p50/p95/p99
     and their ratios to the same daemon's "off" mode. One daemon per ``THALAMUS_SHADOW_NICE`` value."""
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # every load check would draw one
+    from store.settings import Settings
+
+    nices = list(nices) if nices else [Settings.model_fields["shadow_nice"].default]
     modes: list[float | str] = [OFF, *shares]
     rows: list[dict[str, Any]] = []
     load = bodies()
@@ -85,7 +112,8 @@ def run(rate: float = 10.0, seconds: float = 30.0, rounds: int = 2, shares: Sequ
         with Stack("shadow", path, admin_url) as stack:
             for nice in nices:
                 rows += _one_daemon(stack, nice, modes, rate, seconds, rounds, load, log)
-    return {"rate": rate, "seconds": seconds, "rounds": rounds, "backbone": backbone, "rows": rows}
+    return {"rate": rate, "seconds": seconds, "rounds": rounds, "backbone": backbone, "rows": rows,
+            "offer_us": offer_cost()}
 
 
 def _one_daemon(stack: Stack, nice: int, modes: Sequence[float | str], rate: float, seconds: float, rounds: int,
@@ -148,6 +176,10 @@ def table(report: dict[str, Any]) -> str:
                      f"{r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['p50_ratio']:.2f} | {r['p95_ratio']:.2f} | "
                      f"{r['p99_ratio']:.2f} | {r['p50_median_round_ratio']:.2f} / {r['p95_median_round_ratio']:.2f} / "
                      f"{r['p99_median_round_ratio']:.2f} | {r['routed']} | {r['dropped']} |")
+    offer = report.get("offer_us", {})
+    none, one = offer.get("none", float("nan")), offer.get("share 1.0", float("nan"))
+    lines.append(f"\nShadowRunner.offer on the response path: {none:.2f} µs per call with no shadow, "
+                 f"{one:.2f} µs with one shadow at share 1.0")
     return "\n".join(lines)
 
 
@@ -159,7 +191,8 @@ def main() -> None:
     parser.add_argument("--shares", type=float, nargs="+", default=[0.2, 1.0])
     parser.add_argument("--backbone", default="minilm")
     parser.add_argument("--admin-url", default=ADMIN_URL)
-    parser.add_argument("--nice", type=int, nargs="+", default=[0], help="THALAMUS_SHADOW_NICE values, a daemon each")
+    parser.add_argument("--nice", type=int, nargs="+", help="THALAMUS_SHADOW_NICE values, a daemon each "
+                        "(default: the setting's default)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     report = run(args.rate, args.seconds, args.rounds, args.shares, args.backbone, args.admin_url, args.nice)

@@ -87,7 +87,7 @@ def shadow(settings: Settings, *, rate: float = 10.0, seconds: float = 30.0, rou
         raise CliError("--rate and --seconds must be positive")
     if nice is not None and any(not 0 <= n <= 19 for n in nice):
         raise CliError("--nice values must be in 0..19")
-    report = run(rate, seconds, rounds, shares or [0.2, 1.0], backbone, admin_url or ADMIN_URL, nice or [0], log=say)
+    report = run(rate, seconds, rounds, shares or [0.2, 1.0], backbone, admin_url or ADMIN_URL, nice, log=say)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report, indent=2), encoding="utf-8")
@@ -148,7 +148,7 @@ GROUP = Group("bench", "benchmarks (routing quality, the demo dataset, faults un
          arg("--seconds", type=float, default=30.0, help="seconds of load per mode and round (default 30)"),
          arg("--rounds", type=positive_int, default=2, help="rounds; the order of the modes rotates (default 2)"),
          arg("--shares", type=unit_share, nargs="+", help="shadow shares to measure (default 0.2 1.0)"),
-         arg("--nice", type=int, nargs="+", help="THALAMUS_SHADOW_NICE values to compare, one daemon each (default 0)"),
+         arg("--nice", type=int, nargs="+", help="THALAMUS_SHADOW_NICE values, one daemon each (default 10)"),
          arg("--backbone", default="minilm", help="minilm (default, the product's), tiny, or a model directory"),
          arg("--admin-url", help="PostgreSQL to create the benchmark's database from "
                                  "(default postgresql+psycopg://postgres@127.0.0.1:5432/postgres)"),

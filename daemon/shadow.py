@@ -8,9 +8,11 @@ response never waits for a shadow.
 
 The thread takes up to ``shadow_batch_size`` items at a time, routes them through each shadow that
 sampled them (one forward pass per shadow), and writes the decisions to ``shadow_decisions`` in one
-insert (idempotent on (request id, version)). It runs at a lower scheduling priority (Linux nice
-+10, per thread) and keeps its batches small, so a forward pass of the served router is not
-queued behind a long shadow one.
+insert (idempotent on (request id, version)). It gives way to serving twice: before each forward
+pass it waits (up to 1 s) while the served router computes or has requests waiting, and it runs at
+a lower scheduling priority (``THALAMUS_SHADOW_NICE``, +10 by default; Linux schedules threads
+separately, and the torch worker threads it starts inherit it). Both were measured
+(``benchmarks/shadow_latency.py``): without them a share of 1.0 slowed a busy daemon's responses.
 """
 
 from __future__ import annotations
