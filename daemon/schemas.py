@@ -163,7 +163,8 @@ class ShadowStatus(BaseModel):
     loaded_at: str | None
     load_error: str | None = Field(description="why it is not loaded; serving is not affected")
     routed: int = Field(description="shadow decisions made and written")
-    dropped: int = Field(description="sampled requests dropped because the shadow queue was full")
+    dropped: int = Field(description="sampled requests dropped: the shadow queue was full, or serving never "
+                                     "paused for 1 s")
     failed: int = Field(description="sampled requests whose shadow decision failed (prediction or write)")
 
 

@@ -9,7 +9,8 @@ response never waits for a shadow.
 The thread takes up to ``shadow_batch_size`` items at a time, routes them through each shadow that
 sampled them (one forward pass per shadow), and writes the decisions to ``shadow_decisions`` in one
 insert (idempotent on (request id, version)). It gives way to serving twice: before each forward
-pass it waits (up to 1 s) while the served router computes or has requests waiting, and it runs at
+pass it waits while the served router computes or has requests waiting (when serving does not pause
+for 1 s, the daemon is saturated and the batch is dropped and counted), and it runs at
 a lower scheduling priority (``THALAMUS_SHADOW_NICE``, +10 by default; Linux schedules threads
 separately, and the torch worker threads it starts inherit it). Both were measured
 (``benchmarks/shadow_latency.py``): without them a share of 1.0 slowed a busy daemon's responses.
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 
 _IDLE_WAIT = 0.2
 _YIELD_POLL = 0.002
-_MAX_YIELD = 1.0  # the longest a shadow pass waits for the served router to be idle before it runs anyway
+_MAX_YIELD = 1.0  # a shadow pass waits this long at most for the served router to pause, else it is dropped
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +53,7 @@ class _Item:
 
 @dataclasses.dataclass
 class ShadowCounts:
-    """Per shadow version: decisions written, requests dropped (queue full), decisions that failed."""
+    """Per shadow version: decisions written, requests dropped (queue full, or serving saturated), failures."""
 
     routed: int = 0
     dropped: int = 0
@@ -189,13 +190,16 @@ class ShadowRunner:
         shadows = self.holder.shadows
         rows: list[dict[str, Any]] = []
         failed: dict[int, int] = {}
+        dropped: dict[int, int] = {}
         for version in sorted({v for item in batch for v in item.versions}):
             items = [item for item in batch if version in item.versions]
             shadow = shadows.get(version)
             if shadow is None:  # stopped (or unloaded) since the request was sampled
                 continue
+            if not self._yield_to_serving():  # serving never paused: shed this work rather than compete
+                dropped[version] = dropped.get(version, 0) + len(items)
+                continue
             try:
-                self._yield_to_serving()
                 predicted = shadow.loaded.predict([item.prompt for item in items])
                 for item, row in zip(items, predicted, strict=True):
                     decision = shadow.loaded.decide(row, item.lambdas)
@@ -223,16 +227,23 @@ class ShadowRunner:
                 self._count(version).routed += n
             for version, n in failed.items():
                 self._count(version).failed += n
+            for version, n in dropped.items():
+                self._count(version).dropped += n
+        self.metrics.shadow_decisions.labels("dropped").inc(sum(dropped.values()))
         self.metrics.shadow_decisions.labels("routed").inc(sum(written.values()))
         self.metrics.shadow_decisions.labels("failed").inc(sum(failed.values()))
 
-    def _yield_to_serving(self) -> None:
-        """Wait (at most ``_MAX_YIELD`` s) while the served router computes or a request waits for it."""
+    def _yield_to_serving(self) -> bool:
+        """Wait (at most ``_MAX_YIELD`` s) while the served router computes or a request waits for it.
+
+        False when it never paused: the daemon is saturated, and the caller drops the shadow work."""
         deadline = time.monotonic() + _MAX_YIELD
-        while time.monotonic() < deadline:
+        while True:
             current = self.holder.current
             if current is None or not current.batcher.busy:
-                return
+                return True
+            if time.monotonic() >= deadline:
+                return False
             time.sleep(_YIELD_POLL)
 
     def _count(self, version: int) -> ShadowCounts:

@@ -200,3 +200,26 @@ def test_the_shadow_thread_waits_while_the_served_router_computes(settings, bund
         assert runner.flush(10) and runner.counts()[candidate].routed == 1
     finally:
         runner.close()
+
+
+def test_a_saturated_daemon_drops_shadow_work_instead_of_competing(settings, bundles, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import daemon.shadow
+
+    monkeypatch.setattr(daemon.shadow, "_MAX_YIELD", 0.2)
+    register_version(settings, bundles["a"])
+    candidate = register_version(settings, bundles["b"], status="candidate")
+    _shadow(settings, candidate, 1.0)
+    holder = RouterHolder(settings, metrics=Metrics())
+    holder.load_active()
+    runner = ShadowRunner(settings, holder, metrics=Metrics())
+    runner.start()
+    assert holder.current is not None
+    try:
+        with holder.current.batcher._model_lock:  # serving never pauses
+            runner.offer("00000000-0000-4000-8000-000000000001", "hello", {}, "api")
+            assert runner.flush(5)
+        counts = runner.counts()[candidate]
+        assert (counts.routed, counts.dropped, counts.failed) == (0, 1, 0)
+    finally:
+        runner.close()
+    assert _decisions(settings) == []
