@@ -74,6 +74,22 @@ class Settings(BaseSettings):
     explore_opt_out_apps: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     auto_approve: bool = False
+    # Promotion gate (issue 9, jobs/promotion_gate.py): the off-policy DR estimate decides when at
+    # least this many logged requests (on holdout prompts, with the served expert's loss) back it;
+    # with fewer, the holdout's paired bootstrap interval decides.
+    gate_min_logged_rows: int = Field(200, ge=1)
+    # Off-policy evaluation (jobs/evaluate_candidate.py): the newest this many logged requests are
+    # read, and the intervals are percentile bootstraps of this many resamples.
+    ope_max_rows: int = Field(20_000, gt=0)
+    ope_bootstrap_samples: int = Field(1000, ge=50)
+    # Shadow routers (`thalamus admin shadow ID`): the share of live requests a new shadow routes by
+    # default, and the daemon's bounded queue and batch size for them (a full queue drops, never blocks).
+    shadow_share: float = Field(0.2, gt=0, le=1)
+    shadow_queue_size: int = Field(1000, gt=0)
+    shadow_batch_size: int = Field(8, gt=0)
+    # Added to the shadow thread's nice value (Linux). At 10 no added latency was measurable; at 0 a
+    # share of 1.0 added 40-70 % at p50 on the loaded 2-core dev box (docs/benchmarks.md).
+    shadow_nice: int = Field(10, ge=0, le=19)
     job_timeout_seconds: int = Field(6 * 3600, gt=0)
     # A running job writes a heartbeat this often; one silent for job_lost_after_seconds is marked
     # lost and re-run (at most job_max_attempts attempts in all). See docs/architecture.md, Celery.
