@@ -64,6 +64,9 @@ BAD = [
     (["bench", "faults", "--scenarios", "swap,meteor"], "unknown scenario(s) meteor"),
     (["bench", "faults", "--scenarios", ","], "unknown scenario(s) (none given)"),
     (["bench", "faults", "--rate", "0"], "--rate must be a positive number"),
+    (["bench", "ope", "--sizes", "10"], "--sizes must be at least 20 rows"),
+    (["bench", "ope", "--epsilons", "0"], "--epsilons in (0, 1]"),
+    (["bench", "ope", "--sizes", "a,b"], "must be comma-separated numbers"),
 ]
 
 
