@@ -62,6 +62,14 @@ class Settings(BaseSettings):
     train_holdout_share: float = Field(0.2, gt=0, lt=1)
     train_seed: int = 0
 
+    # Silent regressions of external experts (jobs/regressions.py): checked before each training; a
+    # residual shift this significant and this large (in residual standard deviations, net of the other
+    # experts' shift) bumps the expert's version so its older loss rows stop training the router.
+    regression_check: bool = True
+    regression_min_rows: int = Field(30, ge=5)
+    regression_p_value: float = Field(1e-4, gt=0, lt=1)
+    regression_min_shift: float = Field(0.5, ge=0)
+
     auto_approve: bool = False
     job_timeout_seconds: int = Field(6 * 3600, gt=0)
     # A running job writes a heartbeat this often; one silent for job_lost_after_seconds is marked
