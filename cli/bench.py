@@ -154,6 +154,37 @@ def _show_shadow(report: dict[str, Any]) -> None:
     print(table(report))
 
 
+def loop(settings: Settings, *, dataset: Path, scenario: str = "cold", feedback: str = "bandit",
+         requests: int | None = None, cycle: int = 500, window: int = 250, seed: int = 0,
+         explore: str | None = None, offline: bool = True, quick: bool = False, json_out: Path | None = None,
+         plot_out: Path | None = None, progress: bool = False) -> dict[str, Any]:
+    """Replay a dataset as a stream through the daemon and the production jobs: does the loop learn?"""
+    from benchmarks import loop_report
+    from benchmarks.loop import LoopPlan, run
+
+    dataset = Path(dataset)
+    if not dataset.exists():
+        raise CliError(f"dataset {dataset} does not exist")
+    try:
+        plan = LoopPlan(scenario=scenario, feedback=feedback, requests=requests, cycle=cycle, window=window,
+                        seed=seed, quick=quick, explore=explore, offline=offline)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    report = loop_report.build(run(dataset, plan, settings, say=say if progress else None))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    if plot_out is not None:
+        loop_report.plot(report, plot_out)
+    return report
+
+
+def _show_loop(report: dict[str, Any]) -> None:
+    from benchmarks.loop_report import format_report
+
+    print(format_report(report))
+
+
 def _show_faults(rows: list[Any]) -> None:
     from benchmarks.faults import table
 
@@ -172,7 +203,7 @@ def _show_written(written: DatasetWritten) -> None:
 
 
 GROUP = Group("bench", "benchmarks (routing quality, the demo dataset, faults under load, bandit training, "
-                       "off-policy intervals, shadow latency)", (
+                       "off-policy intervals, shadow latency, the learning loop)", (
     verb("quality", quality,
          arg("--dataset", type=Path, required=True, help="directory with train.*/test.* [+ models.json], or one file"),
          arg("--json", dest="json_out", type=Path, help="write the full report here"),
@@ -225,4 +256,20 @@ GROUP = Group("bench", "benchmarks (routing quality, the demo dataset, faults un
                                  "(default postgresql+psycopg://postgres@127.0.0.1:5432/postgres)"),
          arg("--json", dest="json_out", type=Path, help="also write the report here"),
          show=_show_shadow),
+    verb("loop", loop,
+         arg("--dataset", type=Path, required=True, help="directory with train.*/test.* [+ models.json], or one file"),
+         arg("--scenario", choices=("cold", "drift", "new-expert", "degraded"), default="cold"),
+         arg("--feedback", choices=("bandit", "full"), default="bandit",
+             help="bandit: the served expert's loss only (default); full: every expert's"),
+         arg("--requests", type=positive_int, help="stream length (default: one pass over the pool)"),
+         arg("--cycle", type=positive_int, default=500, help="requests between runs of the jobs (default 500)"),
+         arg("--window", type=positive_int, default=250, help="requests per reported window (default 250)"),
+         arg("--seed", type=int, default=0),
+         arg("--explore", help="THALAMUS_EXPLORE for this run (default: the settings', i.e. the product's)"),
+         arg("--no-offline", dest="offline", action="store_false",
+             help="skip the offline full-information router baseline"),
+         arg("--quick", action="store_true", help="900 rows, 600 requests, jobs every 150 (about 2 min)"),
+         arg("--json", dest="json_out", type=Path, help="write the full report here"),
+         arg("--plot", dest="plot_out", type=Path, help="write the score-over-stream plot (PNG) here"),
+         show=_show_loop, fails=lambda report: bool(report["failures"]), cli={"progress": True}),
 ))

@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     explore: str = DEFAULT_EXPLORE
     explore_margin: float = Field(DEFAULT_MARGIN, ge=0, allow_inf_nan=False)
     explore_opt_out_apps: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Silent regressions of external experts (jobs/regressions.py): checked before each training; a
+    # residual shift this significant and this large (in residual standard deviations, net of the other
+    # experts' shift) bumps the expert's version so its older loss rows stop training the router.
+    regression_check: bool = True
+    regression_min_rows: int = Field(30, ge=5)
+    regression_p_value: float = Field(1e-4, gt=0, lt=1)
+    regression_min_shift: float = Field(0.5, ge=0)
 
     auto_approve: bool = False
     # Promotion gate (issue 9, jobs/promotion_gate.py): the off-policy DR estimate decides when at
