@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -148,7 +148,7 @@ def _run_jobs(settings: Settings, t: int, say: Say) -> Cycle:
     train = JOBS["train_router"]
     skip = train.skip(settings)
     if skip is not None:
-        cycle.skipped = skip.reason
+        cycle.skipped = skip.message
     else:
         try:
             result = train.run(settings, lambda f, m: None, {})
@@ -160,12 +160,25 @@ def _run_jobs(settings: Settings, t: int, say: Say) -> Cycle:
             metrics = result.get("metrics", {})
             cycle.off_policy = metrics.get("off_policy")
             cycle.holdout = {"candidate": metrics.get("candidate"), "active": metrics.get("active")}
-            cycle.gate = result.get("gate", {}).get("reason") if isinstance(result.get("gate"), dict) else None
+            cycle.gate = _last_gate(settings, cycle.version)
     cycle.seconds = time.perf_counter() - started
     say(f"  t={t}: " + (f"skipped ({cycle.skipped})" if cycle.skipped else cycle.error or
                          f"candidate {cycle.version} {'promoted' if cycle.promoted else 'kept as candidate'}")
         + f" in {cycle.seconds:.0f}s")
     return cycle
+
+
+def _last_gate(settings: Settings, version_id: int | None) -> str | None:
+    """The promotion gate's last verdict on a version, as "decision (basis): reason"."""
+    from sqlalchemy import select
+
+    from store.db import session_scope
+    from store.schema import GateDecision
+
+    with session_scope(settings) as session:
+        row = session.scalars(select(GateDecision).where(GateDecision.router_version_id == version_id)
+                              .order_by(GateDecision.id.desc())).first()
+        return None if row is None else f"{row.decision} ({row.basis}): {row.reason or ''}"
 
 
 def _offline_router(base: Settings, stream: Stream, attributes: dict[str, dict[str, Any]], quick: bool,
@@ -186,7 +199,7 @@ def _offline_router(base: Settings, stream: Stream, attributes: dict[str, dict[s
     return choice[:len(stream.pool.prompts)], choice[len(stream.pool.prompts):], seconds
 
 
-def _frozen_embed(base: Settings) -> Callable[[list[str]], np.ndarray]:
+def _frozen_embed(base: Settings) -> Callable[[Sequence[str]], np.ndarray]:
     from benchmarks.quality import frozen_embeddings
 
     return lambda prompts: frozen_embeddings(base.backbone_path, prompts, 128)

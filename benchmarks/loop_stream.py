@@ -126,7 +126,7 @@ def make_stream(train: Split, scenario: str, *, requests: int | None, seed: int,
             raise ValueError("the drift scenario needs an embedding function to find prompt families")
         labels = kmeans(embed(pool.prompts), families, seed)
         family_order = rng.permutation(families)
-        passes = []
+        passes: list[np.ndarray] = []
         while sum(len(p) for p in passes) < n:
             passes.append(np.concatenate([rng.permutation(np.flatnonzero(labels == f)) for f in family_order]))
         order = np.concatenate(passes)[:n]
