@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 Say = Callable[[str], None]
 
+_POLL_EVERY = 25
+"""Requests between two re-reads of the active version, as the daemon's watcher polls every few seconds."""
+
 QUICK_ROWS = 900
 """``--quick``: complete train rows kept (a seeded sample), so the whole run fits in about two minutes."""
 
@@ -260,6 +263,8 @@ def run(dataset: Path, plan: LoopPlan, base: Settings, *, say: Say | None = None
                 serve_seconds += time.perf_counter() - t1
                 if record is not None:
                     loop.records.append(record)
+                if (t + 1) % _POLL_EVERY == 0:  # the watcher's poll: experts' versions and warm-up counts
+                    holder.load_active()
                 if (t + 1) % plan.cycle == 0 and t + 1 < len(stream):
                     writer.flush(timeout=30)
                     cycle = _run_jobs(settings, t + 1, say)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, literal, select
 from sqlalchemy.orm import Session
 
 from daemon.batcher import MicroBatcher
@@ -31,7 +31,7 @@ from daemon.metrics import Metrics, default_metrics
 from router.exploration import OFF, ExplorePolicy, choose
 from store.db import normalize_url, session_scope
 from store.queries import ACTIVATION_CHANNEL, active_router_version
-from store.schema import Expert
+from store.schema import Expert, ExpertLoss
 from store.settings import Settings
 from store.states import VersionStatus
 
@@ -56,6 +56,7 @@ class ExpertInfo:
     version: int | None
     attributes: Mapping[str, Any]
     status: str | None
+    observed: int = 0  # loss rows at its current version, counted up to a cap (the warm-up threshold)
 
     @property
     def registered(self) -> bool:
@@ -117,7 +118,9 @@ class LoadedRouter:
         from router.constraints import objective
 
         values = objective(predicted, self.constraints, lambdas)
-        choice = choose(values, policy, fraction, self.loss_scale)
+        unproven = (np.array([info.observed < policy.warmup_rows for info in self.experts])
+                    if policy.warmup_share > 0 else None)
+        choice = choose(values, policy, fraction, self.loss_scale, unproven)
         names = self.expert_names
         return Decision(index=choice.index, expert=names[choice.index],
                         predicted={n: float(v) for n, v in zip(names, predicted, strict=True)},
@@ -266,7 +269,7 @@ class RouterHolder:
                 return False
             version_id, uri, sha = version.id, version.checkpoint_uri, version.checkpoint_sha256
             order = tuple(str(name) for name in version.expert_order)
-            experts = _expert_infos(session, order)
+            experts = _expert_infos(session, order, self._warmup_rows())
         self._recovered()
         self.last_checked_at = _now()
         current = self._current
@@ -295,6 +298,11 @@ class RouterHolder:
         self._clear_fallback()
         return True
 
+    def _warmup_rows(self) -> int:
+        """How far to count each expert's loss rows: the warm-up threshold while exploration is on."""
+        policy = self.settings.explore_policy
+        return policy.warmup_rows if policy.active and policy.warmup_share > 0 else 0
+
     def _go_live(self, loaded: LoadedRouter) -> None:
         previous = self._current
         self._current = loaded
@@ -316,7 +324,7 @@ class RouterHolder:
             options = []
             for row in rows:
                 order = tuple(str(name) for name in row.expert_order)
-                infos = _expert_infos(session, order)
+                infos = _expert_infos(session, order, self._warmup_rows())
                 options.append((row.id, row.checkpoint_uri, row.checkpoint_sha256, order, infos))
         for option in options:
             try:
@@ -427,15 +435,22 @@ def _conninfo(url: str) -> str:
     return make_url(normalize_url(url)).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def _expert_infos(session: Session, order: Sequence[str]) -> tuple[ExpertInfo, ...]:
+def _expert_infos(session: Session, order: Sequence[str], count_up_to: int = 0) -> tuple[ExpertInfo, ...]:
+    """The registered experts of a head, in its order; ``observed`` counts each one's loss rows at its
+    current version up to ``count_up_to`` (a bounded query per expert: cheap on every poll)."""
     rows = {e.name: e for e in session.scalars(select(Expert).where(Expert.name.in_(list(order))))}
     infos = []
     for name in order:
         row = rows.get(name)
         if row is None:
             infos.append(ExpertInfo(name, None, None, None, {}, None))
-        else:
-            infos.append(ExpertInfo(name, row.kind, row.uri, row.version, dict(row.attributes or {}), row.status))
+            continue
+        observed = 0
+        if count_up_to > 0:
+            capped = (select(literal(1)).where(ExpertLoss.expert == name, ExpertLoss.expert_version == row.version)
+                      .limit(count_up_to).subquery())
+            observed = int(session.scalar(select(func.count()).select_from(capped)) or 0)
+        infos.append(ExpertInfo(name, row.kind, row.uri, row.version, dict(row.attributes or {}), row.status, observed))
     return tuple(infos)
 
 

@@ -172,7 +172,12 @@ def _auto_approve(settings: Settings, version_id: int) -> str:
         active = active_router_version(session)
         verdict = gate.verdict(version.metrics or {}, active.id if active is not None else None,
                                settings.gate_min_logged_rows)
-        decision, reason = gate.policy(verdict)
+        if (active.metrics or {}).get("cold_start") if active is not None else False:
+            # A cold start was trained on nothing: there is no belief to protect, and with bandit
+            # feedback no estimator can beat it until a trained router has served (and explored).
+            decision, reason = gate.PROMOTE, "auto-approved: the active router is a cold start, trained on no data"
+        else:
+            decision, reason = gate.policy(verdict)
         gate.record(session, version_id, verdict, decision, "policy", reason)
         if decision != gate.PROMOTE:
             return ""

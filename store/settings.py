@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -72,6 +73,11 @@ class Settings(BaseSettings):
     explore: str = DEFAULT_EXPLORE
     explore_margin: float = Field(DEFAULT_MARGIN, ge=0, allow_inf_nan=False)
     explore_opt_out_apps: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Warm-up (router/exploration.py): experts with fewer than explore_warmup_rows loss rows at their
+    # version (a new expert; every expert at a cold start) share explore_warmup_share of the requests,
+    # whatever the router predicts for them, until they have that many. Only while exploration is on.
+    explore_warmup_share: float = Field(0.2, ge=0, le=1)
+    explore_warmup_rows: int = Field(30, ge=0)
     # Silent regressions of external experts (jobs/regressions.py): checked before each training; a
     # residual shift this significant and this large (in residual standard deviations, net of the other
     # experts' shift) bumps the expert's version so its older loss rows stop training the router.
@@ -134,7 +140,7 @@ class Settings(BaseSettings):
     @property
     def explore_policy(self) -> ExplorePolicy:
         """The parsed exploration policy (cached by value, so cheap on the request path)."""
-        return parse_policy(self.explore, self.explore_margin)
+        return _explore_policy(self.explore, self.explore_margin, self.explore_warmup_share, self.explore_warmup_rows)
 
     @property
     def db_url(self) -> str:
@@ -188,6 +194,11 @@ def settings_problem(exc: ValidationError) -> str:
             message = f"THALAMUS_{name.upper()}: {message}" if name else message
         sentences.append(message.rstrip("."))
     return "; ".join(sentences) + "."
+
+
+@functools.lru_cache(maxsize=32)
+def _explore_policy(text: str, margin: float, warmup_share: float, warmup_rows: int) -> ExplorePolicy:
+    return dataclasses.replace(parse_policy(text, margin), warmup_share=warmup_share, warmup_rows=warmup_rows)
 
 
 @functools.lru_cache(maxsize=1)
