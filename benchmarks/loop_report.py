@@ -81,10 +81,11 @@ def promotions(loop: LoopRun) -> list[dict[str, Any]]:
         before = [by_t[t] for t in range(cycle.t - loop.plan.window, cycle.t) if t in by_t]
         estimate = _estimate(cycle.off_policy)
         realised = float(np.mean([r.loss for r in after])) if after else None
-        row: dict[str, Any] = {"t": cycle.t, "version": cycle.version, "estimate": estimate,
+        row: dict[str, Any] = {"t": cycle.t, "version": cycle.version, "estimate": estimate, "gate": cycle.gate,
                                "realised_loss": realised,
                                "previous_window_loss": float(np.mean([r.loss for r in before])) if before else None}
-        if estimate is not None and realised is not None:
+        on_policy_basis = (cycle.gate or "").startswith("promote (off-policy)")
+        if estimate is not None and realised is not None and on_policy_basis:  # judged only where it decided
             row["inside"] = estimate["low"] <= realised <= estimate["high"]
         out.append(row)
     return out
@@ -209,13 +210,14 @@ def format_report(report: dict[str, Any]) -> str:
                   str(w["version"])]
         lines.append("| " + " | ".join(cells) + " |")
     if report["promotions"]:
-        lines += ["", "| promoted at | version | off-policy loss [95 % CI] | realised next window | inside |",
-                  "|---|---|---|---|---|"]
+        lines += ["", "| promoted at | version | gate | off-policy loss [95 % CI] | realised next window | inside |",
+                  "|---|---|---|---|---|---|"]
         for p in report["promotions"]:
             e = p["estimate"]
             est = f"{e['loss']:.3f} [{e['low']:.3f}, {e['high']:.3f}]" if e else "–"
             real = f"{p['realised_loss']:.3f}" if p["realised_loss"] is not None else "–"
-            lines.append(f"| {p['t']} | {p['version']} | {est} | {real} | {p.get('inside', '–')} |")
+            basis = (p.get("gate") or "–").split(":")[0]
+            lines.append(f"| {p['t']} | {p['version']} | {basis} | {est} | {real} | {p.get('inside', '–')} |")
     final = report["heldout"]
     if final:
         offline = f" · offline {final['offline']:.4f}" if "offline" in final else ""
