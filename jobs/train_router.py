@@ -14,6 +14,7 @@ from jobs.recipe import TrainRecipe
 from jobs.router_store import load_version, save_version
 from jobs.runs import Progress
 from router.metrics import routing_metrics
+from router.selection import coverage_of
 from router.model import Router, expand_experts, init_head_cold_start
 from router.training import train_router as fit
 from store.db import session_scope
@@ -39,9 +40,16 @@ def evaluate(router: Router, table: LossTable, params: np.ndarray, best_single: 
         return {"n_rows": 0}
     columns = [table.experts.index(name) for name in known]
     part = table.subset(rows)
-    predicted = router.predict(part.prompts)[:, [own.index(name) for name in known]]
+    predicted, spread = router.predict_with_spread(part.prompts)
+    order = [own.index(name) for name in known]
+    predicted, spread = predicted[:, order], spread[:, order]
     single = columns.index(best_single) if best_single in columns else None
-    return routing_metrics(predicted, part.targets[:, columns], params=params[columns], best_single=single)
+    metrics = routing_metrics(predicted, part.targets[:, columns], params=params[columns], best_single=single)
+    coverage = coverage_of(part.targets[:, columns], predicted, spread)
+    if coverage is not None:  # share of holdout losses inside their predicted interval (nominal: training's)
+        metrics["interval_coverage"] = coverage
+        metrics["mean_spread"] = float(np.nanmean(spread))
+    return metrics
 
 
 def train_router(settings: Settings, progress: Progress | None = None, params: dict[str, Any] | None = None,
@@ -101,6 +109,11 @@ def train_router(settings: Settings, progress: Progress | None = None, params: d
         "examples_per_second": getattr(history, "examples_per_second", None),
         "best_epoch": getattr(history, "best_epoch", None), "best_single_expert": names[best_single],
     }
+    if getattr(history, "selection", None) is not None:
+        metrics["head_selection"] = history.selection
+        metrics["selection_seconds"] = round(history.selection_seconds, 3)
+        metrics["cache_seconds"] = round(history.cache_seconds, 3)
+        metrics["spread_coverage_nominal"] = recipe.spread_coverage
     with session_scope(settings) as session:
         version = save_version(
             session, settings, router, parent_id=parent_id, status=VersionStatus.CANDIDATE, metrics=metrics,
