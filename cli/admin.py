@@ -117,6 +117,28 @@ def rollback(settings: Settings, *, actor: str = "admin", reason: str | None = N
         return VersionChange(VersionInfo.of(roll_back(session, actor=actor, reason=reason)), reason)
 
 
+def head_selection_section(metrics: dict[str, Any]) -> str | None:
+    """The ``admin show`` section for a version's head selection (issue 14): the chosen head, the CV
+    table (best first) and the spread's interval coverage on the holdout; None when the version's
+    training did not select its head. Kept apart from ``show`` so a rewritten ``show`` can slot it in:
+    ``print(head_selection_section(version.metrics) or "")``."""
+    from router.selection import format_table
+
+    selection = metrics.get("head_selection")
+    if not isinstance(selection, dict):
+        return None
+    if "skipped" in selection:
+        return f"head selection skipped: {selection['skipped']}"
+    lines = [format_table(selection)]
+    coverage = (metrics.get("candidate") or {}).get("interval_coverage")
+    if coverage is not None:
+        nominal = metrics.get("spread_coverage_nominal", 0.8)
+        oof = selection.get("oof_coverage")
+        lines.append(f"predicted-loss intervals (nominal {nominal:.0%}): {coverage:.1%} of holdout losses inside"
+                     + (f"; out-of-fold on the training rows {oof:.1%}" if oof is not None else ""))
+    return "\n".join(lines)
+
+
 def _show_versions(rows: list[VersionInfo]) -> None:
     print(f"{'id':>4}  {'status':10} {'parent':>6}  {'created':19}  {'routed loss':>11}  {'hit rate':>8}")
     for v in rows:

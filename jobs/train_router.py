@@ -14,8 +14,8 @@ from jobs.recipe import TrainRecipe
 from jobs.router_store import load_version, save_version
 from jobs.runs import Progress
 from router.metrics import routing_metrics
-from router.selection import coverage_of
 from router.model import Router, expand_experts, init_head_cold_start
+from router.selection import coverage_of
 from router.training import train_router as fit
 from store.db import session_scope
 from store.queries import active_experts, active_router_version

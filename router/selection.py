@@ -475,13 +475,31 @@ def format_table(selection: dict[str, Any], limit: int = 12) -> str:
     """The CV table of a version's ``head_selection`` metrics as text (best first, chosen marked)."""
     lines = [f"head selection: {selection.get('chosen', {}).get('label')} "
              f"({selection.get('folds')}-fold CV on {selection.get('rows')} training rows, "
-             f"objective {selection.get('objective')}, one-SE threshold {selection.get('threshold', float('nan')):.4f}, "
+             f"objective {selection.get('objective')}, "
+             f"one-SE threshold {selection.get('threshold', float('nan')):.4f}, "
              f"{selection.get('seconds', 0):.1f}s)",
              "| candidate | CV mean | s.e. | |", "|---|---|---|---|"]
     table = list(selection.get("table") or [])
     shown = table[:limit] + [r for r in table[limit:] if r.get("chosen")]
     for row in shown:
-        lines.append(f"| {row['label']} | {row['mean']:.4f} | {row['se']:.4f} | {'chosen' if row.get('chosen') else ''} |")
+        mark = "chosen" if row.get("chosen") else ""
+        lines.append(f"| {row['label']} | {row['mean']:.4f} | {row['se']:.4f} | {mark} |")
     if len(table) > len(shown):
         lines.append(f"({len(table) - len(shown)} more candidates)")
     return "\n".join(lines)
+
+
+def intervals_overlap(predicted: np.ndarray, spread: np.ndarray) -> np.ndarray:
+    """(N,) True where the interval of the expert with the lowest predicted loss overlaps the
+    interval of the runner-up: the router cannot tell them apart at the calibrated coverage. An
+    input for an exploration policy (explore where it is True); False where a spread is unknown."""
+    predicted = np.asarray(predicted, dtype=np.float64)
+    spread = np.asarray(spread, dtype=np.float64)
+    if predicted.shape[1] < 2:
+        return np.zeros(predicted.shape[0], dtype=bool)
+    order = np.argsort(predicted, axis=1)
+    rows = np.arange(predicted.shape[0])
+    first, second = order[:, 0], order[:, 1]
+    gap = predicted[rows, second] - predicted[rows, first]
+    reach = spread[rows, first] + spread[rows, second]
+    return np.where(np.isfinite(reach), gap <= reach, False)

@@ -85,6 +85,7 @@ def _answer(settings: Settings, writer: RequestLogWriter, metrics: Metrics, body
     })
     metrics.chosen.labels(decision.expert).inc()
     return {"request_id": request_id, "expert": decision.expert, "predicted_losses": decision.predicted,
+            "predicted_spread": decision.spread,  # issue 14: calibrated spread per predicted loss
             "objective": decision.objective, "router_version": loaded.version_id, "lambdas": lambdas,
             "sampled": sampled, "propensity": 1.0, "latency_ms": round(latency_ms, 3)}
 

@@ -139,3 +139,11 @@ def test_bad_grids_are_refused_with_a_sentence(field: str, value: object, messag
 def test_too_few_rows_for_the_folds_is_an_error() -> None:
     with pytest.raises(ValueError, match="at least 10 rows"):
         select_head(np.ones((6, 2)), np.ones((6, 2)), SelectionConfig(pool_layers=(1,)))
+
+
+def test_intervals_overlap_compares_the_top_two_experts() -> None:
+    from router.selection import intervals_overlap
+
+    predicted = np.array([[0.1, 0.5, 0.9], [0.3, 0.35, 0.9], [0.2, 0.25, 0.1]])
+    spread = np.array([[0.1, 0.1, 0.1], [0.1, 0.1, 0.1], [np.nan, np.nan, np.nan]])
+    assert intervals_overlap(predicted, spread).tolist() == [False, True, False]
