@@ -14,8 +14,9 @@ error when there are too few such rows). The candidates:
 
 each over the top p pooled hidden states for every p of the grid. The rule resists noise with the
 one-standard-error rule toward the simpler head family (ridge < neighbour < blend < mlp): the
-chosen family is the simplest one with a candidate within one standard error (over folds) of the
-best candidate, and inside it the best-scoring candidate.
+chosen family is the simplest one with a candidate within one standard error (of the best
+candidate's mean, over folds) of the best candidate, and inside it the best-scoring candidate. The
+table also gives each candidate's excess over the best with its paired standard error.
 
 The spread: the half-width of a nominal ``coverage`` (80 %) interval around each predicted loss,
 ``scale[e] · max(dispersion, floor[e])``, where the dispersion is the standard deviation of the
@@ -25,9 +26,10 @@ the out-of-fold residuals divided by their dispersion (normalised conformal pred
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -61,8 +63,8 @@ class SelectionConfig:
     neighbors: tuple[int, ...] = (10, 30, 100, 300)
     pool_layers: tuple[int, ...] = (1, 2, 3)
     blend: bool = True
-    mlp_hidden: int = 128
-    mlp_epochs: int = 15
+    mlp_hidden: int = 64
+    mlp_epochs: int = 10
     folds: int = 5
     coverage: float = 0.8
     seed: int = 0
@@ -127,7 +129,7 @@ class Selection:
     table: list[dict[str, Any]]  # one row per candidate: label, family, params, mean, se, chosen
     objective: str  # "routed_loss" or "mse"
     best: str  # label of the best-scoring candidate
-    threshold: float  # best mean + one standard error
+    threshold: float  # best mean + its standard error over folds: the one-SE rule's bound
     folds: np.ndarray  # (N,) fold of every row (the rows given to select_head, nothing else)
     spread_k: int  # neighbours whose dispersion scales the spread
     spread_scale: np.ndarray  # (E,) conformal factor per expert (NaN = no calibration data)
@@ -173,52 +175,71 @@ def normalizer(targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 # ---- ridge -------------------------------------------------------------------------------
 class RidgePath:
-    """Ridge fits of every column for many α at once: one eigendecomposition per observed-row pattern."""
+    """Ridge fits of every column (over its observed rows) for several α, by linear solves.
 
-    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+    Columns observed on the same rows share one Gram matrix. ``gram`` may pass precomputed
+    (uncentred XᵀX, Σx, n) per column pattern so cross-validation can subtract a fold instead of
+    recomputing (see :func:`select_head`). α is relative to the mean eigenvalue of the centred Gram
+    matrix (its trace / D).
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray,
+                 grams: dict[bytes, tuple[np.ndarray, np.ndarray, int]] | None = None) -> None:
         self.x = np.asarray(x, dtype=np.float64)
         self.y = np.asarray(y, dtype=np.float64)
-        self.groups: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.groups: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         seen = ~np.isnan(self.y)
-        patterns: dict[bytes, list[int]] = {}
-        for j in range(self.y.shape[1]):
-            if seen[:, j].any():
-                patterns.setdefault(np.packbits(seen[:, j]).tobytes(), []).append(j)
-        for cols in patterns.values():
+        for key, cols in column_patterns(seen).items():
             rows = seen[:, cols[0]]
             xs = self.x[rows]
-            x_mean = xs.mean(axis=0)
-            xc = xs - x_mean
-            values, vectors = np.linalg.eigh(xc.T @ xc)
-            values = np.clip(values, 0.0, None)
+            if grams is not None and key in grams:
+                square, total, n = grams[key]
+            else:
+                square, total, n = xs.T @ xs, xs.sum(axis=0), int(rows.sum())
+            x_mean = total / n
+            centred = square - n * np.outer(x_mean, x_mean)
             ys = self.y[rows][:, cols]
             y_mean = ys.mean(axis=0)
-            projected = vectors.T @ (xc.T @ (ys - y_mean))  # (D, |cols|)
-            self.groups.append((np.array(cols), x_mean, y_mean, values, vectors, projected))
-        self.mean_eig = float(np.mean([g[3].mean() for g in self.groups])) if self.groups else 1.0
+            rhs = xs.T @ (ys - y_mean)  # = centred xᵀ (y − ȳ), since Σ(y − ȳ) = 0
+            self.groups.append((np.array(cols), x_mean, y_mean, centred, rhs))
+        traces = [float(np.trace(g[3])) / max(g[3].shape[0], 1) for g in self.groups]
+        self.mean_eig = float(np.mean(traces)) if traces else 1.0
 
     def absolute(self, relative_alpha: float) -> float:
         return relative_alpha * max(self.mean_eig, 1e-12)
+
+    def _weights(self, centred: np.ndarray, rhs: np.ndarray, relative_alpha: float) -> np.ndarray:
+        system = centred + self.absolute(relative_alpha) * np.eye(centred.shape[0])
+        return np.asarray(np.linalg.solve(system, rhs))
 
     def predict(self, x_test: np.ndarray, relative_alphas: Sequence[float]) -> list[np.ndarray]:
         """Predictions (N_test, E) for each α; an unobserved column predicts 0 (the normalised mean)."""
         x_test = np.asarray(x_test, dtype=np.float64)
         outs = [np.zeros((x_test.shape[0], self.y.shape[1])) for _ in relative_alphas]
-        for cols, x_mean, y_mean, values, vectors, projected in self.groups:
-            rotated = (x_test - x_mean) @ vectors
+        for cols, x_mean, y_mean, centred, rhs in self.groups:
+            shifted = x_test - x_mean
             for out, rel in zip(outs, relative_alphas, strict=True):
-                out[:, cols] = rotated @ (projected / (values + self.absolute(rel))[:, None]) + y_mean
+                out[:, cols] = shifted @ self._weights(centred, rhs, rel) + y_mean
         return outs
 
     def solution(self, relative_alpha: float) -> tuple[np.ndarray, np.ndarray]:
         """(weight (E, D), bias (E,)) so that prediction = x @ weight.T + bias."""
         weight = np.zeros((self.y.shape[1], self.x.shape[1]))
         bias = np.zeros(self.y.shape[1])
-        for cols, x_mean, y_mean, values, vectors, projected in self.groups:
-            w = vectors @ (projected / (values + self.absolute(relative_alpha))[:, None])  # (D, |cols|)
+        for cols, x_mean, y_mean, centred, rhs in self.groups:
+            w = self._weights(centred, rhs, relative_alpha)  # (D, |cols|)
             weight[cols] = w.T
             bias[cols] = y_mean - x_mean @ w
         return weight, bias
+
+
+def column_patterns(seen: np.ndarray) -> dict[bytes, list[int]]:
+    """Columns grouped by the rows they are observed on (columns never observed are left out)."""
+    patterns: dict[bytes, list[int]] = {}
+    for j in range(seen.shape[1]):
+        if seen[:, j].any():
+            patterns.setdefault(np.packbits(seen[:, j]).tobytes(), []).append(j)
+    return patterns
 
 
 # ---- neighbours ----------------------------------------------------------------------------
@@ -259,10 +280,22 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, hidden: int, epochs: int, seed: int,
 
     Runs on one thread: its many small steps gain nothing from intra-op threads, and on a shared
     CPU the threads' synchronisation made it ~80× slower (measured: 18 s vs 0.2 s)."""
+    with single_threaded():
+        return _fit_mlp(x, y, hidden, epochs, seed)
+
+
+@contextlib.contextmanager
+def single_threaded() -> Iterator[None]:
+    """Run torch and the BLAS numpy uses on one thread: selection is many small operations, and on a
+    shared CPU the threads' synchronisation cost more than they gained (measured on the dev box:
+    an MLP fit 18 s on two threads vs 0.2 s on one; the whole CV on dcrouter's quick slice 168 s vs 8 s)."""
+    from threadpoolctl import threadpool_limits
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _fit_mlp(x, y, hidden, epochs, seed)
+        with threadpool_limits(1):
+            yield
     finally:
         torch.set_num_threads(threads)
 
@@ -284,8 +317,8 @@ def _fit_mlp(x: np.ndarray, y: np.ndarray, hidden: int, epochs: int, seed: int,
         optimizer = torch.optim.AdamW(parameters, lr=1e-3, weight_decay=1e-2)
         for _ in range(epochs):
             order = torch.randperm(xs.shape[0], generator=generator)
-            for start in range(0, xs.shape[0], 64):
-                i = order[start:start + 64]
+            for start in range(0, xs.shape[0], 128):
+                i = order[start:start + 128]
                 err = (last(dropout(torch.nn.functional.gelu(first(xs[i])))) - yt[i]) ** 2
                 loss = (err * seen[i]).sum() / seen[i].sum().clamp(min=1)
                 optimizer.zero_grad()
@@ -369,6 +402,12 @@ def select_head(features: np.ndarray, targets: np.ndarray, config: SelectionConf
     ``features``: (N, max_pool · H) pooled embeddings of the training rows, ``targets``: (N, E)
     losses in original units with NaN for unobserved entries. Only these rows are read.
     """
+    with single_threaded():
+        return _select_head(features, targets, config, max_pool)
+
+
+def _select_head(features: np.ndarray, targets: np.ndarray, config: SelectionConfig,
+                 max_pool: int | None) -> Selection:
     started = time.perf_counter()
     config.validate()
     x = np.asarray(features, dtype=np.float64)
@@ -390,9 +429,18 @@ def select_head(features: np.ndarray, targets: np.ndarray, config: SelectionConf
         tr, te = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
         mean, std = normalizer(y[tr])
         y_norm = (y[tr] - mean) / std
+        # One Gram matrix per fold (and column pattern) over every pooled state; fewer states are a sub-block.
+        x_tr = x[tr]
+        grams = {key: (x_tr[seen].T @ x_tr[seen], x_tr[seen].sum(axis=0), int(seen.sum()))
+                 for key, cols in column_patterns(~np.isnan(y_norm)).items()
+                 for seen in [~np.isnan(y_norm[:, cols[0]])]}
+        width = x.shape[1] // max_pool
         for p in pool_settings:
             xp = top_layers(x, p, max_pool)
-            ridge = dict(zip(config.alphas, RidgePath(xp[tr], y_norm).predict(xp[te], config.alphas), strict=True))
+            cut = (max_pool - p) * width
+            sub = {key: (square[cut:, cut:], total[cut:], count) for key, (square, total, count) in grams.items()}
+            ridge = dict(zip(config.alphas, RidgePath(xp[tr], y_norm, grams=sub).predict(xp[te], config.alphas),
+                             strict=True))
             ridge = {a: v * std + mean for a, v in ridge.items()}
             keys = unit_rows(xp[tr])
             stats = neighbour_stats(torch.as_tensor(xp[te]), keys, torch.as_tensor(y[tr]), ks)
@@ -445,6 +493,7 @@ def select_head(features: np.ndarray, targets: np.ndarray, config: SelectionConf
         oof[mlp] = pred
         results[mlp] = summary(pred)
     best = min(results, key=lambda c: (results[c][0], FAMILIES.index(c.family)))
+    best_rows, _ = row_losses(oof[best])
     threshold = results[best][0] + results[best][1]
     chosen = best
     for family in FAMILIES:
@@ -462,9 +511,16 @@ def select_head(features: np.ndarray, targets: np.ndarray, config: SelectionConf
     ridge_scores = {c.alpha: results[c][0] for c in results if c.family == "ridge"
                     and c.pool_layers == chosen.pool_layers}
     ridge_alpha = chosen.alpha if chosen.alpha is not None else min(ridge_scores, key=lambda a: ridge_scores[a])
-    table = [{"label": c.label, **{k: v for k, v in asdict(c).items() if v is not None},
-              "mean": round(results[c][0], 6), "se": round(results[c][1], 6), "chosen": c == chosen}
-             for c in sorted(results, key=lambda c: results[c][0])]
+    def excess(c: Candidate) -> tuple[float, float]:
+        diff = row_losses(oof[c])[0] - best_rows
+        return float(diff.mean()), float(diff.std(ddof=1) / math.sqrt(max(diff.size, 1))) if diff.size > 1 else 0.0
+
+    table = []
+    for c in sorted(results, key=lambda c: results[c][0]):
+        gap, gap_se = excess(c)
+        table.append({"label": c.label, **{k: v for k, v in asdict(c).items() if v is not None},
+                      "mean": round(results[c][0], 6), "se": round(results[c][1], 6),
+                      "vs_best": round(gap, 6), "vs_best_se": round(gap_se, 6), "chosen": c == chosen})
     return Selection(chosen=chosen, table=table, objective=objective, best=best.label, threshold=threshold,
                      folds=folds, spread_k=spread_k, spread_scale=scale, spread_floor=floor,
                      oof_coverage=coverage_of(y, oof[chosen], spread), seconds=time.perf_counter() - started,
@@ -475,15 +531,16 @@ def format_table(selection: dict[str, Any], limit: int = 12) -> str:
     """The CV table of a version's ``head_selection`` metrics as text (best first, chosen marked)."""
     lines = [f"head selection: {selection.get('chosen', {}).get('label')} "
              f"({selection.get('folds')}-fold CV on {selection.get('rows')} training rows, "
-             f"objective {selection.get('objective')}, "
-             f"one-SE threshold {selection.get('threshold', float('nan')):.4f}, "
+             f"objective {selection.get('objective')} (lower is better), best {selection.get('best')}, "
+             f"one-SE bound {selection.get('threshold', float('nan')):.4f}, "
              f"{selection.get('seconds', 0):.1f}s)",
-             "| candidate | CV mean | s.e. | |", "|---|---|---|---|"]
+             "| candidate | CV mean | s.e. over folds | excess over best ± paired s.e. | |", "|---|---|---|---|---|"]
     table = list(selection.get("table") or [])
     shown = table[:limit] + [r for r in table[limit:] if r.get("chosen")]
     for row in shown:
         mark = "chosen" if row.get("chosen") else ""
-        lines.append(f"| {row['label']} | {row['mean']:.4f} | {row['se']:.4f} | {mark} |")
+        gap = f"{row['vs_best']:+.4f} ± {row['vs_best_se']:.4f}" if "vs_best" in row else "–"
+        lines.append(f"| {row['label']} | {row['mean']:.4f} | {row['se']:.4f} | {gap} | {mark} |")
     if len(table) > len(shown):
         lines.append(f"({len(table) - len(shown)} more candidates)")
     return "\n".join(lines)

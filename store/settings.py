@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     train_select_neighbors: list[int] = Field(default_factory=lambda: [10, 30, 100, 300])
     train_select_pool_layers: list[int] = Field(default_factory=lambda: [1, 2, 3])
     train_select_blend: bool = True
-    train_select_mlp_hidden: int = Field(128, ge=0)
+    train_select_mlp_hidden: int = Field(64, ge=0)
     train_select_folds: int = Field(5, ge=2)
     # Nominal coverage of the interval whose half-width is each prediction's spread.
     train_spread_coverage: float = Field(0.8, gt=0, lt=1)
