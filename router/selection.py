@@ -453,11 +453,11 @@ def _select_head(features: np.ndarray, targets: np.ndarray, config: SelectionCon
                 if c.pool_layers != p:
                     continue
                 if c.family == "ridge":
-                    oof[c][te] = ridge[c.alpha]
+                    oof[c][te] = ridge[float(c.alpha or 0.0)]
                 elif c.family == "neighbour":
-                    oof[c][te] = near[c.k]
+                    oof[c][te] = near[int(c.k or 0)]
                 else:
-                    oof[c][te] = 0.5 * ridge[c.alpha] + 0.5 * near[c.k]
+                    oof[c][te] = 0.5 * ridge[float(c.alpha or 0.0)] + 0.5 * near[int(c.k or 0)]
     scored = np.flatnonzero((~np.isnan(y)).sum(axis=1) >= 2)
     objective = "routed_loss" if scored.size >= MIN_SCORED_ROWS else "mse"
 
@@ -502,13 +502,13 @@ def _select_head(features: np.ndarray, targets: np.ndarray, config: SelectionCon
             chosen = min(within, key=lambda c: results[c][0])
             break
     # The spread: dispersion of the chosen head's own k, else of the best neighbour k at its pool setting.
-    neighbour_scores = {c.k: results[c][0] for c in results if c.family == "neighbour"
+    neighbour_scores = {int(c.k or 0): results[c][0] for c in results if c.family == "neighbour"
                         and c.pool_layers == chosen.pool_layers}
     spread_k = int(chosen.k) if chosen.k is not None else min(neighbour_scores, key=lambda k: neighbour_scores[k])
     disp = dispersion[(chosen.pool_layers, spread_k)]
     scale, floor = calibrate(y, oof[chosen], disp, config.coverage)
     spread = scale[None, :] * np.maximum(disp, floor[None, :])
-    ridge_scores = {c.alpha: results[c][0] for c in results if c.family == "ridge"
+    ridge_scores = {float(c.alpha or 0.0): results[c][0] for c in results if c.family == "ridge"
                     and c.pool_layers == chosen.pool_layers}
     ridge_alpha = chosen.alpha if chosen.alpha is not None else min(ridge_scores, key=lambda a: ridge_scores[a])
     def excess(c: Candidate) -> tuple[float, float]:

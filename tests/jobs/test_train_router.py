@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -359,8 +360,11 @@ def test_bad_selection_settings_stop_the_cli_at_start_up(tmp_path: Path, thalamu
 
     from store.settings import Settings
 
-    for field, value, words in (("train_select_neighbors", [], "k grid"), ("train_select_neighbors", [10, 0], "k must be >= 1"),
-                                ("train_select_alphas", [], "α grid"), ("train_select_pool_layers", [], "pooled-layer grid")):
+    cases: list[tuple[str, Any, str]] = [("train_select_neighbors", [], "k grid"),
+                                         ("train_select_neighbors", [10, 0], "k must be >= 1"),
+                                         ("train_select_alphas", [], "α grid"),
+                                         ("train_select_pool_layers", [], "pooled-layer grid")]
+    for field, value, words in cases:
         with pytest.raises(ValidationError, match=words):
             Settings(**{field: value})
     env = {**os.environ, "THALAMUS_HOME": str(tmp_path / "home"), "THALAMUS_TRAIN_SELECT_NEIGHBORS": "[10, 0]"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,7 @@ from router.selection import (
     unit_rows,
 )
 
-FAST = {"mlp_epochs": 5, "mlp_hidden": 32, "folds": 5}
+FAST: dict[str, Any] = {"mlp_epochs": 5, "mlp_hidden": 32, "folds": 5}
 
 
 def linear_world(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
