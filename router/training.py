@@ -419,9 +419,11 @@ def apply_selection(router: Router, selection: Selection, features: np.ndarray, 
     x = top_layers(features, chosen.pool_layers, max_pool)
     reshape_head(router, chosen.pool_layers, int(chosen.hidden or 0))
     normalized = (values - router.loss_mean.double().numpy()) / router.loss_std.double().numpy()
+    fitted = fit_mlp(x, normalized, int(chosen.hidden or 0), selection_epochs(config), config.seed) \
+        if chosen.family == "mlp" else None  # trains with gradients: outside no_grad
     with torch.no_grad():
-        if chosen.family == "mlp":
-            first, last = fit_mlp(x, normalized, int(chosen.hidden or 0), selection_epochs(config), config.seed)
+        if fitted is not None:
+            first, last = fitted
             body = router.head.body
             assert isinstance(body, torch.nn.Sequential)
             body[0].load_state_dict(first.state_dict())
