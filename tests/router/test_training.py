@@ -191,3 +191,30 @@ def test_every_selectable_head_becomes_what_the_router_serves(tiny_bert: str, fa
                                         "spread_neighbors")})
     fresh.load_trainable_state_dict(router.trainable_state_dict())
     np.testing.assert_allclose(fresh.predict_with_spread(prompts)[1], spread, atol=1e-5)
+
+
+def test_with_lora_the_head_is_selected_on_the_adapted_embeddings(tiny_bert: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import router.training as training
+    from router.selection import SelectionConfig
+
+    router = make(tiny_bert, lora_r=8, lora_layers=1, pool_layers=2)
+    prompts, targets = domain_data()
+    frozen = make(tiny_bert, lora_r=0, pool_layers=2).embed(prompts)
+    seen: dict[str, np.ndarray] = {}
+    select = training.select_head
+
+    def spy(features, values, config, max_pool=None):  # type: ignore[no-untyped-def]
+        seen["features"] = features
+        return select(features, values, config, max_pool=max_pool)
+
+    monkeypatch.setattr(training, "select_head", spy)
+    report = train_router(router, prompts, targets, TrainConfig(
+        epochs=2, learning_rate=5e-2, val_share=0.0, cache_dtype="float32",
+        selection=SelectionConfig(pool_layers=(1, 2), neighbors=(3, 10), folds=3, mlp_hidden=0)))
+    assert report.selection is not None and report.selection["rows"] == len(prompts)
+    features = seen["features"]
+    width = features.shape[1] // 2
+    adapted = router.embed(prompts)  # the trained router's own encoder, LoRA included
+    np.testing.assert_allclose(features[:, -width:], adapted[:, -width:], atol=1e-4)
+    assert np.abs(features[:, -width:] - frozen[:, -width:]).max() > 1e-3  # LoRA moved the embeddings
+    assert router.config.spread_neighbors in (3, 10)
