@@ -46,7 +46,8 @@ def test_quick_bench_router_beats_random_and_best_single(dcrouter: Path, tmp_pat
     assert chosen["family"] in ("ridge", "neighbour", "blend", "mlp") and f"selected head {chosen['label']}" in text
     assert "head selection:" in text and "| candidate | CV mean |" in text
     assert abs(s["thalamus"]["test_coverage"] - 0.8) <= 0.05 and abs(s["thalamus"]["holdout_coverage"] - 0.8) <= 0.08
-    assert json.loads(json.dumps(report))["recipe"] == asdict(recipe)  # plain JSON, the recipe recorded
+    # plain JSON, the recipe recorded (its grids are tuples, JSON lists)
+    assert json.loads(json.dumps(report))["recipe"] == json.loads(json.dumps(asdict(recipe)))
     out = tmp_path / "pareto.png"
     plot(report, out)
     assert out.stat().st_size > 1000
