@@ -26,6 +26,7 @@ from benchmarks.data import Split, load_dataset, quick_slice
 from benchmarks.report import policy_row, summarize
 from jobs.errors import JobInputError
 from jobs.recipe import TrainRecipe
+from router.selection import coverage_of
 from store.settings import Settings
 
 Progress = Callable[[str], None]
@@ -35,13 +36,18 @@ LAMBDA_GRID: tuple[float, ...] = (0.0, *(round(2.0 ** (e / 2), 4) for e in range
 
 
 def bench_recipe(product: TrainRecipe, *, quick: bool = False) -> TrainRecipe:
-    """The benchmark's router recipe, chosen by 5-fold CV on the training split (docs/benchmarks.md):
-    frozen MiniLM, mean pooling of the top 3 hidden states concatenated, a neighbour head (k = 100
-    most similar training prompts) over a linear head fitted in closed form by ridge regression; one
-    epoch at a negligible learning rate keeps that fit. Max length 256 (128 with ``quick``); the
-    backbone, batch size and seed stay the product's."""
-    return replace(product, max_length=128 if quick else 256, lora_r=0, pool_layers=3, head_neighbors=100,
-                   head_ridge=1000.0, epochs=1, loss="huber", learning_rate=1e-6, holdout_share=0.05)
+    """The benchmark's router recipe: the product's with the encoder frozen (``lora_r = 0``, see
+    docs/benchmarks.md) and max length 256 (128 with ``quick``); one epoch at a negligible learning
+    rate keeps the closed-form fit. The head is the product's: selected by cross-validation on the
+    training rows when ``head_select`` is on (the default), else the fixed head of the settings."""
+    return replace(product, max_length=128 if quick else 256, lora_r=0, epochs=1, loss="huber", learning_rate=1e-6,
+                   holdout_share=0.05)
+
+
+def fixed_recipe(recipe: TrainRecipe) -> TrainRecipe:
+    """The same recipe with head selection off: the fixed head (top-3 pooling, k = 100 neighbour head,
+    ridge α = 1000 fallback) that was the product default before head selection, for comparison."""
+    return replace(recipe, head_select=False, pool_layers=3, head_neighbors=100, head_ridge=1000.0)
 
 
 def prepare_home(home: Path, train: Split, attributes: dict[str, dict[str, Any]], recipe: TrainRecipe) -> Settings:
@@ -62,8 +68,9 @@ def prepare_home(home: Path, train: Split, attributes: dict[str, dict[str, Any]]
 
 
 def train_and_predict(settings: Settings, recipe: TrainRecipe, seed: int, test_prompts: Sequence[str],
-                      ) -> tuple[np.ndarray, list[str], dict[str, Any], float]:
-    """Run the production training job, load the candidate bundle, predict the test losses."""
+                      ) -> tuple[np.ndarray, np.ndarray, list[str], dict[str, Any], float]:
+    """Run the production training job, load the candidate bundle, predict the test losses and
+    their spreads (NaN without a calibrated spread)."""
     from jobs.router_store import load_version
     from jobs.train_router import train_router
     from store.db import session_scope
@@ -76,8 +83,8 @@ def train_and_predict(settings: Settings, recipe: TrainRecipe, seed: int, test_p
         if version is None:
             raise RuntimeError(f"the training job's router version {result['version_id']} is not in the database")
         router = load_version(version)
-    predicted = router.predict(list(test_prompts), batch_size=64)
-    return predicted, router.expert_names, result["metrics"], time.perf_counter() - started
+    predicted, spread = router.predict_with_spread(list(test_prompts), batch_size=64)
+    return predicted, spread, router.expert_names, result["metrics"], time.perf_counter() - started
 
 
 def frozen_embeddings(backbone: str, prompts: Sequence[str], max_length: int) -> np.ndarray:
@@ -89,7 +96,8 @@ def frozen_embeddings(backbone: str, prompts: Sequence[str], max_length: int) ->
 
 
 def run(dataset: Path, recipe: TrainRecipe, seeds: int = 3, quick: bool = False, progress: Progress | None = None,
-        lambdas: Sequence[float] = LAMBDA_GRID, home: Path | None = None) -> dict[str, Any]:
+        lambdas: Sequence[float] = LAMBDA_GRID, home: Path | None = None, compare_fixed: bool = True,
+        ) -> dict[str, Any]:
     """The whole benchmark; returns a JSON-able report (see :func:`benchmarks.report.format_report`)."""
     say = progress or (lambda message: None)
     started = time.perf_counter()
@@ -154,17 +162,29 @@ def run(dataset: Path, recipe: TrainRecipe, seeds: int = 3, quick: bool = False,
                 add(f"{name}_probe" if name != "knn" else "knn", choice, y[rows, choice],
                     time.perf_counter() - t + embed_seconds, hyper=chosen_h)
         thalamus_preds = []
-        for seed in range(seeds):
-            say(f"training the router (seed {seed}) with the production job")
-            pred, order, metrics, seconds = train_and_predict(settings, recipe, seed, test.prompts)
+        runs = [("thalamus", recipe, seed) for seed in range(seeds)]
+        if compare_fixed and recipe.head_select:
+            runs.append(("thalamus_fixed_head", fixed_recipe(recipe), 0))
+        for name, run_recipe, seed in runs:
+            say(f"training the router ({name}, seed {seed}) with the production job")
+            pred, spread, order, metrics, seconds = train_and_predict(settings, run_recipe, seed, test.prompts)
             if order != experts:
                 pred = pred[:, [order.index(n) for n in experts]]
-            thalamus_preds.append(pred)
+                spread = spread[:, [order.index(n) for n in experts]]
             choice = pred.argmin(axis=1)
-            add("thalamus", choice, y[rows, choice], seconds,
+            selection = metrics.get("head_selection") or {}
+            add(name, choice, y[rows, choice], seconds,
                 examples_per_second=metrics.get("examples_per_second"), best_epoch=metrics.get("best_epoch"),
-                n_train_rows=metrics.get("n_train"), n_fit_rows=metrics.get("n_fit"))
-            say(f"  seed {seed}: loss {y[rows, choice].mean():.4f} in {seconds:.0f}s")
+                n_train_rows=metrics.get("n_train"), n_fit_rows=metrics.get("n_fit"),
+                train_seconds=metrics.get("train_seconds"), selection_seconds=metrics.get("selection_seconds"),
+                cache_seconds=metrics.get("cache_seconds"),
+                holdout_coverage=metrics.get("candidate", {}).get("interval_coverage"),
+                test_coverage=coverage_of(y, pred, spread), head=(selection.get("chosen") or {}).get("label"))
+            if name == "thalamus":
+                thalamus_preds.append(pred)
+                report.setdefault("selections", []).append(selection)
+            say(f"  {name} seed {seed}: loss {y[rows, choice].mean():.4f} in {seconds:.0f}s"
+                + (f", head {selection['chosen']['label']}" if selection.get("chosen") else ""))
     finally:
         if temp is not None:
             temp.cleanup()
@@ -199,3 +219,13 @@ def run(dataset: Path, recipe: TrainRecipe, seeds: int = 3, quick: bool = False,
     report["summary"] = summarize(report["policies"])
     report["wall_seconds"] = round(time.perf_counter() - started, 1)
     return report
+
+
+def run_many(datasets: Sequence[Path], recipe: TrainRecipe, seeds: int = 3, quick: bool = False,
+             progress: Progress | None = None) -> dict[str, Any]:
+    """:func:`run` on each dataset; ``{"runs": [report, ...], "summary": [row, ...]}`` with one summary
+    row per dataset (see :func:`benchmarks.report.summary_row`)."""
+    from benchmarks.report import summary_row
+
+    reports = [run(Path(d), recipe, seeds=seeds, quick=quick, progress=progress) for d in datasets]
+    return {"runs": reports, "summary": [summary_row(r) for r in reports]}

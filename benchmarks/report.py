@@ -60,6 +60,7 @@ def format_report(report: dict[str, Any]) -> str:
     eps = report["summary"].get("thalamus", {}).get("examples_per_second")
     if eps:
         lines.append(f"router training: {eps:.0f} examples/s (whole run incl. caching the frozen layers)")
+    lines += selection_lines(report)
     boot = report["bootstrap"]
     sign = 1.0 if hib else -1.0
     for i, (d, lo, hi) in enumerate(boot["per_seed"]):
@@ -107,3 +108,76 @@ def plot(report: dict[str, Any], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
     plt.close(fig)
+
+
+def selection_lines(report: dict[str, Any]) -> list[str]:
+    """The selected head per seed, its timing and interval coverage, and the first seed's CV table."""
+    from router.selection import format_table
+
+    lines: list[str] = []
+    rows = report["policies"].get("thalamus", [])
+    for seed, row in enumerate(rows):
+        if not row.get("head"):
+            continue
+        cov = [f"{label} {row[key]:.3f}" for key, label in (("holdout_coverage", "holdout"), ("test_coverage", "test"))
+               if row.get(key) is not None]
+        timing = (f"selection {row.get('selection_seconds') or 0:.1f}s of {row.get('train_seconds') or 0:.1f}s "
+                  f"training (frozen-layer cache {row.get('cache_seconds') or 0:.1f}s)")
+        lines.append(f"seed {seed}: selected head {row['head']}; {timing}"
+                     + (f"; 80 % interval coverage: {', '.join(cov)}" if cov else ""))
+    fixed = report["policies"].get("thalamus_fixed_head", [])
+    if fixed and rows and rows[0].get("train_seconds") and fixed[0].get("train_seconds"):
+        lines.append(f"training time, selected vs fixed head (same run): {rows[0]['train_seconds']:.1f}s vs "
+                     f"{fixed[0]['train_seconds']:.1f}s = {rows[0]['train_seconds'] / fixed[0]['train_seconds']:.2f}×")
+    selections = [s for s in report.get("selections", []) if s.get("table")]
+    if selections:
+        lines += ["", format_table(selections[0])]
+    return lines
+
+
+BASELINES = ("knn", "ridge_probe", "mlp_probe", "best_single")
+
+
+def summary_row(report: dict[str, Any]) -> dict[str, Any]:
+    """One dataset's line of the ``--datasets`` summary: thalamus against its best non-oracle baseline
+    (in "higher is better" units: score, or −loss), the selected heads and the interval coverage."""
+    hib = report["higher_is_better"]
+    metric = "score" if hib else "loss"
+    summary = report["summary"]
+    sign = 1.0 if hib else -1.0
+    baselines = {name: summary[name][metric] for name in BASELINES if name in summary}
+    best_name = max(baselines, key=lambda n: sign * baselines[n])
+    rows = report["policies"].get("thalamus", [])
+    fixed = summary.get("thalamus_fixed_head", {})
+    return {"dataset": report["dataset"], "metric": metric, "n_train": report["n_train"], "n_test": report["n_test"],
+            "thalamus": summary["thalamus"][metric], "thalamus_sd": summary["thalamus"][f"{metric}_sd"],
+            "seeds": int(summary["thalamus"]["n"]), "best_baseline": best_name,
+            "best_baseline_value": baselines[best_name],
+            "margin": sign * (summary["thalamus"][metric] - baselines[best_name]),
+            "fixed_head": fixed.get(metric), "heads": [r.get("head") for r in rows],
+            "holdout_coverage": summary["thalamus"].get("holdout_coverage"),
+            "test_coverage": summary["thalamus"].get("test_coverage"),
+            "train_seconds": summary["thalamus"].get("train_seconds"),
+            "fixed_train_seconds": fixed.get("train_seconds"),
+            "selection_seconds": summary["thalamus"].get("selection_seconds")}
+
+
+def format_many(result: dict[str, Any]) -> str:
+    """Every dataset's full report, then one summary table."""
+    parts = [format_report(r) for r in result["runs"]]
+    lines = ["| dataset | metric | thalamus (mean ± sd, seeds) | best non-oracle baseline | thalamus − baseline "
+             "(higher is better) | fixed head (before selection) | selected heads | 80 % coverage holdout / test "
+             "| train s (fixed head) |", "|---|---|---|---|---|---|---|---|---|"]
+
+    def num(value: Any, fmt: str = ".4f") -> str:
+        return "–" if value is None else format(value, fmt)
+
+    for row in result["summary"]:
+        heads = ", ".join(sorted(set(h for h in row["heads"] if h))) or "–"
+        lines.append(f"| {row['dataset']} | {row['metric']} | "
+                     f"{row['thalamus']:.4f} ± {row['thalamus_sd']:.4f} ({row['seeds']}) "
+                     f"| {row['best_baseline']} {row['best_baseline_value']:.4f} | {row['margin']:+.4f} "
+                     f"| {num(row['fixed_head'])} | {heads} | {num(row['holdout_coverage'], '.3f')} / "
+                     f"{num(row['test_coverage'], '.3f')} | {num(row['train_seconds'], '.0f')} "
+                     f"({num(row['fixed_train_seconds'], '.0f')}) |")
+    return "\n\n".join([*parts, "\n".join(lines)])

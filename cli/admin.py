@@ -233,6 +233,18 @@ def _render_gate(data: dict[str, Any]) -> list[str]:
                             left=(0, 1, 2, 3, 5))]
 
 
+def _collect_head_selection(session: Session, version: RouterVersion, settings: Settings) -> dict[str, Any] | None:
+    metrics = version.metrics or {}
+    selection = metrics.get("head_selection")
+    return {"metrics": {k: metrics.get(k) for k in ("head_selection", "candidate", "spread_coverage_nominal")}} \
+        if selection is not None else None
+
+
+def _render_head_selection(data: dict[str, Any] | None) -> list[str]:
+    text = None if data is None else head_selection_section(data["metrics"])
+    return [] if text is None else ["Head selection (cross-validation on the training rows)", *text.splitlines()]
+
+
 def _collect_shadow(session: Session, version: RouterVersion, settings: Settings) -> dict[str, Any] | None:
     return _shadow_report(session, version)
 
@@ -245,6 +257,7 @@ SECTIONS: list[Section] = [
     Section("holdout", _collect_holdout, _render_holdout),
     Section("off_policy", _collect_off_policy, _render_off_policy),
     Section("gate", _collect_gate, _render_gate),
+    Section("head_selection", _collect_head_selection, _render_head_selection),
     Section("shadow", _collect_shadow, _render_shadow),
 ]
 """The report's sections in order."""
@@ -406,6 +419,28 @@ def _show_shadow(outcome: ShadowOutcome) -> None:
         print("stopped shadow router version(s) " + ", ".join(str(c.version_id) for c in outcome.stopped))
     else:
         print("no shadow router was running")
+
+
+def head_selection_section(metrics: dict[str, Any]) -> str | None:
+    """The ``admin show`` section for a version's head selection (issue 14): the chosen head, the CV
+    table (best first) and the spread's interval coverage on the holdout; None when the version's
+    training did not select its head. Kept apart from ``show`` so a rewritten ``show`` can slot it in:
+    ``print(head_selection_section(version.metrics) or "")``."""
+    from router.selection import format_table
+
+    selection = metrics.get("head_selection")
+    if not isinstance(selection, dict):
+        return None
+    if "skipped" in selection:
+        return f"head selection skipped: {selection['skipped']}"
+    lines = [format_table(selection)]
+    coverage = (metrics.get("candidate") or {}).get("interval_coverage")
+    if coverage is not None:
+        nominal = metrics.get("spread_coverage_nominal", 0.8)
+        oof = selection.get("oof_coverage")
+        lines.append(f"predicted-loss intervals (nominal {nominal:.0%}): {coverage:.1%} of holdout losses inside"
+                     + (f"; out-of-fold on the training rows {oof:.1%}" if oof is not None else ""))
+    return "\n".join(lines)
 
 
 def _show_versions(rows: list[VersionInfo]) -> None:

@@ -20,21 +20,30 @@ class DatasetWritten:
     test_rows: int
 
 
-def quality(settings: Settings, *, dataset: Path, json_out: Path | None = None, plot_out: Path | None = None,
-            quick: bool = False, seeds: int = 3, recipe: RecipeChoice = "bench",
-            progress: bool = False) -> dict[str, Any]:
+def quality(settings: Settings, *, dataset: Path | None = None, datasets: list[Path] | None = None,
+            json_out: Path | None = None, plot_out: Path | None = None, quick: bool = False, seeds: int = 3,
+            recipe: RecipeChoice = "bench", progress: bool = False) -> dict[str, Any]:
     """Routing quality against baselines and the λ_size Pareto front on a loss/score dataset."""
-    from benchmarks.quality import bench_recipe, run
+    from benchmarks.quality import bench_recipe, run, run_many
     from benchmarks.report import plot
     from jobs.recipe import TrainRecipe
 
-    dataset = Path(dataset)
-    if not dataset.exists():
-        raise CliError(f"dataset {dataset} does not exist")
+    if (dataset is None) == (not datasets):
+        raise CliError("give either --dataset or --datasets")
+    for path in [dataset] if dataset is not None else list(datasets or []):
+        if not Path(path).exists():
+            raise CliError(f"dataset {path} does not exist")
+    if datasets and plot_out is not None:
+        raise CliError("--plot draws one dataset's Pareto front; use it with --dataset")
     train_recipe = TrainRecipe.from_settings(settings)
     if recipe == "bench":
         train_recipe = bench_recipe(train_recipe, quick=quick)
-    report = run(dataset, train_recipe, seeds=seeds, quick=quick, progress=say if progress else None)
+    say_ = say if progress else None
+    if datasets:
+        report = run_many([Path(d) for d in datasets], train_recipe, seeds=seeds, quick=quick, progress=say_)
+    else:
+        assert dataset is not None
+        report = run(Path(dataset), train_recipe, seeds=seeds, quick=quick, progress=say_)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
@@ -192,9 +201,9 @@ def _show_faults(rows: list[Any]) -> None:
 
 
 def _show_report(report: dict[str, Any]) -> None:
-    from benchmarks.report import format_report
+    from benchmarks.report import format_many, format_report
 
-    print(format_report(report))
+    print(format_many(report) if "runs" in report else format_report(report))
 
 
 def _show_written(written: DatasetWritten) -> None:
@@ -205,7 +214,8 @@ def _show_written(written: DatasetWritten) -> None:
 GROUP = Group("bench", "benchmarks (routing quality, the demo dataset, faults under load, bandit training, "
                        "off-policy intervals, shadow latency, the learning loop)", (
     verb("quality", quality,
-         arg("--dataset", type=Path, required=True, help="directory with train.*/test.* [+ models.json], or one file"),
+         arg("--dataset", type=Path, help="directory with train.*/test.* [+ models.json], or one file"),
+         arg("--datasets", type=Path, nargs="+", help="several datasets in one command, with one summary table"),
          arg("--json", dest="json_out", type=Path, help="write the full report here"),
          arg("--plot", dest="plot_out", type=Path, help="write the λ_size Pareto plot (PNG) here"),
          arg("--quick", action="store_true", help="fixed-seed 1,500/300 slice, 1 seed (< 5 min)"),

@@ -81,6 +81,9 @@ class Decision:
     action_probs: dict[str, float] = dataclasses.field(default_factory=dict)
     propensity: float = 1.0
     explored: bool = False
+    # Half-width of each predicted loss's calibrated interval (nominal 80 %); None where the router
+    # has no calibrated spread (router.model.Router.predict_with_spread).
+    spread: dict[str, float | None] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,9 +110,17 @@ class LoadedRouter:
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
         """Predicted losses (N, E); a single prompt is micro-batched with concurrent requests."""
+        return self.predict_with_spread(texts)[0]
+
+    def predict_with_spread(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(predicted losses (N, E), spread (N, E), NaN where unknown): the batcher runs
+        :meth:`router.model.Router.predict_stacked`, both side by side from one forward pass."""
         if len(texts) == 1:
-            return np.asarray(self.batcher.predict_one(texts[0]), dtype=np.float64)[None, :]
-        return np.asarray(self.batcher.predict_many(texts), dtype=np.float64)
+            stacked = np.asarray(self.batcher.predict_one(texts[0]), dtype=np.float64)[None, :]
+        else:
+            stacked = np.asarray(self.batcher.predict_many(texts), dtype=np.float64)
+        n = len(self.expert_names)
+        return stacked[:, :n], stacked[:, n:]
 
     def decide(self, predicted: np.ndarray, lambdas: Mapping[str, float], policy: ExplorePolicy = OFF,
                fraction: float = 0.0) -> Decision:
@@ -131,7 +142,12 @@ class LoadedRouter:
 
     def route(self, prompt: str, lambdas: Mapping[str, float], policy: ExplorePolicy = OFF,
               fraction: float = 0.0) -> Decision:
-        return self.decide(self.predict([prompt])[0], lambdas, policy, fraction)
+        predicted, spread = self.predict_with_spread([prompt])
+        decision = self.decide(predicted[0], lambdas, policy, fraction)
+        if not np.isfinite(spread[0]).any():
+            return decision
+        return dataclasses.replace(decision, spread={n: float(v) if np.isfinite(v) else None
+                                                     for n, v in zip(self.expert_names, spread[0], strict=True)})
 
     def expert(self, name: str) -> ExpertInfo | None:
         for info in self.experts:
@@ -350,7 +366,8 @@ class RouterHolder:
         from router.serving import load_for_serving
 
         router, constraints = load_for_serving(Path(uri), sha, order, [e.attributes for e in experts])
-        batcher = MicroBatcher(router.predict, on_batch=self.metrics.route_batch_size.observe if observe else None)
+        batcher = MicroBatcher(router.predict_stacked,
+                               on_batch=self.metrics.route_batch_size.observe if observe else None)
         return LoadedRouter(version_id=version_id, sha256=sha, router=router, expert_names=order,
                             experts=experts, constraints=constraints, loaded_at=_now(), batcher=batcher,
                             loss_scale=loss_scale(router))

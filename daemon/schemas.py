@@ -66,6 +66,8 @@ class RouteResponse(BaseModel):
     request_id: str
     expert: str
     predicted_losses: dict[str, float]
+    # Half-width of each predicted loss's calibrated 80 % interval; absent for a router without one.
+    predicted_spread: dict[str, float | None] | None = None
     objective: dict[str, float]
     router_version: int
     lambdas: dict[str, float]

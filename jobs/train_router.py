@@ -17,6 +17,7 @@ from jobs.router_store import load_version, save_version
 from jobs.runs import Progress
 from router.metrics import paired_bootstrap, routing_metrics
 from router.model import Router, expand_experts, init_head_cold_start
+from router.selection import coverage_of
 from router.training import train_router as fit
 from store.db import session_scope
 from store.queries import active_experts, active_router_version
@@ -48,11 +49,18 @@ def evaluate_routes(router: Router, table: LossTable, params: np.ndarray,
         return {"n_rows": 0}, None
     columns = [table.experts.index(name) for name in known]
     part = table.subset(rows)
-    predicted = router.predict(part.prompts)[:, [own.index(name) for name in known]]
+    predicted, spread = router.predict_with_spread(part.prompts)
+    order = [own.index(name) for name in known]
+    predicted, spread = predicted[:, order], spread[:, order]
     single = columns.index(best_single) if best_single in columns else None
     targets = part.targets[:, columns].astype(np.float64)
     routed = targets[np.arange(len(part)), np.argmin(predicted, axis=1)]
-    return routing_metrics(predicted, targets, params=params[columns], best_single=single), routed
+    metrics = routing_metrics(predicted, targets, params=params[columns], best_single=single)
+    coverage = coverage_of(targets, predicted, spread)
+    if coverage is not None:  # share of holdout losses inside their predicted interval (nominal: training's)
+        metrics["interval_coverage"] = coverage
+        metrics["mean_spread"] = float(np.nanmean(spread))
+    return metrics, routed
 
 
 def holdout_difference(candidate: np.ndarray | None, active: np.ndarray | None,
@@ -127,6 +135,11 @@ def train_router(settings: Settings, progress: Progress | None = None, params: d
         "best_epoch": getattr(history, "best_epoch", None), "best_single_expert": names[best_single],
         "regressions": shifts,
     }
+    if getattr(history, "selection", None) is not None:
+        metrics["head_selection"] = history.selection
+        metrics["selection_seconds"] = round(history.selection_seconds, 3)
+        metrics["cache_seconds"] = round(history.cache_seconds, 3)
+        metrics["spread_coverage_nominal"] = recipe.spread_coverage
     with session_scope(settings) as session:
         version = save_version(
             session, settings, router, parent_id=parent_id, status=VersionStatus.CANDIDATE, metrics=metrics,

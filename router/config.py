@@ -31,6 +31,11 @@ class RouterConfig:
         of the k most cosine-similar prompts in the router's memory (pooled embeddings and losses
         of its training prompts, rebuilt by every training run); the parametric head answers for
         an expert none of the k neighbours observed. 0 = parametric head only.
+    head_blend: weight of the parametric head where the neighbour head answers (0 = the neighbour
+        head alone, 0.5 = the average of the two; chosen by head selection, router/selection.py).
+    spread_neighbors: k > 0 = each prediction carries a spread (half-width of a calibrated interval,
+        see :meth:`router.model.Router.predict_with_spread`) from the dispersion of the losses of its
+        k nearest prompts in the memory; 0 = no spread.
     """
 
     backbone: str
@@ -45,6 +50,8 @@ class RouterConfig:
     head_hidden: int = 0
     pool_layers: int = 1
     head_neighbors: int = 0
+    head_blend: float = 0.0
+    spread_neighbors: int = 0
 
     def __post_init__(self) -> None:
         self.backbone = str(self.backbone)
@@ -74,6 +81,10 @@ class RouterConfig:
             raise ValueError(f"pool_layers must be >= 1, got {self.pool_layers}")
         if self.head_neighbors < 0:
             raise ValueError(f"head_neighbors must be >= 0, got {self.head_neighbors}")
+        if not 0.0 <= self.head_blend <= 1.0:
+            raise ValueError(f"head_blend must be in [0, 1], got {self.head_blend}")
+        if self.spread_neighbors < 0:
+            raise ValueError(f"spread_neighbors must be >= 0, got {self.spread_neighbors}")
         if self.head_hidden < 0:
             raise ValueError(f"head_hidden must be >= 0, got {self.head_hidden}")
 

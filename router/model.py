@@ -16,7 +16,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 from router.config import RouterConfig
 from router.layer import RegressionHead, additive_mask, neighbour_losses, pool
 
-__all__ = ["Router", "RouterConfig", "expand_experts", "init_head_cold_start", "renormalize"]
+__all__ = ["Router", "RouterConfig", "expand_experts", "init_head_cold_start", "renormalize", "reshape_head"]
 
 INIT_SEED = 0
 """LoRA and head initialisation are seeded so the same config always builds the same router."""
@@ -41,6 +41,8 @@ class Router(nn.Module):
     loss_std: torch.Tensor
     memory_keys: torch.Tensor
     memory_losses: torch.Tensor
+    spread_scale: torch.Tensor
+    spread_floor: torch.Tensor
 
     def __init__(self, config: RouterConfig, backbone: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
         super().__init__()
@@ -59,6 +61,9 @@ class Router(nn.Module):
         self.register_buffer("loss_std", torch.ones(num_experts))
         self.register_buffer("memory_keys", torch.zeros((0, hidden * config.pool_layers), dtype=torch.float16))
         self.register_buffer("memory_losses", torch.zeros((0, num_experts)))
+        # Calibration of the spread (router/selection.py): NaN = no spread for that expert.
+        self.register_buffer("spread_scale", torch.full((num_experts,), float("nan")))
+        self.register_buffer("spread_floor", torch.zeros(num_experts))
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -139,12 +144,29 @@ class Router(nn.Module):
 
     def normalized(self, pooled: torch.Tensor) -> torch.Tensor:
         """Predicted losses in normalised units, (B, E): the neighbour head where it has an
-        answer (``head_neighbors > 0`` and a memory), the parametric head elsewhere."""
+        answer (``head_neighbors > 0`` and a memory; blended with the parametric head by
+        ``head_blend``), the parametric head elsewhere."""
         out = self.head(pooled)
         if self.config.head_neighbors <= 0 or self.memory_keys.shape[0] == 0:
             return out
         near = neighbour_losses(pooled, self._float_keys(), self.memory_losses, self.config.head_neighbors)
-        return torch.where(torch.isnan(near), out, (near - self.loss_mean) / self.loss_std)
+        near = (near - self.loss_mean) / self.loss_std
+        blend = float(self.config.head_blend)
+        if blend > 0:
+            near = (1.0 - blend) * near + blend * out
+        return torch.where(torch.isnan(near), out, near)
+
+    def spread(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Half-width of the calibrated interval around each predicted loss (original units), (B, E):
+        ``spread_scale · max(dispersion, spread_floor)``, the dispersion being the standard deviation
+        of the losses of the ``spread_neighbors`` nearest memory prompts. NaN where unknown."""
+        k = self.config.spread_neighbors
+        if k <= 0 or self.memory_keys.shape[0] == 0:
+            return torch.full((pooled.shape[0], len(self.config.expert_names)), float("nan"))
+        from router.selection import neighbour_stats
+
+        _, dispersion = neighbour_stats(pooled, self._float_keys(), self.memory_losses, [k])[0]
+        return self.spread_scale * torch.maximum(dispersion, self.spread_floor)
 
     def _float_keys(self) -> torch.Tensor:
         """float32 copy of the fp16 memory keys, made once per memory rather than once per batch."""
@@ -210,6 +232,23 @@ class Router(nn.Module):
         out = self._batched(texts, batch_size, self.forward)
         return out if out.size else np.zeros((0, len(self.expert_names)), dtype=np.float32)
 
+    def predict_stacked(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Predicted losses and their spreads side by side, (N, 2E): one encoder pass for both."""
+        def both(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            pooled = self.upper(self.lower(ids, mask), mask)
+            return torch.cat([self.denormalize(self.normalized(pooled)), self.spread(pooled)], dim=1)
+
+        out = self._batched(texts, batch_size, both)
+        return out if out.size else np.zeros((0, 2 * len(self.expert_names)), dtype=np.float32)
+
+    def predict_with_spread(self, texts: Sequence[str], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """(predicted losses (N, E), spread (N, E)): the spread is the half-width of an interval
+        around each predicted loss calibrated to the nominal coverage of training (80 % by
+        default, checked on the holdout); NaN where the router has no calibrated spread."""
+        stacked = self.predict_stacked(texts, batch_size)
+        n = len(self.expert_names)
+        return stacked[:, :n], stacked[:, n:]
+
     def embed(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Pooled encoder embeddings (N, H) — the head's input (LoRA included), for baselines."""
         out = self._batched(texts, batch_size, lambda ids, mask: self.upper(self.lower(ids, mask), mask))
@@ -229,8 +268,12 @@ class Router(nn.Module):
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Load what :meth:`trainable_state_dict` returned; keys must match exactly, except that a
-        state saved before routers had a memory loads with an empty one."""
-        state = {**{name: buffer[:0] for name, buffer in self.named_buffers() if name.startswith("memory_")}, **state}
+        state saved before routers had a memory loads with an empty one (and one saved before
+        spreads, with no spread)."""
+        defaults = {name: buffer[:0] for name, buffer in self.named_buffers() if name.startswith("memory_")}
+        defaults["spread_scale"] = torch.full_like(self.spread_scale, float("nan"))
+        defaults["spread_floor"] = torch.zeros_like(self.spread_floor)
+        state = {**defaults, **state}
         expected = {k for k in self.state_dict() if _is_trainable_key(k)}
         missing, unexpected = expected - set(state), set(state) - expected
         if missing or unexpected:
@@ -264,7 +307,30 @@ def encoder_layers(backbone: nn.Module) -> nn.ModuleList:
 
 
 def _is_trainable_key(key: str) -> bool:
-    return "lora_" in key or key.startswith("head.") or key in ("loss_mean", "loss_std", "memory_keys", "memory_losses")
+    return "lora_" in key or key.startswith("head.") or key in (
+        "loss_mean", "loss_std", "memory_keys", "memory_losses", "spread_scale", "spread_floor")
+
+
+def reshape_head(router: Router, pool_layers: int, head_hidden: int = 0) -> None:
+    """Give ``router`` a fresh head over the top ``pool_layers`` states (linear when
+    ``head_hidden == 0``) predicting each expert's mean loss; a no-op when it already has that shape.
+    The encoder and the normalisation are kept; the memory is emptied when its width changes."""
+    if router.config.pool_layers == pool_layers and router.config.head_hidden == head_hidden:
+        return
+    config = RouterConfig.from_dict({**router.config.to_dict(), "pool_layers": pool_layers,
+                                     "head_hidden": head_hidden})
+    if pool_layers > router.num_layers + 1:
+        raise ValueError(f"pool_layers ({pool_layers}) exceeds the backbone's {router.num_layers + 1} hidden states")
+    hidden = int(router.backbone.config.hidden_size)
+    head = RegressionHead(hidden * pool_layers, len(router.expert_names), head_hidden)
+    with torch.no_grad():
+        head.last.weight.zero_()
+        head.last.bias.zero_()
+    router.config = config
+    router.head = head
+    if router.memory_keys.shape[1] != hidden * pool_layers:
+        router.memory_keys = torch.zeros((0, hidden * pool_layers), dtype=torch.float16)
+        router.memory_losses = torch.zeros((0, len(router.expert_names)))
 
 
 # ---- head surgery --------------------------------------------------------------------------
@@ -366,5 +432,10 @@ def expand_experts(router: Router, new_expert_names: Sequence[str], mean_losses:
         if name in old_index:
             memory[:, i] = router.memory_losses[:, old_index[name]]
     fresh.memory_losses = memory
+    scale, floor = torch.full((len(names),), float("nan")), torch.zeros(len(names))
+    for i, name in enumerate(names):
+        if name in old_index:
+            scale[i], floor[i] = router.spread_scale[old_index[name]], router.spread_floor[old_index[name]]
+    fresh.spread_scale, fresh.spread_floor = scale, floor
     fresh.eval()
     return fresh

@@ -24,7 +24,8 @@ import torch
 from router.hashing import Salt, stable_fraction
 from router.layer import pad_token_ids
 from router.losses import KINDS, Normalizer, masked_divergence
-from router.model import Router, renormalize
+from router.model import Router, renormalize, reshape_head
+from router.selection import RidgePath, Selection, SelectionConfig, fit_mlp, select_head, top_layers
 
 Progress = Callable[[float, str], None]
 
@@ -47,6 +48,9 @@ class TrainConfig:
         embeddings, per expert over its observed rows, with this L2 penalty α (absolute, as in
         scikit-learn's Ridge; the bias is not penalised). That state is epoch 0, so early stopping
         keeps it unless gradient epochs lower the validation loss. 0 = off.
+    selection: None = keep the router's head as configured; a grid = after the epochs, choose the
+        head by cross-validation on the pooled embeddings of every training row (LoRA included) and
+        refit it on all of them, and calibrate each prediction's spread (router/selection.py).
     """
 
     epochs: int = 4
@@ -62,6 +66,7 @@ class TrainConfig:
     cache_dtype: str = "float16"
     eval_batch_size: int = 64
     head_ridge: float = 0.0
+    selection: SelectionConfig | None = None
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -80,6 +85,8 @@ class TrainConfig:
             raise ValueError(f"head_ridge must be a finite number >= 0, got {self.head_ridge}")
         if self.cache_dtype not in ("float16", "float32"):
             raise ValueError(f"cache_dtype must be 'float16' or 'float32', got {self.cache_dtype!r}")
+        if self.selection is not None:
+            self.selection.validate()
 
 
 @dataclass
@@ -98,6 +105,8 @@ class TrainReport:
     cache_seconds: float = 0.0
     examples_per_second: float = 0.0  # training examples seen per second, whole run incl. cache
     train_examples_per_second: float = 0.0  # epochs only, cache excluded
+    selection: dict[str, object] | None = None  # head selection: the CV table and the chosen head
+    selection_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -287,6 +296,8 @@ def train_router(router: Router, prompts: Sequence[str], targets: np.ndarray, co
 
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
+    if config.selection is not None:  # pool every state a candidate needs; the head is refitted at the end
+        reshape_head(router, min(config.selection.max_pool, router.num_layers + 1), 0)
     if config.normalize:
         fitted = Normalizer.fit(values[train_idx])
         old_mean = router.loss_mean.numpy().astype(np.float64)
@@ -375,8 +386,20 @@ def train_router(router: Router, prompts: Sequence[str], targets: np.ndarray, co
                 result.stopped_early = epoch < config.epochs
                 break
     router.load_trainable_state_dict(best_state)
-    if router.config.head_neighbors > 0:  # validation is over: remember every row
-        remember(router, data, np.arange(len(texts)), target, config)
+    everything = np.arange(len(texts))
+    if config.selection is not None and len(texts) >= 2 * config.selection.folds:
+        report(0.985, f"selecting the head by {config.selection.folds}-fold CV on {len(texts)} rows", force=True)
+        selected_at = time.perf_counter()
+        features = _pooled_features(router, data, everything, config.eval_batch_size).double().numpy()
+        selection = select_head(features, values, config.selection, max_pool=router.config.pool_layers)
+        apply_selection(router, selection, features, values, config)
+        result.selection = selection.to_metrics()
+        result.selection_seconds = time.perf_counter() - selected_at
+    else:
+        if config.selection is not None:
+            result.selection = {"skipped": f"{len(texts)} rows are too few for {config.selection.folds}-fold CV"}
+        if router.config.head_neighbors > 0:  # validation is over: remember every row
+            remember(router, data, everything, target, config)
     router.eval()
     finished = time.perf_counter()
     examples = result.n_train * result.epochs_run
@@ -385,3 +408,39 @@ def train_router(router: Router, prompts: Sequence[str], targets: np.ndarray, co
     result.train_examples_per_second = examples / max(finished - train_started, 1e-9)
     report(1.0, f"done: best epoch {result.best_epoch}, {result.examples_per_second:.1f} examples/s", force=True)
     return result
+
+
+def apply_selection(router: Router, selection: Selection, features: np.ndarray, values: np.ndarray,
+                    config: TrainConfig) -> None:
+    """Make ``router`` the selected head, fitted on every row: its pooled states, the parametric head
+    (ridge at the selected α, or the MLP), the neighbour head's k and blend, the memory and the spread."""
+    chosen = selection.chosen
+    max_pool = router.config.pool_layers
+    x = top_layers(features, chosen.pool_layers, max_pool)
+    reshape_head(router, chosen.pool_layers, int(chosen.hidden or 0))
+    normalized = (values - router.loss_mean.double().numpy()) / router.loss_std.double().numpy()
+    fitted = fit_mlp(x, normalized, int(chosen.hidden or 0), selection_epochs(config), config.seed) \
+        if chosen.family == "mlp" else None  # trains with gradients: outside no_grad
+    with torch.no_grad():
+        if fitted is not None:
+            first, last = fitted
+            body = router.head.body
+            assert isinstance(body, torch.nn.Sequential)
+            body[0].load_state_dict(first.state_dict())
+            router.head.last.load_state_dict(last.state_dict())
+        else:
+            weight, bias = RidgePath(x, normalized).solution(float(selection.ridge_alpha or chosen.alpha or 1.0))
+            router.head.last.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+            router.head.last.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+    uses_neighbours = chosen.family in ("neighbour", "blend")
+    router.config.head_neighbors = int(chosen.k or 0) if uses_neighbours else 0
+    router.config.head_blend = 0.5 if chosen.family == "blend" else 0.0
+    router.config.spread_neighbors = int(selection.spread_k)
+    router.set_memory(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(values, dtype=torch.float32),
+                      seed=config.seed)
+    router.spread_scale = torch.as_tensor(np.nan_to_num(selection.spread_scale, nan=np.nan), dtype=torch.float32)
+    router.spread_floor = torch.as_tensor(np.nan_to_num(selection.spread_floor, nan=0.0), dtype=torch.float32)
+
+
+def selection_epochs(config: TrainConfig) -> int:
+    return config.selection.mlp_epochs if config.selection is not None else 1

@@ -60,6 +60,20 @@ class Settings(BaseSettings):
     train_pool_layers: int = Field(3, ge=1)
     train_head_neighbors: int = Field(100, ge=0)
     train_head_ridge: float = Field(1000.0, ge=0)
+    # Head selection (router/selection.py): every training run chooses its head by K-fold CV on its own
+    # training rows among ridge (α relative to the features' mean Gram eigenvalue), the neighbour head
+    # (k), their blend and an MLP head, over the top p pooled states; one-SE rule toward the simpler
+    # head. Off: the fixed head above (train_pool_layers, train_head_neighbors, train_head_ridge).
+    # Lists are JSON in the environment, e.g. THALAMUS_TRAIN_SELECT_NEIGHBORS='[10, 30, 100, 300]'.
+    train_head_select: bool = True
+    train_select_alphas: list[float] = Field(default_factory=lambda: [0.1, 1.0, 10.0, 100.0])
+    train_select_neighbors: list[int] = Field(default_factory=lambda: [10, 30, 100, 300])
+    train_select_pool_layers: list[int] = Field(default_factory=lambda: [1, 2, 3])
+    train_select_blend: bool = True
+    train_select_mlp_hidden: int = Field(64, ge=0)
+    train_select_folds: int = Field(5, ge=2)
+    # Nominal coverage of the interval whose half-width is each prediction's spread.
+    train_spread_coverage: float = Field(0.8, gt=0, lt=1)
     train_batch_size: int = Field(32, gt=0)
     train_learning_rate: float = Field(1e-3, gt=0)
     train_loss: str = "huber"
@@ -135,6 +149,16 @@ class Settings(BaseSettings):
         if self.job_lost_after_seconds < 2 * self.job_heartbeat_seconds:
             raise ValueError(f"THALAMUS_JOB_LOST_AFTER_SECONDS ({self.job_lost_after_seconds:g}) must be at least "
                              f"twice THALAMUS_JOB_HEARTBEAT_SECONDS ({self.job_heartbeat_seconds:g})")
+        return self
+
+    @model_validator(mode="after")
+    def _selection_grid_usable(self) -> Settings:
+        """Bad head-selection grids fail when the settings are read (start-up), not in a training job."""
+        from router.selection import SelectionConfig
+
+        SelectionConfig(alphas=tuple(self.train_select_alphas), neighbors=tuple(self.train_select_neighbors),
+                        pool_layers=tuple(self.train_select_pool_layers), folds=self.train_select_folds,
+                        mlp_hidden=self.train_select_mlp_hidden, coverage=self.train_spread_coverage)
         return self
 
     @property

@@ -101,6 +101,7 @@ def _answer(settings: Settings, writer: RequestLogWriter, metrics: Metrics, body
     # (its argmin), not with an expert the exploration policy drew instead.
     shadows.offer(request_id, prompt, lambdas, decision.greedy or decision.expert)
     return {"request_id": request_id, "expert": decision.expert, "predicted_losses": decision.predicted,
+            "predicted_spread": decision.spread,  # issue 14: calibrated spread per predicted loss
             "objective": decision.objective, "router_version": loaded.version_id, "lambdas": lambdas,
             "sampled": sampled, "propensity": decision.propensity, "explored": decision.explored,
             "action_probs": decision.action_probs, "latency_ms": round(latency_ms, 3)}

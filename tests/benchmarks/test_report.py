@@ -30,3 +30,25 @@ def test_summary_is_mean_and_sample_sd_over_seeds() -> None:
     assert summary["thalamus"]["loss_sd"] == pytest.approx(np.std([0.2, 0.4], ddof=1))
     assert "hyper" not in summary["thalamus"]
     assert summary["oracle"] == {"n": 1, "loss": 0.1, "loss_sd": 0.0}
+
+
+def test_the_datasets_summary_compares_thalamus_with_its_best_non_oracle_baseline() -> None:
+    from benchmarks.report import format_many, summary_row
+
+    def report(name: str, hib: bool, values: dict[str, list[float]]) -> dict:  # type: ignore[type-arg]
+        metric = "score" if hib else "loss"
+        policies = {p: [{metric: v, "hit_rate": 0.5, "regret": 0.1, "gap_captured": 0.1, "seconds": 1.0,
+                         **({"head": "ridge p=1 α=1", "test_coverage": 0.79} if p == "thalamus" else {})}
+                        for v in vs] for p, vs in values.items()}
+        return {"dataset": name, "higher_is_better": hib, "n_train": 10, "n_test": 5, "policies": policies,
+                "summary": summarize(policies)}
+
+    scored = report("dc", True, {"thalamus": [0.58, 0.60], "knn": [0.57], "ridge_probe": [0.595], "oracle": [0.9]})
+    row = summary_row(scored)
+    assert (row["best_baseline"], row["seeds"], row["heads"]) == ("ridge_probe", 2, ["ridge p=1 α=1"] * 2)
+    assert row["margin"] == pytest.approx(0.59 - 0.595) and row["test_coverage"] == pytest.approx(0.79)
+    lossy = summary_row(report("demo", False, {"thalamus": [5.62], "best_single": [5.64], "knn": [5.621],
+                                               "oracle": [5.5]}))
+    assert lossy["best_baseline"] == "knn" and lossy["margin"] == pytest.approx(5.621 - 5.62)
+    table = format_many({"runs": [], "summary": [row, lossy]}).splitlines()
+    assert len(table) == 4 and table[2].startswith("| dc | score | 0.5900") and "+0.0010" in table[3]

@@ -3,8 +3,11 @@ tracked run with a bad row already in the loss table (skipped, counted and repor
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from sqlalchemy import func, select
 
@@ -263,3 +266,104 @@ def test_a_table_of_fewer_than_four_prompts_is_refused_and_nothing_is_written(sm
         train_router(small_best)
     assert row_counts(small_best) == before and before["router_versions"] == 0
     assert not small_best.routers_dir.exists() or not any(small_best.routers_dir.iterdir())
+
+
+# ---- head selection (issue 14): the CV reads the training rows only, its table lands in the metrics ----
+
+SELECT_PROMPTS = [f"case {i}: a question about {WORDS[i % 10]} with detail {i * 13}" for i in range(80)]
+
+
+@pytest.fixture
+def selectable(tmp_path: Path, tiny_backbone: str, thalamus_env: None):  # type: ignore[no-untyped-def]
+    """Three external experts over 80 prompts whose best expert depends on the topic word, at the
+    production defaults (head selection on) with the tiny encoder, frozen so the test stays fast."""
+    from store.migrate import upgrade
+
+    settings = make_settings(tmp_path / "home", backbone=tiny_backbone, train_epochs="1", train_lora_r="0",
+                             train_select_mlp_hidden="16")
+    upgrade(settings)
+    with session_scope(settings) as session:
+        session.add_all([Expert(name=name, kind="external") for name in EXPERTS])
+        hashes = ensure_prompts(session, SELECT_PROMPTS)
+        upsert_losses(session, [{"prompt_hash": h, "expert": name, "expert_version": 1, "source": "reported",
+                                 "loss": base + (0.9 if (i % 10) % 3 == j else 0.0)}
+                                for i, h in enumerate(hashes) for j, (name, base) in enumerate(EXPERTS.items())])
+    return settings
+
+
+def test_head_selection_cross_validates_on_training_rows_only(selectable, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """The CV's row indices point into the prompts the training function was given, and those
+    prompts are exactly the non-holdout ones: no holdout row is ever read by the selection."""
+    import jobs.train_router as job
+    import router.training as training
+    from jobs.loss_table import holdout_mask
+    from store.queries import prompt_hash
+
+    seen: dict[str, object] = {}
+    fit, select = job.fit, training.select_head
+
+    def spy_fit(router, prompts, targets, config, progress=None):  # type: ignore[no-untyped-def]
+        seen["prompts"] = list(prompts)
+        return fit(router, prompts, targets, config, progress)
+
+    def spy_select(features, targets, config, max_pool=None):  # type: ignore[no-untyped-def]
+        selection = select(features, targets, config, max_pool=max_pool)
+        seen["rows"], seen["folds"] = features.shape[0], selection.folds
+        return selection
+
+    monkeypatch.setattr(job, "fit", spy_fit)
+    monkeypatch.setattr(training, "select_head", spy_select)
+    result = job.train_router(selectable)
+    holdout = {p for p, out in zip(SELECT_PROMPTS, holdout_mask([prompt_hash(p) for p in SELECT_PROMPTS],
+                                                                 selectable.train_holdout_share), strict=True) if out}
+    trained = seen["prompts"]
+    assert isinstance(trained, list) and holdout and not holdout & set(trained)
+    assert len(trained) + len(holdout) == len(SELECT_PROMPTS)
+    folds = np.asarray(seen["folds"])
+    assert seen["rows"] == len(trained) == folds.size  # one fold per training row, nothing else
+    assert set(folds.tolist()) == set(range(selectable.train_select_folds))
+    selection = result["metrics"]["head_selection"]
+    assert selection["rows"] == len(trained) and selection["folds"] == selectable.train_select_folds
+    assert {row["family"] for row in selection["table"]} == {"ridge", "neighbour", "blend", "mlp"}
+    assert sum(row["chosen"] for row in selection["table"]) == 1
+    assert 0 < result["metrics"]["candidate"]["interval_coverage"] <= 1
+
+
+def test_the_selected_head_is_what_the_registered_bundle_serves(selectable) -> None:  # type: ignore[no-untyped-def]
+    from jobs.router_store import load_version
+    from jobs.train_router import train_router
+
+    result = train_router(selectable)
+    chosen = result["metrics"]["head_selection"]["chosen"]
+    router = load_version(_version(selectable, result["version_id"]))
+    config = router.config
+    assert config.pool_layers == chosen["pool_layers"]
+    assert config.head_neighbors == (chosen["k"] if chosen["family"] in ("neighbour", "blend") else 0)
+    assert config.head_blend == (0.5 if chosen["family"] == "blend" else 0.0)
+    assert config.spread_neighbors == result["metrics"]["head_selection"]["spread_k"] > 0
+    predicted, spread = router.predict_with_spread(SELECT_PROMPTS[:4])
+    assert predicted.shape == spread.shape == (4, 3) and np.isfinite(spread).all() and (spread >= 0).all()
+    assert np.allclose(predicted, router.predict(SELECT_PROMPTS[:4]), atol=1e-5)
+
+
+def test_bad_selection_settings_stop_the_cli_at_start_up(tmp_path: Path, thalamus_env: None) -> None:
+    import subprocess
+    import sys
+
+    from pydantic import ValidationError
+
+    from store.settings import Settings
+
+    cases: list[tuple[str, Any, str]] = [("train_select_neighbors", [], "k grid"),
+                                         ("train_select_neighbors", [10, 0], "k must be >= 1"),
+                                         ("train_select_alphas", [], "α grid"),
+                                         ("train_select_pool_layers", [], "pooled-layer grid")]
+    for field, value, words in cases:
+        with pytest.raises(ValidationError, match=words):
+            Settings(**{field: value})
+    env = {**os.environ, "THALAMUS_HOME": str(tmp_path / "home"), "THALAMUS_TRAIN_SELECT_NEIGHBORS": "[10, 0]"}
+    done = subprocess.run([sys.executable, "-m", "cli", "admin", "versions"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "k must be >= 1" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "home" / "thalamus.db").exists()

@@ -150,3 +150,71 @@ def test_lora_training_refreshes_the_neighbour_memory_with_the_adapted_encoder(t
     fresh = fresh / fresh.norm(dim=1, keepdim=True)
     assert keys.shape[0] == len(prompts)
     torch.testing.assert_close(keys, fresh, atol=2e-3, rtol=0)  # the memory holds the final embeddings
+
+
+@pytest.mark.parametrize("family", ["mlp", "blend", "ridge"])
+def test_every_selectable_head_becomes_what_the_router_serves(tiny_bert: str, family: str) -> None:
+    """apply_selection turns each family into the router's own configuration: its predictions on the
+    training prompts equal what the head fitted on the pooled features predicts, and a bundle-shaped
+    state round-trips (the head's shape and the spread buffers follow the selection)."""
+    from router.selection import Candidate, RidgePath, Selection, fit_mlp, mlp_apply, top_layers
+    from router.training import apply_selection
+
+    router = make(tiny_bert, lora_r=0, pool_layers=3)
+    prompts, targets = domain_data()
+    features = router.embed(prompts).astype(np.float64)
+    chosen = {"mlp": Candidate("mlp", 2, hidden=8), "blend": Candidate("blend", 1, alpha=1.0, k=5),
+              "ridge": Candidate("ridge", 3, alpha=1.0)}[family]
+    selection = Selection(chosen=chosen, table=[], objective="routed_loss", best=chosen.label, threshold=0.0,
+                          folds=np.zeros(len(prompts), dtype=int), spread_k=5, spread_scale=np.ones(2),
+                          spread_floor=np.full(2, 0.01), oof_coverage=None, ridge_alpha=1.0)
+    mean, std = np.nanmean(targets, axis=0), np.nanstd(targets, axis=0)
+    router.loss_mean, router.loss_std = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+    apply_selection(router, selection, features, targets, TrainConfig(seed=0))
+    assert (router.config.pool_layers, router.config.head_hidden) == (chosen.pool_layers, chosen.hidden or 0)
+    x = top_layers(features, chosen.pool_layers, 3)
+    normalized = (targets - mean) / std
+    if family == "mlp":
+        from router.training import selection_epochs
+
+        expected = mlp_apply(*fit_mlp(x, normalized, 8, selection_epochs(TrainConfig(selection=None)), 0), x)
+        assert router.config.head_neighbors == 0
+    else:
+        weight, bias = RidgePath(x, normalized).solution(1.0)
+        expected = x @ weight.T + bias
+    np.testing.assert_allclose(router.head_normalized(torch.tensor(x, dtype=torch.float32)).detach().numpy(),
+                               expected, atol=2e-3)
+    predicted, spread = router.predict_with_spread(prompts)
+    assert predicted.shape == spread.shape == (len(prompts), 2) and np.isfinite(spread).all()
+    fresh = make(tiny_bert, **{k: v for k, v in router.config.to_dict().items()
+                               if k in ("lora_r", "pool_layers", "head_hidden", "head_neighbors", "head_blend",
+                                        "spread_neighbors")})
+    fresh.load_trainable_state_dict(router.trainable_state_dict())
+    np.testing.assert_allclose(fresh.predict_with_spread(prompts)[1], spread, atol=1e-5)
+
+
+def test_with_lora_the_head_is_selected_on_the_adapted_embeddings(tiny_bert: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import router.training as training
+    from router.selection import SelectionConfig
+
+    router = make(tiny_bert, lora_r=8, lora_layers=1, pool_layers=2)
+    prompts, targets = domain_data()
+    frozen = make(tiny_bert, lora_r=0, pool_layers=2).embed(prompts)
+    seen: dict[str, np.ndarray] = {}
+    select = training.select_head
+
+    def spy(features, values, config, max_pool=None):  # type: ignore[no-untyped-def]
+        seen["features"] = features
+        return select(features, values, config, max_pool=max_pool)
+
+    monkeypatch.setattr(training, "select_head", spy)
+    report = train_router(router, prompts, targets, TrainConfig(
+        epochs=2, learning_rate=5e-2, val_share=0.0, cache_dtype="float32",
+        selection=SelectionConfig(pool_layers=(1, 2), neighbors=(3, 10), folds=3, mlp_hidden=0)))
+    assert report.selection is not None and report.selection["rows"] == len(prompts)
+    features = seen["features"]
+    width = features.shape[1] // 2
+    adapted = router.embed(prompts)  # the trained router's own encoder, LoRA included
+    np.testing.assert_allclose(features[:, -width:], adapted[:, -width:], atol=1e-4)
+    assert np.abs(features[:, -width:] - frozen[:, -width:]).max() > 1e-3  # LoRA moved the embeddings
+    assert router.config.spread_neighbors in (3, 10)

@@ -1,0 +1,562 @@
+"""Head selection by cross-validation on the training rows, and the calibrated spread of a prediction.
+
+The training job hands this module the pooled embeddings of its own training rows (never the
+holdout) and their losses. :func:`select_head` cross-validates every candidate head on K folds of
+those rows and scores each by the objective the router serves: the mean true loss of the expert
+with the lowest predicted loss (over rows where at least two experts are observed; regression
+error when there are too few such rows). The candidates:
+
+* ``ridge``: a linear head fitted in closed form (ridge, α relative to the mean eigenvalue of the
+  centred Gram matrix, so the grid does not depend on the encoder's feature scale);
+* ``neighbour``: the mean observed loss of the k most cosine-similar training prompts;
+* ``blend``: the average of a ridge and a neighbour prediction;
+* ``mlp``: one hidden GELU layer trained by AdamW (on the pool setting of the best other head);
+
+each over the top p pooled hidden states for every p of the grid. The rule resists noise with the
+one-standard-error rule toward the simpler head family (ridge < neighbour < blend < mlp): the
+chosen family is the simplest one with a candidate within one standard error (of the best
+candidate's mean, over folds) of the best candidate, and inside it the best-scoring candidate. The
+table also gives each candidate's excess over the best with its paired standard error.
+
+The spread: the half-width of a nominal ``coverage`` (80 %) interval around each predicted loss,
+``scale[e] · max(dispersion, floor[e])``, where the dispersion is the standard deviation of the
+losses of the prompt's k nearest training prompts and ``scale`` is the split-conformal quantile of
+the out-of-fold residuals divided by their dispersion (normalised conformal prediction).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+FAMILIES: tuple[str, ...] = ("ridge", "neighbour", "blend", "mlp")
+"""Head families from the simplest to the most complex (the one-SE rule prefers the earlier)."""
+MIN_SCORED_ROWS = 20
+"""Fewer rows with two or more observed experts than this: candidates are scored by regression error."""
+SPREAD_FLOOR = 0.1
+"""A neighbour dispersion below this share of the expert's median dispersion counts as that share."""
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """The candidate grid and the CV protocol (``THALAMUS_TRAIN_SELECT_*`` settings).
+
+    alphas: ridge penalties relative to the mean eigenvalue of the centred Gram matrix of the
+        features (α = r · trace(XᵀX) / D).
+    neighbors: k values of the neighbour head.
+    pool_layers: how many of the top hidden states are pooled and concatenated.
+    blend: also try ridge + neighbour averages (every α × k pair).
+    mlp_hidden: width of the MLP head candidate; 0 = no MLP candidate.
+    mlp_epochs: AdamW epochs of the MLP candidate.
+    folds: K of the K-fold cross-validation.
+    coverage: nominal coverage of the interval the spread is the half-width of.
+    """
+
+    alphas: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)
+    neighbors: tuple[int, ...] = (10, 30, 100, 300)
+    pool_layers: tuple[int, ...] = (1, 2, 3)
+    blend: bool = True
+    mlp_hidden: int = 64
+    mlp_epochs: int = 10
+    folds: int = 5
+    coverage: float = 0.8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
+        object.__setattr__(self, "neighbors", tuple(int(k) for k in self.neighbors))
+        object.__setattr__(self, "pool_layers", tuple(int(p) for p in self.pool_layers))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError with one clear sentence for an unusable grid."""
+        if not self.alphas:
+            raise ValueError("the ridge α grid (THALAMUS_TRAIN_SELECT_ALPHAS) is empty")
+        if not self.neighbors:
+            raise ValueError("the neighbour k grid (THALAMUS_TRAIN_SELECT_NEIGHBORS) is empty")
+        if not self.pool_layers:
+            raise ValueError("the pooled-layer grid (THALAMUS_TRAIN_SELECT_POOL_LAYERS) is empty")
+        if any(not (a > 0 and math.isfinite(a)) for a in self.alphas):
+            raise ValueError(f"every ridge α must be a finite number > 0, got {list(self.alphas)}")
+        if any(k <= 0 for k in self.neighbors):
+            raise ValueError(f"every neighbour k must be >= 1, got {list(self.neighbors)}")
+        if any(p <= 0 for p in self.pool_layers):
+            raise ValueError(f"every pooled-layer count must be >= 1, got {list(self.pool_layers)}")
+        if self.mlp_hidden < 0 or self.mlp_epochs < 1:
+            raise ValueError(f"mlp_hidden must be >= 0 and mlp_epochs >= 1, got {self.mlp_hidden}, {self.mlp_epochs}")
+        if self.folds < 2:
+            raise ValueError(f"head selection needs at least 2 folds, got {self.folds}")
+        if not 0.0 < self.coverage < 1.0:
+            raise ValueError(f"coverage must be in (0, 1), got {self.coverage}")
+
+    @property
+    def max_pool(self) -> int:
+        return max(self.pool_layers)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    family: str
+    pool_layers: int
+    alpha: float | None = None  # relative ridge α (ridge, blend)
+    k: int | None = None  # neighbour k (neighbour, blend)
+    hidden: int | None = None  # MLP width
+
+    @property
+    def label(self) -> str:
+        parts = [self.family, f"p={self.pool_layers}"]
+        if self.alpha is not None:
+            parts.append(f"α={self.alpha:g}")
+        if self.k is not None:
+            parts.append(f"k={self.k}")
+        if self.hidden is not None:
+            parts.append(f"h={self.hidden}")
+        return " ".join(parts)
+
+
+@dataclass
+class Selection:
+    """The outcome: the chosen head, the CV table, and what the spread needs."""
+
+    chosen: Candidate
+    table: list[dict[str, Any]]  # one row per candidate: label, family, params, mean, se, chosen
+    objective: str  # "routed_loss" or "mse"
+    best: str  # label of the best-scoring candidate
+    threshold: float  # best mean + its standard error over folds: the one-SE rule's bound
+    folds: np.ndarray  # (N,) fold of every row (the rows given to select_head, nothing else)
+    spread_k: int  # neighbours whose dispersion scales the spread
+    spread_scale: np.ndarray  # (E,) conformal factor per expert (NaN = no calibration data)
+    spread_floor: np.ndarray  # (E,) smallest dispersion used per expert
+    oof_coverage: float | None  # coverage of the calibrated intervals on the out-of-fold predictions
+    seconds: float = 0.0
+    ridge_alpha: float | None = None  # relative α of the best ridge at the chosen pool setting
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_metrics(self) -> dict[str, Any]:
+        """JSON-able summary for the version's metrics (``head_selection``)."""
+        return {"chosen": asdict(self.chosen) | {"label": self.chosen.label}, "objective": self.objective,
+                "best": self.best, "threshold": self.threshold, "folds": int(self.folds.max()) + 1,
+                "rows": int(self.folds.size), "table": self.table, "spread_k": self.spread_k,
+                "spread_scale": [None if not math.isfinite(v) else float(v) for v in self.spread_scale],
+                "oof_coverage": self.oof_coverage, "seconds": round(self.seconds, 3),
+                "ridge_alpha": self.ridge_alpha, **self.extra}
+
+
+# ---- feature helpers ------------------------------------------------------------------------
+def top_layers(features: np.ndarray, pool_layers: int, max_pool: int) -> np.ndarray:
+    """The columns of the top ``pool_layers`` states out of features pooled over ``max_pool`` states
+    (concatenated lowest first, as :meth:`router.model.Router.upper` does)."""
+    width = features.shape[1] // max_pool
+    return features[:, (max_pool - pool_layers) * width:]
+
+
+def fold_ids(n: int, folds: int, seed: int) -> np.ndarray:
+    """Seeded fold of each of ``n`` rows (balanced sizes)."""
+    folds = min(folds, n)
+    return np.random.RandomState(seed).permutation(n) % folds
+
+
+def normalizer(targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-expert mean and std over observed entries (std 1 where undefined)."""
+    with np.errstate(all="ignore"):
+        mean = np.nanmean(targets, axis=0)
+        std = np.nanstd(targets, axis=0)
+    mean = np.where(np.isfinite(mean), mean, 0.0)
+    std = np.where(np.isfinite(std) & (std > 1e-8), std, 1.0)
+    return mean, std
+
+
+# ---- ridge -------------------------------------------------------------------------------
+class RidgePath:
+    """Ridge fits of every column (over its observed rows) for several α, by linear solves.
+
+    Columns observed on the same rows share one Gram matrix. ``gram`` may pass precomputed
+    (uncentred XᵀX, Σx, n) per column pattern so cross-validation can subtract a fold instead of
+    recomputing (see :func:`select_head`). α is relative to the mean eigenvalue of the centred Gram
+    matrix (its trace / D).
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray,
+                 grams: dict[bytes, tuple[np.ndarray, np.ndarray, int]] | None = None) -> None:
+        self.x = np.asarray(x, dtype=np.float64)
+        self.y = np.asarray(y, dtype=np.float64)
+        self.groups: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        seen = ~np.isnan(self.y)
+        for key, cols in column_patterns(seen).items():
+            rows = seen[:, cols[0]]
+            xs = self.x[rows]
+            if grams is not None and key in grams:
+                square, total, n = grams[key]
+            else:
+                square, total, n = xs.T @ xs, xs.sum(axis=0), int(rows.sum())
+            x_mean = total / n
+            centred = square - n * np.outer(x_mean, x_mean)
+            ys = self.y[rows][:, cols]
+            y_mean = ys.mean(axis=0)
+            rhs = xs.T @ (ys - y_mean)  # = centred xᵀ (y − ȳ), since Σ(y − ȳ) = 0
+            self.groups.append((np.array(cols), x_mean, y_mean, centred, rhs))
+        traces = [float(np.trace(g[3])) / max(g[3].shape[0], 1) for g in self.groups]
+        self.mean_eig = float(np.mean(traces)) if traces else 1.0
+
+    def absolute(self, relative_alpha: float) -> float:
+        return relative_alpha * max(self.mean_eig, 1e-12)
+
+    def _weights(self, centred: np.ndarray, rhs: np.ndarray, relative_alpha: float) -> np.ndarray:
+        system = centred + self.absolute(relative_alpha) * np.eye(centred.shape[0])
+        return np.asarray(np.linalg.solve(system, rhs))
+
+    def predict(self, x_test: np.ndarray, relative_alphas: Sequence[float]) -> list[np.ndarray]:
+        """Predictions (N_test, E) for each α; an unobserved column predicts 0 (the normalised mean)."""
+        x_test = np.asarray(x_test, dtype=np.float64)
+        outs = [np.zeros((x_test.shape[0], self.y.shape[1])) for _ in relative_alphas]
+        for cols, x_mean, y_mean, centred, rhs in self.groups:
+            shifted = x_test - x_mean
+            for out, rel in zip(outs, relative_alphas, strict=True):
+                out[:, cols] = shifted @ self._weights(centred, rhs, rel) + y_mean
+        return outs
+
+    def solution(self, relative_alpha: float) -> tuple[np.ndarray, np.ndarray]:
+        """(weight (E, D), bias (E,)) so that prediction = x @ weight.T + bias."""
+        weight = np.zeros((self.y.shape[1], self.x.shape[1]))
+        bias = np.zeros(self.y.shape[1])
+        for cols, x_mean, y_mean, centred, rhs in self.groups:
+            w = self._weights(centred, rhs, relative_alpha)  # (D, |cols|)
+            weight[cols] = w.T
+            bias[cols] = y_mean - x_mean @ w
+        return weight, bias
+
+
+def column_patterns(seen: np.ndarray) -> dict[bytes, list[int]]:
+    """Columns grouped by the rows they are observed on (columns never observed are left out)."""
+    patterns: dict[bytes, list[int]] = {}
+    for j in range(seen.shape[1]):
+        if seen[:, j].any():
+            patterns.setdefault(np.packbits(seen[:, j]).tobytes(), []).append(j)
+    return patterns
+
+
+# ---- neighbours ----------------------------------------------------------------------------
+def unit_rows(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(x).float()
+    return t / t.norm(dim=1, keepdim=True).clamp(min=1e-12)
+
+
+def neighbour_stats(query: torch.Tensor, keys: torch.Tensor, losses: torch.Tensor,
+                    ks: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """For each k: (mean, std) of the observed losses of the k most cosine-similar keys, (B, E) each.
+
+    ``query`` rows need not be unit-norm; ``keys`` must be. NaN where none of the k observed an expert
+    (the std is 0 where exactly one did).
+    """
+    n = keys.shape[0]
+    k_max = max(1, min(max(int(k) for k in ks), n))
+    nearest = (unit_rows(query) @ keys.float().T).topk(k_max, dim=1, sorted=True).indices
+    values = losses.float()[nearest]  # (B, k_max, E)
+    seen = ~torch.isnan(values)
+    filled = torch.where(seen, values, torch.zeros_like(values))
+    total, squares, count = filled.cumsum(1), (filled ** 2).cumsum(1), seen.float().cumsum(1)
+    out = []
+    for k in ks:
+        i = max(1, min(int(k), n)) - 1
+        c = count[:, i]
+        mean = torch.where(c > 0, total[:, i] / c.clamp(min=1), torch.full_like(c, float("nan")))
+        var = (squares[:, i] / c.clamp(min=1) - torch.nan_to_num(mean) ** 2).clamp(min=0)
+        out.append((mean, torch.where(c > 0, var.sqrt(), torch.full_like(c, float("nan")))))
+    return out
+
+
+# ---- MLP -----------------------------------------------------------------------------------
+def fit_mlp(x: np.ndarray, y: np.ndarray, hidden: int, epochs: int, seed: int,
+            ) -> tuple[torch.nn.Linear, torch.nn.Linear]:
+    """One-hidden-layer GELU MLP on (x, normalised y with NaN), masked MSE, AdamW; the input
+    standardisation is folded into the first layer, so the result takes raw features.
+
+    Runs on one thread: its many small steps gain nothing from intra-op threads, and on a shared
+    CPU the threads' synchronisation made it ~80× slower (measured: 18 s vs 0.2 s)."""
+    with single_threaded():
+        return _fit_mlp(x, y, hidden, epochs, seed)
+
+
+@contextlib.contextmanager
+def single_threaded() -> Iterator[None]:
+    """Run torch and the BLAS numpy uses on one thread: selection is many small operations, and on a
+    shared CPU the threads' synchronisation cost more than they gained (measured on the dev box:
+    an MLP fit 18 s on two threads vs 0.2 s on one; the whole CV on dcrouter's quick slice 168 s vs 8 s)."""
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_mlp(x: np.ndarray, y: np.ndarray, hidden: int, epochs: int, seed: int,
+             ) -> tuple[torch.nn.Linear, torch.nn.Linear]:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
+        xt = torch.as_tensor(x, dtype=torch.float32)
+        mu, sd = xt.mean(0), xt.std(0) + 1e-6
+        xs = (xt - mu) / sd
+        yt = torch.as_tensor(y, dtype=torch.float32)
+        seen = ~torch.isnan(yt)
+        yt = torch.nan_to_num(yt)
+        first, last = torch.nn.Linear(xs.shape[1], hidden), torch.nn.Linear(hidden, yt.shape[1])
+        dropout = torch.nn.Dropout(0.1)
+        parameters = [*first.parameters(), *last.parameters()]
+        optimizer = torch.optim.AdamW(parameters, lr=1e-3, weight_decay=1e-2)
+        for _ in range(epochs):
+            order = torch.randperm(xs.shape[0], generator=generator)
+            for start in range(0, xs.shape[0], 128):
+                i = order[start:start + 128]
+                err = (last(dropout(torch.nn.functional.gelu(first(xs[i])))) - yt[i]) ** 2
+                loss = (err * seen[i]).sum() / seen[i].sum().clamp(min=1)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        with torch.no_grad():  # fold the standardisation into the first layer
+            first.weight.div_(sd[None, :])
+            first.bias.sub_(first.weight @ mu)
+    return first, last
+
+
+def mlp_apply(first: torch.nn.Linear, last: torch.nn.Linear, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        out = last(torch.nn.functional.gelu(first(torch.as_tensor(x, dtype=torch.float32))))
+    return out.double().numpy()
+
+
+# ---- scoring --------------------------------------------------------------------------------
+def routed_row_losses(predicted: np.ndarray, true: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """True loss of the argmin of the prediction among each row's observed experts (``rows`` only)."""
+    pred, tru = predicted[rows], true[rows]
+    masked = np.where(np.isnan(tru), np.inf, np.nan_to_num(pred, nan=np.inf))
+    chosen = masked.argmin(axis=1)
+    return tru[np.arange(len(rows)), chosen]
+
+
+def conformal_quantile(values: np.ndarray, coverage: float) -> float:
+    """The split-conformal quantile: the ⌈(n+1)·coverage⌉-th smallest of n values (inf when n is too small)."""
+    values = np.sort(values[np.isfinite(values)])
+    n = values.size
+    rank = math.ceil((n + 1) * coverage)
+    return float(values[rank - 1]) if 0 < rank <= n else math.inf
+
+
+def calibrate(true: np.ndarray, predicted: np.ndarray, dispersion: np.ndarray, coverage: float,
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """(scale (E,), floor (E,)) so that |true − predicted| ≤ scale · max(dispersion, floor) holds for
+    a share ``coverage`` of the observed entries of each expert (normalised split conformal)."""
+    experts = true.shape[1]
+    scale, floor = np.full(experts, np.nan), np.full(experts, np.nan)
+    for e in range(experts):
+        ok = ~np.isnan(true[:, e]) & ~np.isnan(predicted[:, e]) & ~np.isnan(dispersion[:, e])
+        if not ok.any():
+            continue
+        d = dispersion[ok, e]
+        positive = d[d > 0]
+        base = float(np.median(positive)) if positive.size else float(np.std(true[ok, e])) or 1.0
+        floor[e] = max(SPREAD_FLOOR * base, 1e-6)
+        ratio = np.abs(true[ok, e] - predicted[ok, e]) / np.maximum(d, floor[e])
+        q = conformal_quantile(ratio, coverage)
+        scale[e] = q if math.isfinite(q) else float(np.max(ratio))
+    return scale, floor
+
+
+def coverage_of(true: np.ndarray, predicted: np.ndarray, spread: np.ndarray) -> float | None:
+    """Share of observed entries with |true − predicted| ≤ spread (entries with a known spread)."""
+    ok = ~np.isnan(true) & ~np.isnan(predicted) & np.isfinite(spread)
+    if not ok.any():
+        return None
+    return float(np.mean(np.abs(true[ok] - predicted[ok]) <= spread[ok] + 1e-12))
+
+
+# ---- selection --------------------------------------------------------------------------
+def candidates(config: SelectionConfig, dims: int) -> list[Candidate]:
+    """Every non-MLP candidate of the grid (pool settings above ``dims`` states are skipped)."""
+    out: list[Candidate] = []
+    for p in sorted(set(config.pool_layers)):
+        if p > dims:
+            continue
+        out += [Candidate("ridge", p, alpha=a) for a in config.alphas]
+        out += [Candidate("neighbour", p, k=k) for k in config.neighbors]
+        if config.blend:
+            out += [Candidate("blend", p, alpha=a, k=k) for a in config.alphas for k in config.neighbors]
+    return out
+
+
+def select_head(features: np.ndarray, targets: np.ndarray, config: SelectionConfig,
+                max_pool: int | None = None) -> Selection:
+    """Cross-validate every candidate on these rows and choose by the one-SE rule (module docstring).
+
+    ``features``: (N, max_pool · H) pooled embeddings of the training rows, ``targets``: (N, E)
+    losses in original units with NaN for unobserved entries. Only these rows are read.
+    """
+    with single_threaded():
+        return _select_head(features, targets, config, max_pool)
+
+
+def _select_head(features: np.ndarray, targets: np.ndarray, config: SelectionConfig,
+                 max_pool: int | None) -> Selection:
+    started = time.perf_counter()
+    config.validate()
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(targets, dtype=np.float64)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"features {x.shape} and targets {y.shape} must be (N, D) and (N, E)")
+    n = y.shape[0]
+    if n < 2 * config.folds:
+        raise ValueError(f"head selection needs at least {2 * config.folds} rows for {config.folds} folds, got {n}")
+    max_pool = max_pool or config.max_pool
+    folds = fold_ids(n, config.folds, config.seed)
+    k_folds = int(folds.max()) + 1
+    pool_settings = sorted(p for p in set(config.pool_layers) if p <= max_pool)
+    cands = candidates(config, max_pool)
+    oof = {c: np.full(y.shape, np.nan) for c in cands}
+    ks = sorted(set(config.neighbors))
+    dispersion = {(p, k): np.full(y.shape, np.nan) for p in pool_settings for k in ks}
+    for f in range(k_folds):
+        tr, te = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
+        mean, std = normalizer(y[tr])
+        y_norm = (y[tr] - mean) / std
+        # One Gram matrix per fold (and column pattern) over every pooled state; fewer states are a sub-block.
+        x_tr = x[tr]
+        grams = {key: (x_tr[seen].T @ x_tr[seen], x_tr[seen].sum(axis=0), int(seen.sum()))
+                 for key, cols in column_patterns(~np.isnan(y_norm)).items()
+                 for seen in [~np.isnan(y_norm[:, cols[0]])]}
+        width = x.shape[1] // max_pool
+        for p in pool_settings:
+            xp = top_layers(x, p, max_pool)
+            cut = (max_pool - p) * width
+            sub = {key: (square[cut:, cut:], total[cut:], count) for key, (square, total, count) in grams.items()}
+            ridge = dict(zip(config.alphas, RidgePath(xp[tr], y_norm, grams=sub).predict(xp[te], config.alphas),
+                             strict=True))
+            ridge = {a: v * std + mean for a, v in ridge.items()}
+            keys = unit_rows(xp[tr])
+            stats = neighbour_stats(torch.as_tensor(xp[te]), keys, torch.as_tensor(y[tr]), ks)
+            near = {}
+            for k, (m, s) in zip(ks, stats, strict=True):
+                value = m.double().numpy()
+                near[k] = np.where(np.isnan(value), mean, value)  # no neighbour observed it: the fold mean
+                dispersion[(p, k)][te] = s.double().numpy()
+            for c in cands:
+                if c.pool_layers != p:
+                    continue
+                if c.family == "ridge":
+                    oof[c][te] = ridge[float(c.alpha or 0.0)]
+                elif c.family == "neighbour":
+                    oof[c][te] = near[int(c.k or 0)]
+                else:
+                    oof[c][te] = 0.5 * ridge[float(c.alpha or 0.0)] + 0.5 * near[int(c.k or 0)]
+    scored = np.flatnonzero((~np.isnan(y)).sum(axis=1) >= 2)
+    objective = "routed_loss" if scored.size >= MIN_SCORED_ROWS else "mse"
+
+    def row_losses(pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(per-row value, fold of that row) of the CV objective."""
+        if objective == "routed_loss":
+            return routed_row_losses(pred, y, scored), folds[scored]
+        _, std_all = normalizer(y)
+        err = ((pred - y) / std_all) ** 2
+        seen = ~np.isnan(y)
+        per_row = np.where(seen, err, 0.0).sum(axis=1) / np.maximum(seen.sum(axis=1), 1)
+        keep = seen.any(axis=1)
+        return per_row[keep], folds[keep]
+
+    def summary(pred: np.ndarray) -> tuple[float, float]:
+        values, fold_of = row_losses(pred)
+        means = np.array([values[fold_of == f].mean() for f in range(k_folds) if (fold_of == f).any()])
+        se = float(means.std(ddof=1) / math.sqrt(means.size)) if means.size > 1 else 0.0
+        return float(values.mean()), se
+
+    results = {c: summary(oof[c]) for c in cands}
+    if config.mlp_hidden > 0:
+        p_best = min(results, key=lambda c: results[c][0]).pool_layers
+        mlp = Candidate("mlp", p_best, hidden=config.mlp_hidden)
+        pred = np.full(y.shape, np.nan)
+        xp = top_layers(x, p_best, max_pool)
+        for f in range(k_folds):
+            tr, te = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
+            mean, std = normalizer(y[tr])
+            first, last = fit_mlp(xp[tr], (y[tr] - mean) / std, config.mlp_hidden, config.mlp_epochs,
+                                  config.seed + f)
+            pred[te] = mlp_apply(first, last, xp[te]) * std + mean
+        oof[mlp] = pred
+        results[mlp] = summary(pred)
+    best = min(results, key=lambda c: (results[c][0], FAMILIES.index(c.family)))
+    best_rows, _ = row_losses(oof[best])
+    threshold = results[best][0] + results[best][1]
+    chosen = best
+    for family in FAMILIES:
+        within = [c for c in results if c.family == family and results[c][0] <= threshold + 1e-12]
+        if within:
+            chosen = min(within, key=lambda c: results[c][0])
+            break
+    # The spread: dispersion of the chosen head's own k, else of the best neighbour k at its pool setting.
+    neighbour_scores = {int(c.k or 0): results[c][0] for c in results if c.family == "neighbour"
+                        and c.pool_layers == chosen.pool_layers}
+    spread_k = int(chosen.k) if chosen.k is not None else min(neighbour_scores, key=lambda k: neighbour_scores[k])
+    disp = dispersion[(chosen.pool_layers, spread_k)]
+    scale, floor = calibrate(y, oof[chosen], disp, config.coverage)
+    spread = scale[None, :] * np.maximum(disp, floor[None, :])
+    ridge_scores = {float(c.alpha or 0.0): results[c][0] for c in results if c.family == "ridge"
+                    and c.pool_layers == chosen.pool_layers}
+    ridge_alpha = chosen.alpha if chosen.alpha is not None else min(ridge_scores, key=lambda a: ridge_scores[a])
+    def excess(c: Candidate) -> tuple[float, float]:
+        diff = row_losses(oof[c])[0] - best_rows
+        return float(diff.mean()), float(diff.std(ddof=1) / math.sqrt(max(diff.size, 1))) if diff.size > 1 else 0.0
+
+    table = []
+    for c in sorted(results, key=lambda c: results[c][0]):
+        gap, gap_se = excess(c)
+        table.append({"label": c.label, **{k: v for k, v in asdict(c).items() if v is not None},
+                      "mean": round(results[c][0], 6), "se": round(results[c][1], 6),
+                      "vs_best": round(gap, 6), "vs_best_se": round(gap_se, 6), "chosen": c == chosen})
+    return Selection(chosen=chosen, table=table, objective=objective, best=best.label, threshold=threshold,
+                     folds=folds, spread_k=spread_k, spread_scale=scale, spread_floor=floor,
+                     oof_coverage=coverage_of(y, oof[chosen], spread), seconds=time.perf_counter() - started,
+                     ridge_alpha=ridge_alpha)
+
+
+def format_table(selection: dict[str, Any], limit: int = 12) -> str:
+    """The CV table of a version's ``head_selection`` metrics as text (best first, chosen marked)."""
+    lines = [f"head selection: {selection.get('chosen', {}).get('label')} "
+             f"({selection.get('folds')}-fold CV on {selection.get('rows')} training rows, "
+             f"objective {selection.get('objective')} (lower is better), best {selection.get('best')}, "
+             f"one-SE bound {selection.get('threshold', float('nan')):.4f}, "
+             f"{selection.get('seconds', 0):.1f}s)",
+             "| candidate | CV mean | s.e. over folds | excess over best ± paired s.e. | |", "|---|---|---|---|---|"]
+    table = list(selection.get("table") or [])
+    shown = table[:limit] + [r for r in table[limit:] if r.get("chosen")]
+    for row in shown:
+        mark = "chosen" if row.get("chosen") else ""
+        gap = f"{row['vs_best']:+.4f} ± {row['vs_best_se']:.4f}" if "vs_best" in row else "–"
+        lines.append(f"| {row['label']} | {row['mean']:.4f} | {row['se']:.4f} | {gap} | {mark} |")
+    if len(table) > len(shown):
+        lines.append(f"({len(table) - len(shown)} more candidates)")
+    return "\n".join(lines)
+
+
+def intervals_overlap(predicted: np.ndarray, spread: np.ndarray) -> np.ndarray:
+    """(N,) True where the interval of the expert with the lowest predicted loss overlaps the
+    interval of the runner-up: the router cannot tell them apart at the calibrated coverage. An
+    input for an exploration policy (explore where it is True); False where a spread is unknown."""
+    predicted = np.asarray(predicted, dtype=np.float64)
+    spread = np.asarray(spread, dtype=np.float64)
+    if predicted.shape[1] < 2:
+        return np.zeros(predicted.shape[0], dtype=bool)
+    order = np.argsort(predicted, axis=1)
+    rows = np.arange(predicted.shape[0])
+    first, second = order[:, 0], order[:, 1]
+    gap = predicted[rows, second] - predicted[rows, first]
+    reach = spread[rows, first] + spread[rows, second]
+    return np.where(np.isfinite(reach), gap <= reach, False)

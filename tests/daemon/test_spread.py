@@ -1,0 +1,34 @@
+"""The routing decision carries the router's calibrated spread (issue 14): the daemon's batcher runs
+``Router.predict_stacked`` (losses and spreads side by side) and the decision splits them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import numpy as np
+
+from daemon.batcher import MicroBatcher
+from daemon.holder import LoadedRouter
+
+
+def loaded(stacked: list[float]) -> LoadedRouter:
+    """A LoadedRouter over three experts whose batcher answers ``stacked`` for every prompt."""
+    batcher = MicroBatcher(lambda texts: np.array([stacked] * len(texts)))
+    router: Any = None  # route() only reads the batcher and the expert order
+    return LoadedRouter(version_id=1, sha256="x", router=router, expert_names=("a", "b", "c"), experts=(),
+                        constraints=np.zeros((3, 4)), loaded_at=dt.datetime.now(dt.UTC), batcher=batcher)
+
+
+def test_the_decision_carries_the_spread_of_every_predicted_loss() -> None:
+    decision = loaded([0.3, 0.1, 0.5, 0.05, 0.2, float("nan")]).route("a prompt", {})
+    assert decision.expert == "b" and decision.predicted == {"a": 0.3, "b": 0.1, "c": 0.5}
+    assert decision.spread == {"a": 0.05, "b": 0.2, "c": None}  # NaN: no calibrated spread for c
+
+
+def test_a_router_without_spreads_gives_none() -> None:
+    nan = float("nan")
+    decision = loaded([0.3, 0.1, 0.5, nan, nan, nan]).route("a prompt", {})
+    assert decision.expert == "b" and decision.spread is None
+    predicted, spread = loaded([0.3, 0.1, 0.5, nan, nan, nan]).predict_with_spread(["x", "y"])
+    assert predicted.shape == spread.shape == (2, 3) and np.isnan(spread).all()

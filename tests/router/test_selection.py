@@ -1,0 +1,151 @@
+"""Head selection by cross-validation and the calibrated spread, on synthetic worlds whose right head is known."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from router.selection import (
+    SelectionConfig,
+    calibrate,
+    coverage_of,
+    neighbour_stats,
+    select_head,
+    top_layers,
+    unit_rows,
+)
+
+FAST: dict[str, Any] = {"mlp_epochs": 5, "mlp_hidden": 32, "folds": 5}
+
+
+def linear_world(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Losses linear in 24 features (two pooled 'layers' of 12): a ridge head is right."""
+    rng = np.random.RandomState(seed)
+    x = rng.normal(size=(n, 24))
+    w = np.random.RandomState(99).normal(size=(24, 4))
+    return x, x @ w + 0.3 * rng.normal(size=(n, 4))
+
+
+def clustered_world(n: int, seed: int, noise: float = 0.05) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """60 tight clusters on a 4-d sphere, each with an arbitrary best expert: no linear map fits it,
+    the neighbour head does. Returns (x, losses, cluster)."""
+    world = np.random.RandomState(7)
+    centres = world.normal(size=(60, 4))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    table = world.uniform(0, 1, size=(60, 3))
+    rng = np.random.RandomState(seed)
+    cluster = rng.randint(0, 60, size=n)
+    x = centres[cluster] + 0.03 * rng.normal(size=(n, 4))
+    return x, table[cluster] + noise * rng.normal(size=(n, 3)), cluster
+
+
+def test_a_linear_world_picks_ridge() -> None:
+    x, y = linear_world(400, seed=0)
+    selection = select_head(x, y, SelectionConfig(pool_layers=(1, 2), **FAST), max_pool=2)
+    assert selection.chosen.family == "ridge", selection.table[:5]
+    assert selection.chosen.pool_layers == 2  # the lower 'layer' carries half the signal
+    by_label = {row["label"]: row["mean"] for row in selection.table}
+    best_neighbour = min(v for k, v in by_label.items() if k.startswith("neighbour"))
+    assert by_label[selection.chosen.label] < best_neighbour
+
+
+def test_a_clustered_nonlinear_world_picks_the_neighbour_head() -> None:
+    x, y, _ = clustered_world(900, seed=0)
+    selection = select_head(x, y, SelectionConfig(pool_layers=(1,), neighbors=(5, 10, 30), **FAST))
+    assert selection.chosen.family == "neighbour", selection.table[:5]
+    by_label = {row["label"]: row["mean"] for row in selection.table}
+    best_ridge = min(v for k, v in by_label.items() if k.startswith("ridge"))
+    assert by_label[selection.chosen.label] < best_ridge - 0.05
+
+
+def test_noise_that_cannot_be_learnt_falls_back_to_the_simplest_head() -> None:
+    """Losses independent of the features: no head is better than another beyond noise, so the
+    one-SE rule chooses the simplest family (ridge)."""
+    rng = np.random.RandomState(3)
+    selection = select_head(rng.normal(size=(300, 8)), rng.uniform(size=(300, 3)),
+                            SelectionConfig(pool_layers=(1,), **FAST))
+    assert selection.chosen.family == "ridge", selection.table[:5]
+
+
+def test_the_cv_reads_only_the_rows_it_is_given_and_covers_each_once() -> None:
+    x, y = linear_world(100, seed=1)
+    selection = select_head(x, y, SelectionConfig(pool_layers=(1,), **FAST), max_pool=2)
+    assert selection.folds.shape == (100,)
+    assert sorted(np.bincount(selection.folds).tolist()) == [20] * 5
+
+
+def test_top_layers_takes_the_last_columns() -> None:
+    x = np.arange(12.0).reshape(1, 12)
+    assert top_layers(x, 1, 3).tolist() == [[8.0, 9.0, 10.0, 11.0]]
+    assert top_layers(x, 3, 3).shape == (1, 12)
+
+
+def test_neighbour_stats_mean_and_std_of_the_k_nearest() -> None:
+    keys = unit_rows(np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]]))
+    losses = torch.tensor([[1.0, np.nan], [3.0, 2.0], [10.0, 5.0]])
+    (mean1, std1), (mean2, std2) = neighbour_stats(torch.tensor([[1.0, 0.01]]), keys, losses, [1, 2])
+    assert mean1.tolist() == [[1.0, pytest.approx(float("nan"), nan_ok=True)]]
+    assert mean2[0].tolist() == [2.0, 2.0] and std2[0].tolist() == [1.0, 0.0]
+
+
+def test_the_calibrated_spread_covers_80_percent_of_fresh_rows() -> None:
+    """Heteroscedastic clusters: the spread, calibrated on out-of-fold residuals of the training rows,
+    covers about 80 % of the losses of rows it never saw."""
+    world = np.random.RandomState(11)
+    centres = world.normal(size=(40, 6))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    means, noise = world.uniform(0, 1, size=(40, 3)), world.uniform(0.02, 0.4, size=(40, 3))
+
+    def draw(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.RandomState(seed)
+        c = rng.randint(0, 40, size=n)
+        return centres[c] + 0.02 * rng.normal(size=(n, 6)), means[c] + noise[c] * rng.normal(size=(n, 3))
+
+    x, y = draw(1500, 0)
+    config = SelectionConfig(pool_layers=(1,), neighbors=(30, 60), blend=False, mlp_hidden=0)
+    selection = select_head(x, y, config)
+    assert selection.chosen.family == "neighbour"
+    x_new, y_new = draw(2000, 1)
+    k = selection.spread_k
+    (predicted, dispersion), = neighbour_stats(torch.as_tensor(x_new), unit_rows(x), torch.as_tensor(y), [k])
+    assert selection.chosen.k is not None
+    (predicted, _), = neighbour_stats(torch.as_tensor(x_new), unit_rows(x), torch.as_tensor(y), [selection.chosen.k])
+    spread = selection.spread_scale[None, :] * np.maximum(dispersion.double().numpy(), selection.spread_floor[None, :])
+    coverage = coverage_of(y_new, predicted.double().numpy(), spread)
+    assert coverage is not None and abs(coverage - 0.8) <= 0.05, coverage
+    assert selection.oof_coverage is not None and abs(selection.oof_coverage - 0.8) <= 0.03
+    # the spread follows the noise: rows of noisy clusters get wider intervals than quiet ones
+    assert np.corrcoef(spread.ravel(), np.abs(y_new - predicted.double().numpy()).ravel())[0, 1] > 0.3
+
+
+def test_calibrate_scales_residuals_to_the_nominal_quantile() -> None:
+    rng = np.random.RandomState(0)
+    true = rng.normal(size=(1000, 1))
+    scale, floor = calibrate(true, np.zeros_like(true), np.ones_like(true), 0.8)
+    assert scale[0] == pytest.approx(1.2816, abs=0.12) and floor[0] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("alphas", (), "α grid"), ("neighbors", (), "k grid"), ("neighbors", (10, 0), "k must be >= 1"),
+    ("pool_layers", (), "pooled-layer grid"), ("pool_layers", (0,), ">= 1"), ("alphas", (-1.0,), "> 0"),
+    ("folds", 1, "2 folds"),
+])
+def test_bad_grids_are_refused_with_a_sentence(field: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SelectionConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_too_few_rows_for_the_folds_is_an_error() -> None:
+    with pytest.raises(ValueError, match="at least 10 rows"):
+        select_head(np.ones((6, 2)), np.ones((6, 2)), SelectionConfig(pool_layers=(1,)))
+
+
+def test_intervals_overlap_compares_the_top_two_experts() -> None:
+    from router.selection import intervals_overlap
+
+    predicted = np.array([[0.1, 0.5, 0.9], [0.3, 0.35, 0.9], [0.2, 0.25, 0.1]])
+    spread = np.array([[0.1, 0.1, 0.1], [0.1, 0.1, 0.1], [np.nan, np.nan, np.nan]])
+    assert intervals_overlap(predicted, spread).tolist() == [False, True, False]
