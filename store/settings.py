@@ -154,7 +154,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _selection_grid_usable(self) -> Settings:
         """Bad head-selection grids fail when the settings are read (start-up), not in a training job."""
-        from router.selection import SelectionConfig
+        from router.selection_config import SelectionConfig
 
         SelectionConfig(alphas=tuple(self.train_select_alphas), neighbors=tuple(self.train_select_neighbors),
                         pool_layers=tuple(self.train_select_pool_layers), folds=self.train_select_folds,
