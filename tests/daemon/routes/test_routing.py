@@ -131,30 +131,33 @@ def _explore_client(settings, **update) -> TestClient:  # type: ignore[no-untype
 
 
 def test_exploration_on_by_default_logs_the_policys_distribution(client: TestClient, served: int) -> None:
-    """The production default (epsilon:0.05, margin 0.25); with λ_cost = 1 bundle A's objective is
-    large 0.3 < small 0.51 < api 1.1, so small (gap 0.21 loss-scale units) is eligible and api is not."""
-    from router.exploration import action_probabilities, draw, explore_fraction, parse_policy
+    """The production default (epsilon:0.05, margin 0.25, warm-up 0.2); with λ_cost = 1 bundle A's objective
+    is large 0.3 < small 0.51 < api 1.1, so small (gap 0.21 loss-scale units) is eligible and api is not,
+    but no expert has a loss row yet: small and api are in warm-up and share 0.2 of the requests."""
+    from router.exploration import action_probabilities, draw, explore_fraction
 
     settings = client.app.state.settings
     assert (settings.explore, settings.explore_margin) == ("epsilon:0.05", 0.25)
     assert client.get("/v1/status").json()["explore"] == {
         "policy": "epsilon:0.05", "kind": "epsilon", "value": 0.05, "margin": 0.25, "loss_scale": 1.0,
         "opt_out_apps": []}
-    policy, names = parse_policy("epsilon:0.05", 0.25), list(EXPERTS)
+    policy, names = settings.explore_policy, list(EXPERTS)
+    assert (policy.warmup_share, policy.warmup_rows) == (0.2, 30)
+    unproven = np.ones(len(names), dtype=bool)
     bodies = [client.post("/v1/route", json={"prompt": f"question {i}", "lambdas": {"cost": 1}}).json()
               for i in range(40)]
     for body in bodies:
-        probs = action_probabilities(np.array([body["objective"][n] for n in names]), policy)
+        probs = action_probabilities(np.array([body["objective"][n] for n in names]), policy, 1.0, unproven)
         assert body["action_probs"] == pytest.approx(dict(zip(names, probs, strict=True)))
         assert sum(body["action_probs"].values()) == pytest.approx(1.0)
-        assert body["action_probs"]["api"] == 0.0 and body["expert"] != "api", "outside the margin"
+        assert body["action_probs"]["api"] == pytest.approx(0.1), "outside the margin: only its warm-up share"
+        assert body["action_probs"]["small"] == pytest.approx(0.8 * 0.05 + 0.1)
         assert body["propensity"] == body["action_probs"][body["expert"]]
         assert body["explored"] == (body["expert"] != "large")
         # Replay: the same (prompt, request id) draws the same expert.
         prompt = f"question {bodies.index(body)}"
         assert names[draw(probs, explore_fraction(prompt, body["request_id"]))] == body["expert"]
-    # ε = 0.05 of 40 requests explore; how often is tested on 10,000 draws in tests/router/test_exploration.py.
-    assert [b["propensity"] for b in bodies] == pytest.approx([0.05 if b["explored"] else 0.95 for b in bodies])
+    # How often each is drawn is tested on 10,000 draws in tests/router/test_exploration.py.
     flush(client)
     with session_scope(settings) as session:
         rows = {r.id: r for r in session.scalars(select(Request))}
@@ -166,7 +169,8 @@ def test_exploration_on_by_default_logs_the_policys_distribution(client: TestCli
 
 def test_requests_and_apps_that_opt_out_never_explore(settings, served: int) -> None:  # type: ignore[no-untyped-def]
     """With ε = 1 every request that may explore does (bundle A, no λ: api greedy, large within 0.25)."""
-    with _explore_client(settings, explore="epsilon:1", explore_opt_out_apps=["batch"]) as client:
+    with _explore_client(settings, explore="epsilon:1", explore_opt_out_apps=["batch"],
+                         explore_warmup_share=0.0) as client:
         for i in range(10):
             prompt = f"opt-out {i}"
             free = client.post("/v1/route", json={"prompt": prompt, "app": "chat"}).json()
