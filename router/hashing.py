@@ -23,6 +23,7 @@ class Salt(enum.StrEnum):
     BENCH_TEST = "bench-test"  # quality benchmark: a single-file dataset's test share
     CORPUS_SPLIT = "split"  # demo corpus: expert-train / traffic / held-out snippets
     CORPUS_KEEP = "keep"  # demo corpus: which snippets of a domain are kept under the cap
+    FINETUNE_HOLDOUT = "finetune-holdout"  # expert fine-tuning: routed prompts never trained on (by prompt hash)
 
 
 def stable_fraction(text: str, *, salt: Salt) -> float:
