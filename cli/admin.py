@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cli._common import CliError, Group, arg, positive_int, print_json, verb
+from cli.expert_versions import VERBS as EXPERT_VERBS
 from store.schema import RouterVersion
 from store.settings import Settings
 
@@ -134,7 +135,7 @@ def _said(template: str) -> Callable[[VersionChange], None]:
 ID = arg("version_id", metavar="ID", type=positive_int, help="router version id")
 ACTOR = arg("--actor", default="admin", help="who decides (recorded with the activation)")
 
-GROUP = Group("admin", "router versions (list, show, approve, activate, reject, roll back)", (
+GROUP = Group("admin", "router and expert versions (list, show, approve, activate, reject, roll back)", (
     verb("versions", versions, show=_show_versions),
     verb("show", show, ID, show=lambda version: print_json(dataclasses.asdict(version))),
     verb("approve", approve, ID, ACTOR, arg("--reason", default=None),
@@ -145,4 +146,5 @@ GROUP = Group("admin", "router versions (list, show, approve, activate, reject, 
          show=_said("router version {id} rejected: {reason}")),
     verb("rollback", rollback, ACTOR, arg("--reason", default=None),
          show=_said("rolled back: router version {id} is active again")),
+    *EXPERT_VERBS,  # cli/expert_versions.py: experts, expert-approve, expert-reject, expert-rollback
 ))
