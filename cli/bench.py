@@ -77,6 +77,26 @@ def faults(settings: Settings, *, scenarios: str = "swap,outage,worker-kill,daem
     return rows
 
 
+def finetune(settings: Settings, *, traffic: int = 600, heldout: int = 300, epochs: int = 2, router_epochs: int = 1,
+             library_steps: int = 120, work: Path | None = None, json_out: Path | None = None,
+             progress: bool = False) -> dict[str, Any]:
+    """The loop with expert fine-tuning against router retraining alone: routed held-out loss, forgetting, shares."""
+    from benchmarks.finetune import run
+
+    report = run(settings, traffic=traffic, heldout=heldout, epochs=epochs, router_epochs=router_epochs,
+                 library_steps=library_steps, work=work, progress=(lambda f, m: say(m)) if progress else None)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return report
+
+
+def _show_finetune(report: dict[str, Any]) -> None:
+    from benchmarks.finetune import format_report
+
+    print(format_report(report))
+
+
 def _show_faults(rows: list[Any]) -> None:
     from benchmarks.faults import table
 
@@ -94,7 +114,7 @@ def _show_written(written: DatasetWritten) -> None:
           f"next: thalamus bench quality --dataset {written.path}")
 
 
-GROUP = Group("bench", "benchmarks (routing quality, the demo dataset, faults under load)", (
+GROUP = Group("bench", "benchmarks (routing quality, the demo dataset, faults under load, expert fine-tuning)", (
     verb("quality", quality,
          arg("--dataset", type=Path, required=True, help="directory with train.*/test.* [+ models.json], or one file"),
          arg("--json", dest="json_out", type=Path, help="write the full report here"),
@@ -120,4 +140,14 @@ GROUP = Group("bench", "benchmarks (routing quality, the demo dataset, faults un
                                   "(default THALAMUS_TEST_REDIS_URL or redis://127.0.0.1:6379/0)"),
          arg("--json", dest="json_out", type=Path, help="also write the rows here"),
          show=_show_faults, fails=lambda rows: not rows or any(not r.passed for r in rows)),
+    verb("finetune", finetune,
+         arg("--traffic", type=positive_int, default=600, help="traffic prompts routed (default 600)"),
+         arg("--heldout", type=positive_int, default=300, help="held-out prompts measured (default 300)"),
+         arg("--epochs", type=positive_int, default=2, help="fine-tuning epochs per expert (default 2)"),
+         arg("--router-epochs", type=positive_int, default=1, help="router LoRA epochs per training (default 1)"),
+         arg("--library-steps", type=positive_int, default=120,
+             help="training steps per expert when no demo library exists and a small one is built (default 120)"),
+         arg("--work", type=Path, help="throw-away directory (default THALAMUS_HOME/bench-finetune-<id>)"),
+         arg("--json", dest="json_out", type=Path, help="also write the report here"),
+         show=_show_finetune, cli={"progress": True}),
 ))

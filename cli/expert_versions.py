@@ -94,8 +94,9 @@ def _show(rows: list[ExpertVersionInfo]) -> None:
     print(f"{'expert':20} {'ver':>4} {'parent':>6}  {'status':9}  {'created':19}  {'own loss (95% CI of change)':34}  "
           "other experts' prompts")
     for v in rows:
+        own, other = _change(v.metrics.get("own")), _change(v.metrics.get("other"))
         print(f"{v.expert[:20]:20} {v.version:>4} {v.parent or '-'!s:>6}  {v.status:9}  "
-              f"{v.created_at:%Y-%m-%d %H:%M:%S}  {_change(v.metrics.get('own')):34}  {_change(v.metrics.get('other'))}")
+              f"{v.created_at:%Y-%m-%d %H:%M:%S}  {own:34}  {other}")
 
 
 def _said(template: str) -> Callable[[ExpertVersionChange], None]:

@@ -41,7 +41,7 @@ class FinetuneConfig:
 
     method: str = "lora"
     lora_r: int = 8
-    lora_alpha: float = 16.0
+    lora_alpha: int = 16
     epochs: int = 2
     learning_rate: float = 5e-4
     batch_size: int = 16
@@ -54,7 +54,7 @@ class FinetuneConfig:
             raise ExpertError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
         checks: list[tuple[str, Any, bool]] = [
             ("lora_r", self.lora_r, isinstance(self.lora_r, int) and 0 < self.lora_r <= 1024),
-            ("lora_alpha", self.lora_alpha, _number(self.lora_alpha) and self.lora_alpha > 0),
+            ("lora_alpha", self.lora_alpha, isinstance(self.lora_alpha, int) and 0 < self.lora_alpha <= 4096),
             ("epochs", self.epochs, isinstance(self.epochs, int) and 0 < self.epochs <= 1000),
             ("learning_rate", self.learning_rate, _number(self.learning_rate) and 0 < self.learning_rate < 1),
             ("batch_size", self.batch_size, isinstance(self.batch_size, int) and 0 < self.batch_size <= 4096),

@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     finetune_max_prompts: int = Field(2000, gt=0)  # the most recent distinct routed prompts used
     finetune_method: str = Field("lora", pattern="^(lora|full)$")
     finetune_lora_r: int = Field(8, gt=0)
-    finetune_lora_alpha: float = Field(16.0, gt=0)
+    finetune_lora_alpha: int = Field(16, gt=0)
     finetune_epochs: int = Field(2, gt=0)
     finetune_learning_rate: float = Field(5e-4, gt=0)
     finetune_batch_size: int = Field(16, gt=0)

@@ -54,7 +54,7 @@ def test_infer_swaps_expert_version_without_a_failed_request(request: pytest.Fix
         _wait(logged, "the requests to be logged")
         outcome = jobs.run(settings, "finetune_expert", params={"expert": "large", "min_routed_prompts": 10,
                                                                 "epochs": 1}, inline=True)
-        assert outcome.status == "succeeded", outcome.error
+        assert outcome.status == "succeeded" and outcome.result is not None, outcome.error
         version = outcome.result["version"]
 
         answers: list[tuple[int, Any]] = []

@@ -190,7 +190,8 @@ def test_too_few_routed_prompts_is_a_recorded_skip(db: Any) -> None:
     assert "has 40 distinct routed prompts" in outcome.error and "THALAMUS_FINETUNE_MIN_ROUTED_PROMPTS" in outcome.error
     with session_scope(db) as session:
         run = session.get(JobRun, outcome.run)
-        assert run is not None and (run.status, run.params["expert"], run.result["routed_prompts"]) == (
+        assert run is not None and run.result is not None
+        assert (run.status, run.params["expert"], run.result["routed_prompts"]) == (
             "skipped", "mlm", 40)
         assert session.scalars(select(ExpertVersion)).first() is None
     assert not (db.experts_dir / "versions").exists()
