@@ -33,9 +33,12 @@ from store.settings import Settings
 Progress = Callable[[float, str], None]
 
 
-def _library(settings: Settings, work: Path, steps: int, max_snippets: int, say: Progress) -> Any:
+def _library(settings: Settings, work: Path, steps: int, max_snippets: int, say: Progress,
+             path: Path | None = None) -> Any:
     from experts.demo import DemoSpec, build_demo_library, load_demo_library
 
+    if path is not None:
+        return load_demo_library(path)
     existing = settings.experts_dir / "demo"
     if (existing / "library.json").is_file():
         say(0.0, f"using the demo library at {existing}")
@@ -97,7 +100,7 @@ def _shares(choices: Sequence[str], names: Sequence[str]) -> dict[str, float]:
 
 
 def run(settings: Settings, *, traffic: int = 600, heldout: int = 300, epochs: int = 2, router_epochs: int = 1,
-        library_steps: int = 120, max_snippets: int = 400, work: Path | None = None,
+        library_steps: int = 120, max_snippets: int = 400, work: Path | None = None, library: Path | None = None,
         progress: Progress | None = None) -> dict[str, Any]:
     """Run the benchmark on a throw-away home under ``work`` (default: THALAMUS_HOME/bench-finetune-<id>)."""
     from experts.registry import register_experts
@@ -115,16 +118,16 @@ def run(settings: Settings, *, traffic: int = 600, heldout: int = 300, epochs: i
     started = time.perf_counter()
     work = work or settings.home / f"bench-finetune-{uuid.uuid4().hex[:8]}"
     work.mkdir(parents=True, exist_ok=True)
-    library = _library(settings, work, library_steps, max_snippets, say)
+    lib = _library(settings, work, library_steps, max_snippets, say, library)
     bench = settings.model_copy(update={"home": work / "home", "database_url": None, "train_epochs": router_epochs,
                                         "label_share": 1.0, "finetune_epochs": epochs,
                                         "finetune_auto_approve": False})
     bench.ensure_home()
     upgrade(bench)
     with session_scope(bench) as session:
-        register_experts(session, library.experts)
-    traffic_rows = library.prompts(split="traffic")[:traffic]
-    held = library.prompts(split="heldout")[:heldout]
+        register_experts(session, lib.experts)
+    traffic_rows = lib.prompts(split="traffic")[:traffic]
+    held = lib.prompts(split="heldout")[:heldout]
     traffic_prompts, held_prompts = [r["prompt"] for r in traffic_rows], [r["prompt"] for r in held]
 
     say(0.05, f"scoring {len(traffic_prompts)} traffic prompts and training the first router")
@@ -153,7 +156,7 @@ def run(settings: Settings, *, traffic: int = 600, heldout: int = 300, epochs: i
     baseline_choices, _, _ = _route_all(bench, held_prompts)
     baseline_traffic, _, _ = _route_all(bench, traffic_prompts)
 
-    local = [e for e in library.experts if e.get("kind", "masked-lm") in ("masked-lm", "causal-lm")]
+    local = [e for e in lib.experts if e.get("kind", "masked-lm") in ("masked-lm", "causal-lm")]
     largest = max(local, key=lambda e: float(e["attributes"].get("params") or 0))["name"]
     small = [e["name"] for e in local if e["name"] != largest]
     finetunes: dict[str, Any] = {}
@@ -189,7 +192,7 @@ def run(settings: Settings, *, traffic: int = 600, heldout: int = 300, epochs: i
         }
     dispose_engines()
     return {
-        "library": str(library.root), "traffic_prompts": len(traffic_prompts), "heldout_prompts": len(held_prompts),
+        "library": str(lib.root), "traffic_prompts": len(traffic_prompts), "heldout_prompts": len(held_prompts),
         "routed_heldout_loss": {"first_router": float(first.mean()), "router_retrained_alone": float(baseline.mean()),
                                 "loop_with_finetuning": float(loop.mean()),
                                 "baseline_minus_loop": diff, "ci95": [low, high]},

@@ -78,13 +78,14 @@ def faults(settings: Settings, *, scenarios: str = "swap,outage,worker-kill,daem
 
 
 def finetune(settings: Settings, *, traffic: int = 600, heldout: int = 300, epochs: int = 2, router_epochs: int = 1,
-             library_steps: int = 120, work: Path | None = None, json_out: Path | None = None,
-             progress: bool = False) -> dict[str, Any]:
+             library_steps: int = 120, library: Path | None = None, work: Path | None = None,
+             json_out: Path | None = None, progress: bool = False) -> dict[str, Any]:
     """The loop with expert fine-tuning against router retraining alone: routed held-out loss, forgetting, shares."""
     from benchmarks.finetune import run
 
     report = run(settings, traffic=traffic, heldout=heldout, epochs=epochs, router_epochs=router_epochs,
-                 library_steps=library_steps, work=work, progress=(lambda f, m: say(m)) if progress else None)
+                 library_steps=library_steps, library=library, work=work,
+                 progress=(lambda f, m: say(m)) if progress else None)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report, indent=2), encoding="utf-8")
@@ -147,6 +148,7 @@ GROUP = Group("bench", "benchmarks (routing quality, the demo dataset, faults un
          arg("--router-epochs", type=positive_int, default=1, help="router LoRA epochs per training (default 1)"),
          arg("--library-steps", type=positive_int, default=120,
              help="training steps per expert when no demo library exists and a small one is built (default 120)"),
+         arg("--library", type=Path, help="a demo library directory (default THALAMUS_HOME/experts/demo, else built)"),
          arg("--work", type=Path, help="throw-away directory (default THALAMUS_HOME/bench-finetune-<id>)"),
          arg("--json", dest="json_out", type=Path, help="also write the report here"),
          show=_show_finetune, cli={"progress": True}),
