@@ -6,9 +6,10 @@ here when there is none), the production jobs run in order:
 1. the experts' losses on the traffic prompts, a router trained on them and activated;
 2. traffic: every traffic prompt routed by the active router and logged as the daemon logs it;
 3. **baseline**: the router retrained alone (``train_router`` from the active one), activated;
-4. **loop**: every small local expert (all but the largest) fine-tuned once on its routed prompts
-   (``finetune_expert``), each candidate approved, the loss table re-scored (``refresh_losses``),
-   the router retrained and activated.
+4. **loop**: every small local expert (all but the largest; ``experts="all"`` or names to choose)
+   fine-tuned once on its routed prompts (``finetune_expert``; one the router sent fewer than
+   ``min_routed_prompts`` is reported as skipped), each candidate approved, the loss table
+   re-scored (``refresh_losses``), the router retrained and activated.
 
 Measured on the library's held-out prompts (no expert and no router saw them): the routed loss of
 the baseline (base experts, retrained router) and of the loop (fine-tuned experts, router retrained
@@ -101,9 +102,10 @@ def _shares(choices: Sequence[str], names: Sequence[str]) -> dict[str, float]:
 
 def run(settings: Settings, *, traffic: int = 600, heldout: int = 300, epochs: int = 2, router_epochs: int = 1,
         library_steps: int = 120, max_snippets: int = 400, work: Path | None = None, library: Path | None = None,
-        progress: Progress | None = None) -> dict[str, Any]:
+        experts: str = "small", min_routed_prompts: int = 10, progress: Progress | None = None) -> dict[str, Any]:
     """Run the benchmark on a throw-away home under ``work`` (default: THALAMUS_HOME/bench-finetune-<id>)."""
     from experts.registry import register_experts
+    from jobs.errors import JobInputError
     from jobs.expert_versions import approve
     from jobs.finetune_expert import finetune_expert
     from jobs.refresh_losses import refresh_losses
@@ -158,12 +160,17 @@ def run(settings: Settings, *, traffic: int = 600, heldout: int = 300, epochs: i
 
     local = [e for e in lib.experts if e.get("kind", "masked-lm") in ("masked-lm", "causal-lm")]
     largest = max(local, key=lambda e: float(e["attributes"].get("params") or 0))["name"]
-    small = [e["name"] for e in local if e["name"] != largest]
+    chosen = _chosen(experts, [e["name"] for e in local], largest)
     finetunes: dict[str, Any] = {}
-    for index, name in enumerate(small):
-        say(0.45 + 0.3 * index / max(1, len(small)), f"fine-tuning {name}")
+    skipped: dict[str, str] = {}
+    for index, name in enumerate(chosen):
+        say(0.45 + 0.3 * index / max(1, len(chosen)), f"fine-tuning {name}")
         tick = time.perf_counter()
-        result = finetune_expert(bench, None, {"expert": name, "min_routed_prompts": 10})
+        try:
+            result = finetune_expert(bench, None, {"expert": name, "min_routed_prompts": min_routed_prompts})
+        except JobInputError as exc:  # too few routed prompts: the router sends it (almost) nothing
+            skipped[name] = str(exc)
+            continue
         finetunes[name] = {"wall_seconds": round(time.perf_counter() - tick, 2), "result": result}
         with session_scope(bench) as session:
             approve(session, name, result["version"], actor="bench", reason="bench: loop with fine-tuning")
@@ -202,9 +209,23 @@ def run(settings: Settings, *, traffic: int = 600, heldout: int = 300, epochs: i
         "finetunes": {n: {"wall_seconds": f["wall_seconds"], "train_seconds": f["result"]["metrics"]["train_seconds"],
                           "n_train": f["result"]["metrics"]["n_train"], "own": f["result"]["metrics"]["own"],
                           "other": f["result"]["metrics"]["other"]} for n, f in finetunes.items()},
-        "rescored_rows": rescored["rows_written"], "wall_seconds": round(time.perf_counter() - started, 1),
+        "skipped": skipped, "rescored_rows": rescored["rows_written"],
+        "wall_seconds": round(time.perf_counter() - started, 1),
         "work": str(work),
     }
+
+
+def _chosen(which: str, local: Sequence[str], largest: str) -> list[str]:
+    """``small``: every local expert but the largest; ``all``; or comma-separated names."""
+    if which == "small":
+        return [n for n in local if n != largest]
+    if which == "all":
+        return list(local)
+    names = [n.strip() for n in which.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(local))
+    if unknown:
+        raise ValueError(f"not local experts of the library: {', '.join(unknown)}")
+    return names
 
 
 def _mean(values: np.ndarray) -> float | None:
@@ -241,6 +262,8 @@ def format_report(report: dict[str, Any]) -> str:
     for name, f in report["finetunes"].items():
         lines.append(f"| {name} | {f['n_train']} | {f['train_seconds']} | {f['wall_seconds']} | "
                      f"{_ci(f['own'])} | {_ci(f['other'])} |")
+    for name, why in report.get("skipped", {}).items():
+        lines.append(f"| {name} | skipped: {why} | | | | |")
     return "\n".join(lines)
 
 

@@ -79,12 +79,14 @@ def faults(settings: Settings, *, scenarios: str = "swap,outage,worker-kill,daem
 
 def finetune(settings: Settings, *, traffic: int = 600, heldout: int = 300, epochs: int = 2, router_epochs: int = 1,
              library_steps: int = 120, library: Path | None = None, work: Path | None = None,
-             json_out: Path | None = None, progress: bool = False) -> dict[str, Any]:
+             experts: str = "small", min_routed_prompts: int = 10, json_out: Path | None = None,
+             progress: bool = False) -> dict[str, Any]:
     """The loop with expert fine-tuning against router retraining alone: routed held-out loss, forgetting, shares."""
     from benchmarks.finetune import run
 
     report = run(settings, traffic=traffic, heldout=heldout, epochs=epochs, router_epochs=router_epochs,
-                 library_steps=library_steps, library=library, work=work,
+                 library_steps=library_steps, library=library, work=work, experts=experts,
+                 min_routed_prompts=min_routed_prompts,
                  progress=(lambda f, m: say(m)) if progress else None)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -150,6 +152,9 @@ GROUP = Group("bench", "benchmarks (routing quality, the demo dataset, faults un
              help="training steps per expert when no demo library exists and a small one is built (default 120)"),
          arg("--library", type=Path, help="a demo library directory (default THALAMUS_HOME/experts/demo, else built)"),
          arg("--work", type=Path, help="throw-away directory (default THALAMUS_HOME/bench-finetune-<id>)"),
+         arg("--experts", default="small", help="small (every local expert but the largest, default), all, or names"),
+         arg("--min-routed-prompts", type=positive_int, default=10,
+             help="an expert the router sent fewer prompts is reported as skipped (default 10)"),
          arg("--json", dest="json_out", type=Path, help="also write the report here"),
          show=_show_finetune, cli={"progress": True}),
 ))
