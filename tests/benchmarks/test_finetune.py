@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from benchmarks.finetune import format_report, run
 from tests.conftest import BuiltDemo
 
 
+@pytest.mark.slow
 def test_the_loop_runs_and_reports_every_number(mini_demo: BuiltDemo, tiny_backbone: str, sqlite_settings: Any,
                                                 tmp_path: Path) -> None:
     settings = sqlite_settings.model_copy(update={"backbone": tiny_backbone, "finetune_lora_r": 2})

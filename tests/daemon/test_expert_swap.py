@@ -30,6 +30,7 @@ def _wait(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> No
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_infer_swaps_expert_version_without_a_failed_request(request: pytest.FixtureRequest, backend: str,
                                                              bundles: dict[str, Bundle]) -> None:
@@ -99,3 +100,44 @@ def test_infer_swaps_expert_version_without_a_failed_request(request: pytest.Fix
     assert set(seen) == {1, version}
     after_rollback = seen[back:]
     assert after_rollback and set(after_rollback) == {1}
+
+
+def test_a_request_in_flight_keeps_the_version_it_started_with(settings: Any, served: int, tmp_path: Any) -> None:
+    """The bundle a request took before an approval still names the old directory, and the cache still
+    hands out the old model for it; the swapped bundle names the new one."""
+    import shutil
+    from pathlib import Path
+
+    from daemon.holder import RouterHolder
+    from experts.local import ExpertCache
+    from experts.registry import content_hash
+    from jobs.expert_versions import approve, ensure_base_version, register_candidate
+    from store.queries import expert_by_name
+
+    holder = RouterHolder(settings)
+    assert holder.load_active()
+    in_flight = holder.current
+    assert in_flight is not None
+    old = in_flight.expert("large")
+    assert old is not None and old.version == 1 and old.uri is not None
+    copy = Path(tmp_path) / "large-v2"
+    shutil.copytree(old.uri, copy)
+    (copy / "note.json").write_text("{}")
+    with session_scope(settings) as session:
+        expert = expert_by_name(session, "large")
+        assert expert is not None
+        ensure_base_version(session, expert)
+        register_candidate(session, expert, 2, copy, content_hash(copy), {}, {})
+    cache = ExpertCache()
+    before = cache.get(old.name, str(old.kind), old.uri, 1)
+    with session_scope(settings) as session:
+        approve(session, "large", 2, actor="tester")
+    holder.load_active()
+    now = holder.current
+    assert now is not None and now is not in_flight and now.version_id == in_flight.version_id  # same router
+    new = now.expert("large")
+    assert new is not None and (new.version, new.uri) == (2, str(copy))
+    assert in_flight.expert("large") == old  # the request's bundle is unchanged
+    assert cache.get(old.name, str(old.kind), old.uri, 1) is before  # and so is its model
+    after = cache.get(new.name, str(new.kind), str(new.uri), 2)
+    assert after is not before and after.infer("the [MASK] sat")["kind"] == "fill-mask"
