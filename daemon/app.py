@@ -26,6 +26,7 @@ from daemon.metrics import Metrics
 from daemon.middleware import CountRequests, api_paths
 from daemon.openapi import install_openapi
 from daemon.routes import feedback, routing, status
+from daemon.shadow import ShadowRunner
 from daemon.spool import Spool
 from store.settings import Settings
 
@@ -34,7 +35,7 @@ ROUTERS: tuple[APIRouter, ...] = (routing.router, feedback.router, status.router
 
 
 def create_app(settings: Settings, holder: RouterHolder | None = None,
-               writer: RequestLogWriter | None = None) -> FastAPI:
+               writer: RequestLogWriter | None = None, shadows: ShadowRunner | None = None) -> FastAPI:
     """The daemon's ASGI app; its lifespan bootstraps a router, starts the watcher and the log writer."""
     from experts.local import ExpertCache
     from router.constraints import validate_lambdas
@@ -43,11 +44,13 @@ def create_app(settings: Settings, holder: RouterHolder | None = None,
     holder = holder or RouterHolder(settings)
     metrics = holder.metrics
     writer = writer or RequestLogWriter(settings, metrics=metrics, spool=_spool(settings, metrics))
+    shadows = shadows or ShadowRunner(settings, holder, metrics=metrics)
 
     app = FastAPI(title="thalamus", version="0.1.0", lifespan=lifespan)
     state = app.state
     state.settings, state.holder, state.writer, state.metrics = settings, holder, writer, metrics
     state.probe, state.experts = DatabaseProbe(settings), ExpertCache()
+    state.shadows = shadows
 
     for router in ROUTERS:
         app.include_router(router)

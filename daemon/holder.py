@@ -5,6 +5,10 @@ version every ``swap_poll_seconds`` and after every reconnect (NOTIFY is lost wh
 SQLite has none). A load that fails leaves the old bundle serving and records the error; with
 nothing served yet (a start-up), the newest loadable version that was once active serves instead,
 and ``fallback`` says so until the active version loads or another one is activated.
+
+The holder also loads the shadow routers (versions with ``shadow_share`` set) on every such read,
+verified like the active one; a shadow that fails to load is reported in ``shadow_errors`` and
+never affects serving. ``daemon/shadow.py`` routes the sampled requests with them.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from daemon.batcher import MicroBatcher
 from daemon.metrics import Metrics, default_metrics
+from router.exploration import OFF, ExplorePolicy, choose
 from store.db import normalize_url, session_scope
 from store.queries import ACTIVATION_CHANNEL, active_router_version
 from store.schema import Expert
@@ -38,6 +43,7 @@ log = logging.getLogger(__name__)
 _RETRY_FAILED_SECONDS = 30.0
 _FALLBACK_TRIES = 5
 _FALLBACK_STATUSES = (VersionStatus.RETIRED, VersionStatus.APPROVED)
+_SHADOW_STATUSES = (VersionStatus.CANDIDATE, VersionStatus.APPROVED)  # as jobs.shadows.SHADOW_STATUSES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,12 +68,18 @@ class ExpertInfo:
 
 @dataclasses.dataclass(frozen=True)
 class Decision:
-    """One routing decision: the argmin of predicted loss plus λ-weighted constraints."""
+    """One routing decision: the expert served (the argmin of predicted loss plus λ-weighted
+    constraints, or a near-best one when the exploration policy explored), and the policy's
+    whole distribution over the experts with the probability of the one served."""
 
     index: int
     expert: str
     predicted: dict[str, float]
     objective: dict[str, float]
+    greedy: str = ""  # the argmin; equals ``expert`` unless ``explored``
+    action_probs: dict[str, float] = dataclasses.field(default_factory=dict)
+    propensity: float = 1.0
+    explored: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +102,7 @@ class LoadedRouter:
     constraints: np.ndarray  # (E, C) in head order, read-only
     loaded_at: dt.datetime
     batcher: MicroBatcher = dataclasses.field(repr=False)  # micro-batches this bundle's predictions
+    loss_scale: float = 1.0  # mean per-expert std of the training losses: the exploration margin's unit
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
         """Predicted losses (N, E); a single prompt is micro-batched with concurrent requests."""
@@ -97,24 +110,39 @@ class LoadedRouter:
             return np.asarray(self.batcher.predict_one(texts[0]), dtype=np.float64)[None, :]
         return np.asarray(self.batcher.predict_many(texts), dtype=np.float64)
 
-    def decide(self, predicted: np.ndarray, lambdas: Mapping[str, float]) -> Decision:
-        """Choose among the experts for one row of predicted losses."""
-        from router.constraints import choose
+    def decide(self, predicted: np.ndarray, lambdas: Mapping[str, float], policy: ExplorePolicy = OFF,
+               fraction: float = 0.0) -> Decision:
+        """Choose among the experts for one row of predicted losses, drawing with ``fraction`` ∈ [0, 1)
+        from ``policy`` (see :mod:`router.exploration`); with the policy off this is the argmin."""
+        from router.constraints import objective
 
-        index, values = choose(predicted, self.constraints, lambdas)
+        values = objective(predicted, self.constraints, lambdas)
+        choice = choose(values, policy, fraction, self.loss_scale)
         names = self.expert_names
-        return Decision(index=int(index), expert=names[int(index)],
+        return Decision(index=choice.index, expert=names[choice.index],
                         predicted={n: float(v) for n, v in zip(names, predicted, strict=True)},
-                        objective={n: float(v) for n, v in zip(names, values, strict=True)})
+                        objective={n: float(v) for n, v in zip(names, values, strict=True)},
+                        greedy=names[choice.greedy],
+                        action_probs={n: float(p) for n, p in zip(names, choice.probabilities, strict=True)},
+                        propensity=choice.propensity, explored=choice.explored)
 
-    def route(self, prompt: str, lambdas: Mapping[str, float]) -> Decision:
-        return self.decide(self.predict([prompt])[0], lambdas)
+    def route(self, prompt: str, lambdas: Mapping[str, float], policy: ExplorePolicy = OFF,
+              fraction: float = 0.0) -> Decision:
+        return self.decide(self.predict([prompt])[0], lambdas, policy, fraction)
 
     def expert(self, name: str) -> ExpertInfo | None:
         for info in self.experts:
             if info.name == name:
                 return info
         return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Shadow:
+    """A loaded shadow router and the share of live requests it routes (it serves none of them)."""
+
+    loaded: LoadedRouter
+    share: float
 
 
 class RouterHolder:
@@ -136,26 +164,98 @@ class RouterHolder:
         self.failures = 0
         self.listening = False
         self.fallback: Fallback | None = None  # set while serving another version than the unloadable active one
+        self._shadows: Mapping[int, Shadow] = {}  # replaced whole, never mutated: readers take it once
+        self._shadow_lock = threading.Lock()
+        self._shadow_failed: dict[int, tuple[str, float]] = {}  # version id -> (sha, when) of its last failed load
+        self.shadow_errors: Mapping[int, str] = {}  # shadows that should be loaded but are not, and why
 
     @property
     def current(self) -> LoadedRouter | None:
         """The bundle to serve; take it once per request and keep using that object."""
         return self._current
 
+    @property
+    def shadows(self) -> Mapping[int, Shadow]:
+        """The loaded shadow routers by version id; take it once and keep using that mapping."""
+        return self._shadows
+
     # -- loading -------------------------------------------------------------------------------
 
     def load_active(self) -> bool:
         """Swap in the active version if it differs from the current one. True when a new bundle went live.
 
-        Never raises: a failed read or load is logged, counted and kept in ``last_error``.
+        Never raises: a failed read or load is logged, counted and kept in ``last_error``. The shadow
+        routers are refreshed after it (see :meth:`load_shadows`).
         """
         with self._load_lock:
             try:
-                return self._load_active()
+                changed = self._load_active()
             except Exception as exc:  # the DB may be down; the old bundle keeps serving
                 self._record_error(f"could not read the active router version: {exc}", count=False)
                 self._read_failed = True
+                changed = False
+        self.load_shadows()
+        return changed
+
+    def load_shadows(self) -> bool:
+        """Load the shadow versions the database names, unload the others. True when the set changed.
+
+        Never raises: a shadow that fails to load is left out and reported in ``shadow_errors`` (retried
+        after 30 s or when its bundle changes); a failed read keeps the shadows as they are.
+        """
+        with self._shadow_lock:
+            try:
+                return self._load_shadows()
+            except Exception as exc:
+                log.warning("could not read the shadow router versions: %s", exc)
                 return False
+
+    def _load_shadows(self) -> bool:
+        from store.schema import RouterVersion
+
+        with session_scope(self.settings) as session:
+            rows = session.scalars(
+                select(RouterVersion)
+                .where(RouterVersion.shadow_share.is_not(None), RouterVersion.status.in_(_SHADOW_STATUSES))
+                .order_by(RouterVersion.id)
+            ).all()
+            wanted = []
+            for row in rows:
+                order = tuple(str(name) for name in row.expert_order)
+                wanted.append((row.id, row.checkpoint_uri, row.checkpoint_sha256, order,
+                               _expert_infos(session, order), float(row.shadow_share or 0.0)))
+        before = self._shadows
+        shadows: dict[int, Shadow] = {}
+        errors: dict[int, str] = {}
+        for version_id, uri, sha, order, experts, share in wanted:
+            have = before.get(version_id)
+            if have is not None and have.loaded.sha256 == sha:
+                loaded = have.loaded
+                if loaded.experts != experts:
+                    loaded = dataclasses.replace(loaded, experts=experts, constraints=_constraints(experts))
+                shadows[version_id] = Shadow(loaded, share)
+                continue
+            failed = self._shadow_failed.get(version_id)
+            if failed is not None and failed[0] == sha and time.monotonic() - failed[1] < _RETRY_FAILED_SECONDS:
+                errors[version_id] = self.shadow_errors.get(version_id, "failed to load")
+                continue
+            try:
+                loaded = self._load(version_id, uri, sha, order, experts, observe=False)
+            except Exception as exc:
+                message = f"shadow router version {version_id} failed to load from {uri}: {exc}"
+                log.error("%s", message)
+                self._shadow_failed[version_id] = (sha, time.monotonic())
+                errors[version_id] = message
+                continue
+            self._shadow_failed.pop(version_id, None)
+            log.info("shadow router version %s loaded (share %g)", version_id, share)
+            shadows[version_id] = Shadow(loaded, share)
+        for version_id in before.keys() - shadows.keys():
+            log.info("shadow router version %s unloaded", version_id)
+        self._shadow_failed = {k: v for k, v in self._shadow_failed.items() if k in errors}
+        changed = before.keys() != shadows.keys() or any(before[k].loaded is not shadows[k].loaded for k in shadows)
+        self._shadows, self.shadow_errors = shadows, errors
+        return changed
 
     def _load_active(self) -> bool:
         with session_scope(self.settings) as session:
@@ -238,13 +338,14 @@ class RouterHolder:
         self.metrics.router_fallback.set(0)
 
     def _load(self, version_id: int, uri: str, sha: str, order: tuple[str, ...],
-              experts: tuple[ExpertInfo, ...]) -> LoadedRouter:
+              experts: tuple[ExpertInfo, ...], observe: bool = True) -> LoadedRouter:
         from router.serving import load_for_serving
 
         router, constraints = load_for_serving(Path(uri), sha, order, [e.attributes for e in experts])
-        batcher = MicroBatcher(router.predict, on_batch=self.metrics.route_batch_size.observe)
+        batcher = MicroBatcher(router.predict, on_batch=self.metrics.route_batch_size.observe if observe else None)
         return LoadedRouter(version_id=version_id, sha256=sha, router=router, expert_names=order,
-                            experts=experts, constraints=constraints, loaded_at=_now(), batcher=batcher)
+                            experts=experts, constraints=constraints, loaded_at=_now(), batcher=batcher,
+                            loss_scale=loss_scale(router))
 
     def _recovered(self) -> None:
         """The database answered again: an error that only said it could not be read is over."""
@@ -336,6 +437,13 @@ def _expert_infos(session: Session, order: Sequence[str]) -> tuple[ExpertInfo, .
         else:
             infos.append(ExpertInfo(name, row.kind, row.uri, row.version, dict(row.attributes or {}), row.status))
     return tuple(infos)
+
+
+def loss_scale(router: Router) -> float:
+    """The router's loss scale: the mean over experts of its normaliser's std (1 for a cold start)."""
+    std = np.asarray(router.loss_std.detach().cpu().numpy(), dtype=np.float64)
+    value = float(std.mean()) if std.size else 1.0
+    return value if np.isfinite(value) and value > 0 else 1.0
 
 
 def _constraints(experts: Sequence[ExpertInfo]) -> np.ndarray:

@@ -6,9 +6,12 @@ import functools
 import json
 import os
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from router.exploration import DEFAULT_EXPLORE, DEFAULT_MARGIN, ExplorePolicy, parse_policy
 
 
 def default_backbone() -> str:
@@ -62,7 +65,31 @@ class Settings(BaseSettings):
     train_holdout_share: float = Field(0.2, gt=0, lt=1)
     train_seed: int = 0
 
+    # Exploration (router/exploration.py): 'off' | 'epsilon:ε' | 'softmax:τ'; only experts whose objective is
+    # within margin × the router's loss scale of the best may be served instead of the argmin. Requests of
+    # an app in explore_opt_out_apps (comma-separated or a JSON list) never explore, nor do requests with
+    # "explore": false. The default epsilon:0.05 / 0.25 is provisional until the loop benchmark measures it.
+    explore: str = DEFAULT_EXPLORE
+    explore_margin: float = Field(DEFAULT_MARGIN, ge=0, allow_inf_nan=False)
+    explore_opt_out_apps: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
     auto_approve: bool = False
+    # Promotion gate (issue 9, jobs/promotion_gate.py): the off-policy DR estimate decides when at
+    # least this many logged requests (on holdout prompts, with the served expert's loss) back it;
+    # with fewer, the holdout's paired bootstrap interval decides.
+    gate_min_logged_rows: int = Field(200, ge=1)
+    # Off-policy evaluation (jobs/evaluate_candidate.py): the newest this many logged requests are
+    # read, and the intervals are percentile bootstraps of this many resamples.
+    ope_max_rows: int = Field(20_000, gt=0)
+    ope_bootstrap_samples: int = Field(1000, ge=50)
+    # Shadow routers (`thalamus admin shadow ID`): the share of live requests a new shadow routes by
+    # default, and the daemon's bounded queue and batch size for them (a full queue drops, never blocks).
+    shadow_share: float = Field(0.2, gt=0, le=1)
+    shadow_queue_size: int = Field(1000, gt=0)
+    shadow_batch_size: int = Field(8, gt=0)
+    # Added to the shadow thread's nice value (Linux). At 10 no added latency was measurable; at 0 a
+    # share of 1.0 added 40-70 % at p50 on the loaded 2-core dev box (docs/benchmarks.md).
+    shadow_nice: int = Field(10, ge=0, le=19)
 
     # Expert fine-tuning (jobs/finetune_expert.py, docs/architecture.md "Expert fine-tuning").
     # Scheduled: comma-separated expert names, or "all-local"; empty schedules nothing.
@@ -95,12 +122,32 @@ class Settings(BaseSettings):
     def _absolute_home(cls, value: Path) -> Path:
         return value.expanduser().resolve()
 
+    @field_validator("explore")
+    @classmethod
+    def _explore_policy(cls, value: str) -> str:
+        return parse_policy(value).spec  # raises ExploreError (a ValueError) with one sentence
+
+    @field_validator("explore_opt_out_apps", mode="before")
+    @classmethod
+    def _app_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
     @model_validator(mode="after")
     def _lost_after_spans_heartbeats(self) -> Settings:
         if self.job_lost_after_seconds < 2 * self.job_heartbeat_seconds:
             raise ValueError(f"THALAMUS_JOB_LOST_AFTER_SECONDS ({self.job_lost_after_seconds:g}) must be at least "
                              f"twice THALAMUS_JOB_HEARTBEAT_SECONDS ({self.job_heartbeat_seconds:g})")
         return self
+
+    @property
+    def explore_policy(self) -> ExplorePolicy:
+        """The parsed exploration policy (cached by value, so cheap on the request path)."""
+        return parse_policy(self.explore, self.explore_margin)
 
     @property
     def db_url(self) -> str:
@@ -142,6 +189,18 @@ class Settings(BaseSettings):
     def ensure_home(self) -> None:
         for path in (self.home, self.experts_dir, self.routers_dir):
             path.mkdir(parents=True, exist_ok=True)
+
+
+def settings_problem(exc: ValidationError) -> str:
+    """One sentence per invalid setting, for the CLI's exit-2 message (pydantic's text spans lines)."""
+    sentences = []
+    for error in exc.errors():
+        message = str(error.get("msg", "")).removeprefix("Value error, ")
+        if error.get("type") != "value_error":
+            name = "_".join(str(part) for part in error.get("loc", ()))
+            message = f"THALAMUS_{name.upper()}: {message}" if name else message
+        sentences.append(message.rstrip("."))
+    return "; ".join(sentences) + "."
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,4 +1,9 @@
-"""``POST /v1/feedback``: a reported loss for a served request, idempotent on ``idempotency_key``."""
+"""``POST /v1/feedback``: a reported loss for a served request, idempotent on ``idempotency_key``.
+
+The loss may be for the expert that served the request (bandit feedback) or for any other expert the
+application evaluated on the same prompt (full-information data): either becomes a ``reported`` row
+of the loss table for that expert and prompt, which training reads as an observed cell.
+"""
 
 from __future__ import annotations
 
@@ -35,8 +40,10 @@ def feedback(body: FeedbackRequest, settings: SettingsDep, writer: WriterDep) ->
         problem = loss_problem(loss, max_loss(expert.attributes, settings.max_loss))
         if problem is not None:
             raise HTTPException(422, f"{problem} for expert {name!r}")
+        # ``served``: bandit feedback for the expert the policy chose, or full-information data on another
+        # expert the application evaluated. Both become observed cells of the loss table.
         payload = {**body.model_dump(exclude_none=True), "expert": name, "expert_version": expert.version,
-                   "loss": loss}
+                   "loss": loss, "served": name == request["expert"]}
         fresh = insert_feedback(session, key, body.app, body.request_id, payload)
         if fresh:
             upsert_losses(session, [{"prompt_hash": request["prompt_hash"], "expert": name,
