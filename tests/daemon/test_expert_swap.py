@@ -20,6 +20,7 @@ from store.schema import Request
 from tests.daemon.conftest import Bundle, fresh_app, register_version
 
 LARGE = {"cost": 1.0}  # bundle A's choice under a cost weight: the local masked-LM "large"
+# Requests opt out of exploration ("explore": false), so every one is served by the router's choice.
 
 
 def _wait(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
@@ -43,7 +44,8 @@ def test_infer_swaps_expert_version_without_a_failed_request(request: pytest.Fix
     register_version(settings, bundles["a"])
     with TestClient(fresh_app(settings)) as client:
         for i in range(24):
-            answer = client.post("/v1/infer", json={"prompt": f"the [MASK] sat on mat number {i}", "lambdas": LARGE})
+            answer = client.post("/v1/infer", json={"prompt": f"the [MASK] sat on mat number {i}", "lambdas": LARGE,
+                                                    "explore": False})
             assert answer.status_code == 200 and answer.json()["expert"] == "large", answer.text
             assert answer.json()["expert_version"] == 1
 
@@ -67,7 +69,7 @@ def test_infer_swaps_expert_version_without_a_failed_request(request: pytest.Fix
             while not stop.is_set():
                 try:
                     reply = client.post("/v1/infer", json={"prompt": f"a [MASK] in thread {thread} call {i}",
-                                                           "lambdas": LARGE})
+                                                           "lambdas": LARGE, "explore": False})
                     if reply.status_code != 200:
                         failures.append(f"{reply.status_code}: {reply.text}")
                     else:
