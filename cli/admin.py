@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cli._common import CliError, Group, arg, positive_int, print_json, unit_share, verb
+from cli.expert_versions import VERBS as EXPERT_VERBS
 from store.schema import RouterVersion
 from store.settings import Settings
 
@@ -463,7 +464,7 @@ def _said(template: str) -> Callable[[VersionChange], None]:
 ID = arg("version_id", metavar="ID", type=positive_int, help="router version id")
 ACTOR = arg("--actor", default="admin", help="who decides (recorded with the activation)")
 
-GROUP = Group("admin", "router versions (list, show, approve, activate, reject, roll back, shadow)", (
+GROUP = Group("admin", "router and expert versions (list, show, approve, activate, reject, roll back, shadow)", (
     verb("versions", versions, show=_show_versions),
     verb("show", show, ID, arg("--json", dest="as_json", action="store_true", help="print the full data as JSON"),
          show=_show_report),
@@ -483,4 +484,5 @@ GROUP = Group("admin", "router versions (list, show, approve, activate, reject, 
              help="share of live requests it routes, in (0, 1] (default THALAMUS_SHADOW_SHARE, 0.2)"),
          arg("--stop", action="store_true", help="stop the shadow ID, or every shadow without an ID"),
          ACTOR, arg("--reason", default=None), show=_show_shadow),
+    *EXPERT_VERBS,  # cli/expert_versions.py: experts, expert-approve, expert-reject, expert-rollback
 ))

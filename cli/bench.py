@@ -194,6 +194,29 @@ def _show_loop(report: dict[str, Any]) -> None:
     print(format_report(report))
 
 
+def finetune(settings: Settings, *, traffic: int = 600, heldout: int = 300, epochs: int = 2, router_epochs: int = 1,
+             library_steps: int = 120, library: Path | None = None, work: Path | None = None,
+             experts: str = "small", min_routed_prompts: int = 10, json_out: Path | None = None,
+             progress: bool = False) -> dict[str, Any]:
+    """The loop with expert fine-tuning against router retraining alone: routed held-out loss, forgetting, shares."""
+    from benchmarks.finetune import run
+
+    report = run(settings, traffic=traffic, heldout=heldout, epochs=epochs, router_epochs=router_epochs,
+                 library_steps=library_steps, library=library, work=work, experts=experts,
+                 min_routed_prompts=min_routed_prompts,
+                 progress=(lambda f, m: say(m)) if progress else None)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return report
+
+
+def _show_finetune(report: dict[str, Any]) -> None:
+    from benchmarks.finetune import format_report
+
+    print(format_report(report))
+
+
 def _show_faults(rows: list[Any]) -> None:
     from benchmarks.faults import table
 
@@ -212,7 +235,7 @@ def _show_written(written: DatasetWritten) -> None:
 
 
 GROUP = Group("bench", "benchmarks (routing quality, the demo dataset, faults under load, bandit training, "
-                       "off-policy intervals, shadow latency, the learning loop)", (
+                       "off-policy intervals, shadow latency, the learning loop, expert fine-tuning)", (
     verb("quality", quality,
          arg("--dataset", type=Path, help="directory with train.*/test.* [+ models.json], or one file"),
          arg("--datasets", type=Path, nargs="+", help="several datasets in one command, with one summary table"),
@@ -282,4 +305,18 @@ GROUP = Group("bench", "benchmarks (routing quality, the demo dataset, faults un
          arg("--json", dest="json_out", type=Path, help="write the full report here"),
          arg("--plot", dest="plot_out", type=Path, help="write the score-over-stream plot (PNG) here"),
          show=_show_loop, fails=lambda report: bool(report["failures"]), cli={"progress": True}),
+    verb("finetune", finetune,
+         arg("--traffic", type=positive_int, default=600, help="traffic prompts routed (default 600)"),
+         arg("--heldout", type=positive_int, default=300, help="held-out prompts measured (default 300)"),
+         arg("--epochs", type=positive_int, default=2, help="fine-tuning epochs per expert (default 2)"),
+         arg("--router-epochs", type=positive_int, default=1, help="router LoRA epochs per training (default 1)"),
+         arg("--library-steps", type=positive_int, default=120,
+             help="training steps per expert when no demo library exists and a small one is built (default 120)"),
+         arg("--library", type=Path, help="a demo library directory (default THALAMUS_HOME/experts/demo, else built)"),
+         arg("--work", type=Path, help="throw-away directory (default THALAMUS_HOME/bench-finetune-<id>)"),
+         arg("--experts", default="small", help="small (every local expert but the largest, default), all, or names"),
+         arg("--min-routed-prompts", type=positive_int, default=10,
+             help="an expert the router sent fewer prompts is reported as skipped (default 10)"),
+         arg("--json", dest="json_out", type=Path, help="also write the report here"),
+         show=_show_finetune, cli={"progress": True}),
 ))

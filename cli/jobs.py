@@ -32,6 +32,11 @@ class JobOutcome:
     def succeeded(self) -> bool:
         return self.status == JobStatus.SUCCEEDED
 
+    @property
+    def failed(self) -> bool:
+        """A run that did not finish its work; a skip (nothing to do, recorded with the reason) is not one."""
+        return self.waited and self.status not in (JobStatus.SUCCEEDED, JobStatus.SKIPPED)
+
 
 def _progress_bar(run_id: int) -> tuple[Callable[[JobRun], None], Callable[[JobRun, JobRun], None]]:
     """``wait``'s callbacks: a progress bar, and a line when the run is lost and followed to its re-run."""
@@ -60,8 +65,14 @@ def run(settings: Settings, name: str, *, params: dict[str, Any] | None = None, 
     from workers.dispatch import submit
     from workers.dispatch import wait as wait_for
 
-    get_job(name)  # an unknown name: JobInputError, one sentence naming the known jobs (exit 2)
+    spec = get_job(name)  # an unknown name: JobInputError, one sentence naming the known jobs (exit 2)
     params = params or {}
+    skip = spec.precheck(settings, params)  # bad parameters: JobInputError (exit 2), nothing recorded
+    if skip is not None:
+        from jobs.runs import record_skip
+
+        run_id = record_skip(settings, name, skip.message, skip.details, trigger="cli", params=params)
+        return JobOutcome(run_id, name, JobStatus.SKIPPED, 1, [], skip.details, skip.message)
     if inline:
         from jobs.runs import create_run
         from workers.tasks import execute
@@ -168,7 +179,7 @@ GROUP = Group("jobs", "background jobs (run one and watch it, list runs)", (
          arg("--no-wait", dest="wait", action="store_false", help="print the run id and return"),
          arg("--inline", action="store_true", help="run in this process instead of on a worker"),
          arg("--timeout", type=float, default=None, help="seconds to wait before giving up"),
-         show=_show_outcome, fails=lambda outcome: outcome.waited and not outcome.succeeded, cli={"progress": True},
+         show=_show_outcome, fails=lambda outcome: outcome.failed, cli={"progress": True},
          epilog=_jobs_epilog),
     verb("list", list_runs, arg("--limit", type=positive_int, default=20), show=_show_runs),
 ))

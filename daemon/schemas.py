@@ -80,6 +80,7 @@ class RouteResponse(BaseModel):
 
 class InferResponse(RouteResponse):
     output: dict[str, Any]
+    expert_version: int | None = Field(None, description="the version of the expert's weights that answered")
 
 
 class FeedbackRequest(_TextRule):

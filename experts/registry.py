@@ -7,12 +7,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from experts.attributes import validate_attributes
 from experts.local import LOCAL_KINDS, ExpertError, check_model_dir
 from store.queries import expert_by_name
-from store.schema import EXPERT_KINDS, Expert
+from store.schema import EXPERT_KINDS, Expert, ExpertVersion
 
 _SKIPPED_SUFFIXES = (".md", ".lock")
 
@@ -57,6 +58,12 @@ def validate_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     return {"name": name, "kind": kind, "uri": uri or None, "attributes": attributes}
 
 
+def _next_version(session: Session, expert: Expert) -> int:
+    """Above the current version and every recorded fine-tuned one, so no two models share a number."""
+    highest = session.scalar(select(func.max(ExpertVersion.version)).where(ExpertVersion.expert == expert.name))
+    return max(expert.version or 1, int(highest or 0)) + 1
+
+
 def register_experts(session: Session, specs: Sequence[Mapping[str, Any]]) -> list[Expert]:
     """Upsert experts by name; all specs (and the attributes they merge into) are validated before any row changes.
 
@@ -80,7 +87,7 @@ def register_experts(session: Session, specs: Sequence[Mapping[str, Any]]) -> li
             old_hash = (expert.attributes or {}).get("content_hash")
             if (expert.uri != spec["uri"] or expert.kind != spec["kind"]
                     or old_hash != spec["attributes"].get("content_hash")):
-                expert.version = (expert.version or 1) + 1
+                expert.version = _next_version(session, expert)
             expert.kind, expert.uri, expert.status = spec["kind"], spec["uri"], "active"
             merged = {**(expert.attributes or {}), **spec["attributes"]}
             if spec["kind"] not in LOCAL_KINDS:

@@ -19,15 +19,19 @@ def _key(name: str) -> int:
 
 
 @contextlib.contextmanager
-def exclusive(settings: Settings, name: str) -> Iterator[None]:
-    """Hold the lock ``name`` for the duration; raise JobLocked at once if another holder has it."""
+def exclusive(settings: Settings, name: str, key: str | None = None) -> Iterator[None]:
+    """Hold the lock ``name`` (or ``name`` for ``key``: one lock per key, e.g. per expert) for the
+    duration; raise JobLocked at once if another holder has it."""
+    held = f"another {name} run is in progress" if key is None else f"another {name} run for {key!r} is in progress"
+    if key is not None:
+        name = f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     if settings.is_sqlite:
         settings.ensure_home()
         with open(settings.home / f".{name}.lock", "w") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise JobLocked(f"another {name} run is in progress") from None
+                raise JobLocked(held) from None
             try:
                 yield
             finally:
@@ -37,7 +41,7 @@ def exclusive(settings: Settings, name: str) -> Iterator[None]:
         got = connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _key(name)}).scalar()
         connection.commit()
         if not got:
-            raise JobLocked(f"another {name} run is in progress")
+            raise JobLocked(held)
         try:
             yield
         finally:

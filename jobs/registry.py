@@ -44,11 +44,19 @@ class JobSpec:
     exclusive: bool = False  # at most one run at a time (jobs/locks.py); a second one fails at once
     schedule: str | None = None  # the Settings attribute with its interval in minutes (0: not scheduled)
     gate: str | None = None  # "module:function", a jobs.gates.Gate asked before a scheduled trigger
+    # "module:function" (settings, params) -> Skip | None, asked before any trigger is recorded: bad
+    # parameters raise JobInputError (nothing written), a Skip is recorded as a skipped run.
+    check: str | None = None
+    # "module:function" (settings) -> list of params: a scheduled trigger is one run per entry.
+    fan_out: str | None = None
+    # "module:function" (params) -> str: an exclusive job's lock is per value (e.g. per expert), not per job.
+    lock_key: str | None = None
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
             raise ValueError(f"job name {self.name!r} must be lower-case letters, digits and _ (60 at most)")
-        for what, path in (("function", self.function), ("gate", self.gate)):
+        for what, path in (("function", self.function), ("gate", self.gate), ("check", self.check),
+                           ("fan_out", self.fan_out), ("lock_key", self.lock_key)):
             if path is not None and ":" not in path:
                 raise ValueError(f"job {self.name}: {what} {path!r} is not of the form module:function")
         if self.schedule is not None and self.schedule not in Settings.model_fields:
@@ -62,8 +70,23 @@ class JobSpec:
         from jobs.locks import exclusive
 
         function = self.load()
-        with exclusive(settings, self.name) if self.exclusive else contextlib.nullcontext():
+        key = None if self.lock_key is None else cast(Callable[[dict[str, Any]], str],
+                                                        pkgutil.resolve_name(self.lock_key))(params)
+        with exclusive(settings, self.name, key) if self.exclusive else contextlib.nullcontext():
             return function(settings, progress, params)
+
+    def precheck(self, settings: Settings, params: dict[str, Any]) -> Skip | None:
+        """Its check of a trigger's parameters: JobInputError for bad ones, a Skip when there is nothing to do."""
+        if self.check is None:
+            return None
+        check = cast(Callable[[Settings, dict[str, Any]], "Skip | None"], pkgutil.resolve_name(self.check))
+        return check(settings, params)
+
+    def scheduled_params(self, settings: Settings) -> list[dict[str, Any]]:
+        """The parameters of each run a scheduled trigger starts: ``[{}]``, or one per entry of its fan-out."""
+        if self.fan_out is None:
+            return [{}]
+        return list(cast(Callable[[Settings], list[dict[str, Any]]], pkgutil.resolve_name(self.fan_out))(settings))
 
     def skip(self, settings: Settings) -> Skip | None:
         """Its gate's verdict on a scheduled trigger now: a Skip (with the reason), or None to run it."""
@@ -94,6 +117,10 @@ JOBS: Mapping[str, JobSpec] = _table(
     JobSpec("evaluate_candidate", "jobs.evaluate_candidate:evaluate_candidate", queue="training",
             description="off-policy estimates (IPS, SNIPS, DR) of a candidate vs the active router on logged "
                         "traffic (version=ID, default: the newest candidate)"),
+    JobSpec("finetune_expert", "jobs.finetune_expert:finetune_expert", queue="training",
+            description="fine-tune a local expert on its routed prompts (--param expert=NAME); a candidate version",
+            exclusive=True, schedule="finetune_interval_minutes", check="jobs.finetune_expert:check",
+            fan_out="jobs.finetune_expert:scheduled", lock_key="jobs.finetune_expert:lock_key"),
 )
 
 

@@ -58,11 +58,11 @@ def create_run(settings: Settings, kind: str, params: dict[str, Any] | None = No
 
 
 def record_skip(settings: Settings, kind: str, message: str, result: dict[str, Any],
-                trigger: str = "schedule") -> int:
+                trigger: str = "schedule", params: dict[str, Any] | None = None) -> int:
     """Record a trigger that was not run (``skipped``, finished at once, ``message`` says why)."""
     now = db_now(settings)
     with session_scope(settings) as session:
-        run = JobRun(kind=kind, params={}, trigger=trigger, status=JobStatus.SKIPPED, message=message[:2000],
+        run = JobRun(kind=kind, params=params or {}, trigger=trigger, status=JobStatus.SKIPPED, message=message[:2000],
                      result=result, progress=0.0, attempt=1, finished_at=now)
         session.add(run)
         session.flush()

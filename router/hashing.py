@@ -26,6 +26,7 @@ class Salt(enum.StrEnum):
     EXPLORE = "explore"  # daemon: the exploration policy's draw for one request (keyed by request id and prompt)
     OPE_FOLD = "ope-fold"  # off-policy evaluation: the cross-fitting fold of a logged prompt (by prompt hash)
     SHADOW = "shadow"  # daemon: which live requests the shadow routers also route (keyed by request id)
+    FINETUNE_HOLDOUT = "finetune-holdout"  # expert fine-tuning: routed prompts never trained on (by prompt hash)
 
 
 def stable_fraction(text: str, *, salt: Salt) -> float:

@@ -90,6 +90,14 @@ def notify_shadows(session: Session, version_id: int) -> None:
                         {"channel": ACTIVATION_CHANNEL, "payload": f"shadow:{version_id}"})
 
 
+def notify_expert_activation(session: Session, name: str, version: int) -> None:
+    """Tell listening daemons that an expert's served version changed: the payload ``expert:<version>:<name>``
+    on the activation channel makes them re-read the experts (PostgreSQL only; SQLite daemons poll)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_notify(:channel, :payload)"),
+                        {"channel": ACTIVATION_CHANNEL, "payload": f"expert:{version}:{name}"[:7000]})
+
+
 def insert_requests(session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
     """Log routed requests; each row carries its ``prompt`` text. Idempotent on the request id."""
     from store.schema import Request

@@ -231,3 +231,42 @@ class GateDecision(Base):
     actor: Mapped[str] = mapped_column(String(200))
     reason: Mapped[str | None] = mapped_column(Text)
     at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ExpertVersion(Base):
+    """One version of a local expert's weights: the base it was registered with, or a fine-tune of it.
+
+    ``version`` is the number its computed loss rows carry (``expert_losses.expert_version``); the
+    active row's ``uri`` and ``version`` are the ``experts`` row's. Fine-tunes start as candidates.
+    """
+
+    __tablename__ = "expert_versions"
+    __table_args__ = (UniqueConstraint("expert", "version", name="uq_expert_versions_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    expert: Mapped[str] = mapped_column(String(200), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    parent_version: Mapped[int | None] = mapped_column(Integer)
+    uri: Mapped[str] = mapped_column(Text)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    status: Mapped[VersionStatus] = mapped_column(StatusColumn(VersionStatus), default=VersionStatus.CANDIDATE)
+    training: Mapped[dict[str, Any]] = mapped_column(default=dict)  # method, LoRA parameters, prompts used
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)  # loss before/after, own and other prompts
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    decided_by: Mapped[str | None] = mapped_column(String(200))
+    decided_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class ExpertActivation(Base):
+    """Append-only: which version of an expert became active when, and why (``rollback`` follows it)."""
+
+    __tablename__ = "expert_activations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    expert: Mapped[str] = mapped_column(String(200), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    previous_version: Mapped[int | None] = mapped_column(Integer)
+    actor: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -117,6 +117,26 @@ class Settings(BaseSettings):
     # Added to the shadow thread's nice value (Linux). At 10 no added latency was measurable; at 0 a
     # share of 1.0 added 40-70 % at p50 on the loaded 2-core dev box (docs/benchmarks.md).
     shadow_nice: int = Field(10, ge=0, le=19)
+
+    # Expert fine-tuning (jobs/finetune_expert.py, docs/architecture.md "Expert fine-tuning").
+    # Scheduled: comma-separated expert names, or "all-local"; empty schedules nothing.
+    finetune_experts: str = ""
+    finetune_interval_minutes: float = Field(1440.0, ge=0)
+    finetune_min_routed_prompts: int = Field(50, ge=1)  # fewer distinct routed prompts: a recorded skip
+    finetune_max_prompts: int = Field(2000, gt=0)  # the most recent distinct routed prompts used
+    finetune_method: str = Field("lora", pattern="^(lora|full)$")
+    finetune_lora_r: int = Field(8, gt=0)
+    finetune_lora_alpha: int = Field(16, gt=0)
+    finetune_epochs: int = Field(2, gt=0)
+    finetune_learning_rate: float = Field(5e-4, gt=0)
+    finetune_batch_size: int = Field(16, gt=0)
+    finetune_max_length: int = Field(128, gt=8)
+    finetune_holdout_share: float = Field(0.2, gt=0, lt=1)
+    finetune_weighting: str = Field("none", pattern="^(none|confidence)$")
+    # Auto-approval of an expert version: enabled, the 95 % upper bound of (after - before) on its own
+    # held-out routed prompts < 0, and that of the other experts' prompts <= finetune_max_forgetting nats.
+    finetune_auto_approve: bool = False
+    finetune_max_forgetting: float = Field(0.1, ge=0)
     job_timeout_seconds: int = Field(6 * 3600, gt=0)
     # A running job writes a heartbeat this often; one silent for job_lost_after_seconds is marked
     # lost and re-run (at most job_max_attempts attempts in all). See docs/architecture.md, Celery.

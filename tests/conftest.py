@@ -121,6 +121,26 @@ def make_masked_lm(path: Path, tokenizer_dir: str, hidden: int, seed: int, layer
     return str(path)
 
 
+def make_causal_lm(path: Path, texts: list[str], hidden: int, seed: int, layers: int = 1) -> str:
+    """A tiny random GPT-2 causal-LM with a word-level tokenizer over ``texts`` saved at ``path``; returns the path."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    words = sorted({word for text in texts for word in text.split()})
+    vocab = {"<|endoftext|>": 0, "<unk>": 1, **{word: i + 2 for i, word in enumerate(words)}}
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                        unk_token="<unk>")
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=len(vocab), n_positions=64, n_embd=hidden, n_layer=layers, n_head=2,
+                        bos_token_id=0, eos_token_id=0)
+    GPT2LMHeadModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
 @dataclass(frozen=True)
 class BuiltDemo:
     """The miniature demo library and the progress calls its build made."""

@@ -24,16 +24,29 @@ Scheduler = TypeVar("Scheduler", bound=BaseScheduler)
 
 
 def _trigger(settings: Settings, kind: str) -> None:
+    """One scheduled trigger: one run, or one per entry of the job's fan-out (e.g. per expert)."""
     try:
-        skip = JOBS[kind].skip(settings)
+        spec = JOBS[kind]
+        skip = spec.skip(settings)
         if skip is not None:
             run_id = record_skip(settings, kind, skip.message, skip.details, trigger="schedule")
             log.info("scheduled %s skipped (job run %s): %s", kind, run_id, skip.message)
             return
-        run_id = submit(settings, kind, trigger="schedule")
-        log.info("scheduled %s as job run %s", kind, run_id)
+        every = spec.scheduled_params(settings)
     except Exception:
         log.exception("could not trigger %s", kind)
+        return
+    for params in every:
+        try:
+            skip = spec.precheck(settings, params)
+            if skip is not None:
+                run_id = record_skip(settings, kind, skip.message, skip.details, trigger="schedule", params=params)
+                log.info("scheduled %s %s skipped (job run %s): %s", kind, params, run_id, skip.message)
+                continue
+            run_id = submit(settings, kind, params or None, trigger="schedule")
+            log.info("scheduled %s %s as job run %s", kind, params, run_id)
+        except Exception:
+            log.exception("could not trigger %s %s", kind, params)
 
 
 def _sweep(settings: Settings) -> None:

@@ -55,7 +55,8 @@ def infer(body: InferRequest, settings: SettingsDep, holder: HolderDep, writer: 
             prompt, max_new_tokens=body.max_new_tokens)
     except ExpertError as exc:
         raise HTTPException(422, f"expert {decision.expert!r} cannot answer: {exc}") from None
-    return {**_answer(settings, writer, metrics, body, routed, shadows), "output": output}
+    return {**_answer(settings, writer, metrics, body, routed, shadows), "output": output,
+            "expert_version": info.version}
 
 
 _Routed = tuple[LoadedRouter, str, str, dict[str, float], Decision, float]

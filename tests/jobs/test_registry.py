@@ -22,12 +22,14 @@ ECHO = JobSpec("echo", "tests.jobs.registry_jobs:echo", queue="extra", descripti
 
 
 def test_the_production_table() -> None:
-    assert list(JOBS) == ["refresh_losses", "train_router", "evaluate_candidate"]
+    assert list(JOBS) == ["refresh_losses", "train_router", "evaluate_candidate", "finetune_expert"]
     assert {n: (s.queue, s.exclusive, s.schedule) for n, s in JOBS.items()} == {
         "refresh_losses": ("losses", False, "refresh_interval_minutes"),
         "train_router": ("training", True, "train_interval_minutes"),
         "evaluate_candidate": ("training", False, None),
+        "finetune_expert": ("training", True, "finetune_interval_minutes"),
     }
+    assert JOBS["finetune_expert"].lock_key == "jobs.finetune_expert:lock_key"  # exclusive per expert
     assert JOBS["refresh_losses"].gate is None
     assert queues() == ["losses", "training"]
     for spec in JOBS.values():
@@ -48,6 +50,7 @@ def test_the_worker_parent_never_imports_a_job_module() -> None:
     ({"name": "Bad Name"}, "lower-case"),
     ({"function": "tests.jobs.registry_jobs.echo"}, "module:function"),
     ({"gate": "jobs.gates.enough_new_loss_rows"}, "module:function"),
+    ({"check": "jobs.finetune_expert.check"}, "module:function"),
     ({"schedule": "echo_interval_minutes"}, "is not a setting"),
 ])
 def test_a_malformed_entry_is_refused_when_the_table_is_built(change: dict[str, str], message: str) -> None:
@@ -76,7 +79,8 @@ def test_one_entry_is_all_a_new_job_needs(sqlite_settings, monkeypatch, capsys) 
     from workers.tasks import execute
 
     monkeypatch.setitem(JOBS, "echo", ECHO)  # type: ignore[arg-type]  # the table is a dict typed read-only
-    settings = sqlite_settings.model_copy(update={"refresh_interval_minutes": 5.0, "train_interval_minutes": 0.0})
+    settings = sqlite_settings.model_copy(update={"refresh_interval_minutes": 5.0, "train_interval_minutes": 0.0,
+                                                  "finetune_interval_minutes": 0.0})
 
     app = make_celery(settings)
     assert "thalamus.echo" in app.tasks

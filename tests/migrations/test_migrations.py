@@ -12,13 +12,13 @@ from store.migrate import current_revision
 from store.schema import Base
 
 TABLES = {"experts", "router_versions", "prompts", "requests", "expert_losses", "feedback", "job_runs", "activations",
-          "shadow_decisions", "gate_decisions"}
+          "shadow_decisions", "gate_decisions", "expert_versions", "expert_activations"}
 
 
 def _check(settings) -> None:  # type: ignore[no-untyped-def]
     engine = get_engine(settings)
     assert TABLES <= set(inspect(engine).get_table_names())
-    assert current_revision(settings) == "0003"
+    assert current_revision(settings) == "0005"
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         diff = compare_metadata(context, Base.metadata)

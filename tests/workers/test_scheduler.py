@@ -10,7 +10,8 @@ from workers.scheduler import _trigger, background_scheduler
 
 
 def test_intervals_become_jobs_and_zero_disables(sqlite_settings) -> None:  # type: ignore[no-untyped-def]
-    settings = sqlite_settings.model_copy(update={"refresh_interval_minutes": 5.0, "train_interval_minutes": 0.0})
+    settings = sqlite_settings.model_copy(update={"refresh_interval_minutes": 5.0, "train_interval_minutes": 0.0,
+                                                  "finetune_interval_minutes": 0.0})
     scheduler = background_scheduler(settings)
     assert [job.id for job in scheduler.get_jobs()] == ["refresh_losses", "reap_lost"]
     assert scheduler.get_job("refresh_losses").trigger.interval.total_seconds() == 300
