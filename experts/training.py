@@ -33,6 +33,7 @@ class ExpertRecipe:
     lr: float = 2e-3
     release_date: str = "2026-01-01"
     kind: str = "masked-lm"  # or "causal-lm" (GPT-2)
+    mask_rate: float = 0.15  # masked-LM training only (scoring always masks 15 %)
 
 
 def wordpiece_vocab(texts: Sequence[str], vocab_size: int, min_frequency: int = 2) -> list[str]:
@@ -143,7 +144,7 @@ def train_masked_lm(recipe: ExpertRecipe, texts: Sequence[str], tokenizer: PreTr
                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     model = BertForMaskedLM(config)
     encoded = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15, return_tensors="pt")
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=recipe.mask_rate, return_tensors="pt")
     _fit(model, recipe, seed, lambda rows: _masked_loss(model, collator([{"input_ids": encoded[i]} for i in rows])),
          len(encoded), batch_size, report)
     return model
