@@ -50,3 +50,16 @@ def test_a_stored_version_routes_the_heldout_prompts_as_the_daemon_would(
     assert (heldout.params[flagged] == heldout.params.min()).all()
     with pytest.raises(ValueError, match="no router version 999"):
         route_heldout(settings, 999, heldout)
+
+    # The demo report's hook for the promotion gate: nothing until a gate records a verdict.
+    from cli.demo import gate_numbers
+    from store.schema import GateDecision
+
+    assert gate_numbers(settings, version, {}) is None
+    assert gate_numbers(settings, version, {"off_policy": {"estimate": 0.1}}) == {"estimate": 0.1}
+    with session_scope(settings) as session:
+        session.add(GateDecision(router_version_id=version, decision="promote", basis="off-policy",
+                                 numbers={"estimate": 0.2, "ci95": [0.1, 0.3]}, actor="policy"))
+    assert gate_numbers(settings, version, {"off_policy": {"estimate": 0.1}}) == {
+        "decision": "promote", "basis": "off-policy", "actor": "policy", "reason": None,
+        "numbers": {"estimate": 0.2, "ci95": [0.1, 0.3]}}
