@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ class DatasetWritten:
     path: Path
     train_rows: int
     test_rows: int
+    quality: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)  # the library's held-out matrix
+    problems: list[str] = dataclasses.field(default_factory=list)  # where it fails the specialisation premise
 
 
 def quality(settings: Settings, *, dataset: Path | None = None, datasets: list[Path] | None = None,
@@ -55,7 +58,7 @@ def quality(settings: Settings, *, dataset: Path | None = None, datasets: list[P
 def demo_dataset(settings: Settings, *, out: Path, seed: int = 0, progress: bool = False) -> DatasetWritten:
     """Score the demo library's prompts with every demo expert and write them as a bench quality dataset."""
     from benchmarks.demo_dataset import export_demo_dataset
-    from experts.demo import build_demo_library
+    from experts.demo import build_demo_library, specialisation_problems
 
     if out.exists() and not out.is_dir():
         raise CliError(f"--out {out} exists and is not a directory")
@@ -63,7 +66,8 @@ def demo_dataset(settings: Settings, *, out: Path, seed: int = 0, progress: bool
         library = build_demo_library(settings.experts_dir / "demo", seed=seed, verbose=False,
                                      progress=lambda f, m: bar(0.5 * f, m))
         counts = export_demo_dataset(library, out, progress=lambda f, m: bar(0.5 + 0.5 * f, m))
-    return DatasetWritten(out, counts["train"], counts["test"])
+    return DatasetWritten(out, counts["train"], counts["test"], library.quality,
+                          specialisation_problems(library.quality))
 
 
 def faults(settings: Settings, *, scenarios: str = "swap,outage,worker-kill,daemon-kill", rate: float = 10.0,
@@ -230,6 +234,12 @@ def _show_report(report: dict[str, Any]) -> None:
 
 
 def _show_written(written: DatasetWritten) -> None:
+    from experts.demo import format_matrix
+
+    print("demo library, mean held-out loss in nats per token (lower is better):")
+    print(format_matrix(written.quality))
+    for problem in written.problems:
+        print(f"specialisation premise not met: {problem}")
     print(f"wrote {written.train_rows} train and {written.test_rows} test rows to {written.path}; "
           f"next: thalamus bench quality --dataset {written.path}")
 
@@ -250,7 +260,7 @@ GROUP = Group("bench", "benchmarks (routing quality, the demo dataset, faults un
     verb("demo-dataset", demo_dataset,
          arg("--out", type=Path, required=True, help="output directory (train.jsonl, test.jsonl, models.json)"),
          arg("--seed", type=int, default=0, help="demo library seed"),
-         show=_show_written, cli={"progress": True}),
+         show=_show_written, fails=lambda written: bool(written.problems), cli={"progress": True}),
     verb("bandit-training", bandit_training,
          arg("--dataset", type=Path, required=True, help="directory with train.*/test.* holding every expert's loss"),
          arg("--quick", action="store_true", help="fixed-seed 1,500/300 slice, max length 128 (a few minutes)"),

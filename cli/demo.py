@@ -2,9 +2,14 @@
 
 A driver, not a service: it runs the ``thalamus`` verbs as child processes the way a user types
 them, which is why it lives with the command line. It starts ``thalamus up`` (daemon + Celery
-worker on the SQLite broker + in-process scheduler) on the embedded default, sends demo traffic,
-refreshes losses, trains a candidate, approves it with the admin CLI while traffic keeps flowing,
-waits for the hot swap and writes a report.
+worker on the SQLite broker + in-process scheduler) on the embedded default with the production
+settings (label share, and whatever exploration and promotion gate they configure), sends demo
+traffic as an application would (route, use the expert, report its loss with ``POST /v1/feedback``),
+refreshes losses, trains a candidate, promotes it (the gate's own verdict when it gives one, else
+the admin CLI) while traffic keeps flowing, waits for the hot swap, sends traffic again and writes a
+report: the held-out routed loss of the first and the promoted router beside the best single
+expert and the oracle (``benchmarks.heldout``), the traffic share per expert before and after, and
+what ``[Flag: smallest model]`` costs.
 """
 
 from __future__ import annotations
@@ -27,11 +32,10 @@ from store.settings import Settings
 
 
 def demo_settings(settings: Settings) -> Settings:
-    """The user's settings with the demo's changes, validated."""
+    """The user's settings with the demo's changes, validated: only the schedule; the label share,
+    exploration and the promotion gate stay as configured (the production defaults)."""
     return Settings.model_validate({
         **settings.model_dump(),
-        # A few hundred prompts give enough labelled rows only with a larger labelling share.
-        "label_share": 0.5,
         # The demo triggers the jobs itself; the scheduler stays idle so runs don't interleave.
         "refresh_interval_minutes": 0.0,
         "train_interval_minutes": 0.0,
@@ -60,6 +64,7 @@ class Traffic:
         self.latencies_ms: list[float] = []
         self.server_ms: list[float] = []
         self.failures: list[str] = []
+        self.served: list[tuple[str, str, str]] = []  # (prompt, request_id, expert) of each answered request
         self.sent = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -70,15 +75,16 @@ class Traffic:
             response = client.post(f"{self.base}/v1/route", json={"prompt": prompt, "app": "demo"})
             ok = response.status_code == 200
             detail = "" if ok else f"HTTP {response.status_code}: {response.text[:200]}"
-            server = response.json().get("latency_ms") if ok else None
+            body = response.json() if ok else {}
         except httpx.HTTPError as exc:
-            ok, detail, server = False, f"{type(exc).__name__}: {exc}", None
+            ok, detail, body = False, f"{type(exc).__name__}: {exc}", {}
         elapsed = 1000 * (time.perf_counter() - started)
         with self._lock:
             self.sent += 1
             self.latencies_ms.append(elapsed)
-            if server is not None:
-                self.server_ms.append(float(server))
+            if ok:
+                self.server_ms.append(float(body["latency_ms"]))
+                self.served.append((prompt, str(body["request_id"]), str(body["expert"])))
             if not ok:
                 self.failures.append(detail)
 
@@ -144,8 +150,133 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(settings: Settings, *, prompts: int = 300) -> dict[str, Any]:
-    """Drive the whole loop once on the embedded default: traffic, training, approval under load, hot swap.
+def _shares(served: Sequence[tuple[str, str, str]], experts: Sequence[str]) -> dict[str, float]:
+    counts = {name: 0 for name in experts}
+    for _, _, expert in served:
+        counts[expert] = counts.get(expert, 0) + 1
+    return {name: round(n / max(len(served), 1), 3) for name, n in counts.items()}
+
+
+def _interleaved(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Prompts taken round-robin across domains, so any prefix is balanced."""
+    by_domain: dict[str, list[str]] = {}
+    for row in rows:
+        by_domain.setdefault(row["domain"], []).append(row["prompt"])
+    columns = [by_domain[d] for d in sorted(by_domain)]
+    return [c[i] for i in range(max(map(len, columns), default=0)) for c in columns if i < len(c)]
+
+
+def send_feedback(base: str, served: Sequence[tuple[str, str, str]], experts: Sequence[dict[str, Any]],
+                  threads: int = 4) -> tuple[int, list[str]]:
+    """The application's side of the loop: it used the served expert's answer and reports its loss.
+
+    The demo application measures that loss as the library scores it (the served expert's loss on
+    the prompt, ``LocalExpert.losses``), then posts it to ``POST /v1/feedback`` for the served
+    expert only (bandit feedback: nothing is learnt about the experts it did not use).
+    Returns (feedback accepted, failures).
+    """
+    from experts.local import LocalExpert
+
+    entries = {e["name"]: e for e in experts}
+    losses: dict[str, float] = {}
+    for name in sorted({expert for _, _, expert in served}):
+        mine = [(prompt, request_id) for prompt, request_id, expert in served if expert == name]
+        entry = entries[name]
+        model = LocalExpert.load(name, entry["kind"], entry["uri"])
+        for start in range(0, len(mine), 64):
+            chunk = mine[start:start + 64]
+            losses.update(zip((r for _, r in chunk), model.losses([p for p, _ in chunk]), strict=True))
+    failures: list[str] = []
+    accepted = 0
+    lock = threading.Lock()
+
+    def worker(chunk: Sequence[tuple[str, str, str]]) -> None:
+        nonlocal accepted
+        with httpx.Client(timeout=30) as client:
+            for _, request_id, _ in chunk:
+                try:
+                    response = client.post(f"{base}/v1/feedback", json={
+                        "request_id": request_id, "loss": round(float(losses[request_id]), 6), "app": "demo"})
+                    ok, detail = response.status_code == 202, f"HTTP {response.status_code}: {response.text[:200]}"
+                except httpx.HTTPError as exc:
+                    ok, detail = False, f"{type(exc).__name__}: {exc}"
+                with lock:
+                    accepted += ok
+                    if not ok:
+                        failures.append(detail)
+
+    pool = [threading.Thread(target=worker, args=(served[i::threads],)) for i in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    return accepted, failures
+
+
+def gate_numbers(settings: Settings, version_id: int, metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """HOOK (promotion gate, issue 10): what the gate decided on ``version_id`` and the numbers it used
+    (e.g. its off-policy estimate and interval): the newest ``gate_decisions`` row for it, else a
+    ``gate``/``off_policy`` entry of the version's metrics. None while no gate writes either."""
+    from sqlalchemy import select
+
+    from store.db import session_scope
+    from store.schema import GateDecision
+
+    with session_scope(settings) as session:
+        row = session.scalars(select(GateDecision).where(GateDecision.router_version_id == version_id)
+                              .order_by(GateDecision.id.desc()).limit(1)).first()
+        if row is not None:
+            return {"decision": row.decision, "basis": row.basis, "actor": row.actor, "reason": row.reason,
+                    "numbers": dict(row.numbers or {})}
+    found = metrics.get("gate") or metrics.get("off_policy")
+    return dict(found) if isinstance(found, dict) else None
+
+
+def heldout_report(settings: Settings, library: Any, first: int | None, promoted: int | None) -> dict[str, Any]:
+    """The first and the promoted router on the library's held-out prompts, beside the best single
+    expert and the oracle, and ``[Flag: smallest model]``'s cost on the promoted router."""
+    from benchmarks.heldout import baselines, route_heldout, routed_summary, score_heldout
+    from router.flags import parse_flags
+
+    heldout = score_heldout([r["prompt"] for r in library.prompts(split="heldout")], library.experts)
+    report: dict[str, Any] = {**baselines(heldout), "experts": {
+        name: round(float(heldout.losses[:, j].mean()), 4) for j, name in enumerate(heldout.experts)}}
+    for label, version in (("first", first), ("promoted", promoted)):
+        if version is not None:
+            report[label] = {"version": version,
+                             **routed_summary(heldout, route_heldout(settings, version, heldout))}
+    if promoted is not None:
+        _, smallest = parse_flags("[Flag: smallest model] x")
+        flagged = routed_summary(heldout, route_heldout(settings, promoted, heldout, smallest))
+        report["smallest_model_flag"] = {
+            "lambdas": smallest,
+            "without": {k: report["promoted"][k] for k in ("routed_loss", "mean_params")},
+            "with": {k: flagged[k] for k in ("routed_loss", "mean_params", "share")},
+        }
+    return report
+
+
+def _print_heldout(report: dict[str, Any]) -> None:
+    print(f"  held-out prompts: {report['n_prompts']} (no expert and no router learnt from them)")
+    print(f"  {'':24} {'mean loss':>10} {'mean params':>12}   best single − routed [95 % CI]")
+    print(f"  {'best single: ' + report['best_single_expert']:24} {report['best_single_loss']:10.4f} "
+          f"{report['best_single_params']:12,}")
+    print(f"  {'oracle':24} {report['oracle_loss']:10.4f}")
+    for label in ("first", "promoted"):
+        row = report.get(label)
+        if row:
+            low, high = row["gain_ci95"]
+            print(f"  {label + ' router (v' + str(row['version']) + ')':24} {row['routed_loss']:10.4f} "
+                  f"{row['mean_params']:12,}   {row['gain_over_best_single']:+.4f} [{low:+.4f}, {high:+.4f}]")
+    flag = report.get("smallest_model_flag")
+    if flag:
+        flagged = flag["with"]
+        print(f"  {'promoted + smallest flag':24} {flagged['routed_loss']:10.4f} {flagged['mean_params']:12,}")
+
+
+def run_demo(settings: Settings, *, prompts: int = 900, after: int = 300) -> dict[str, Any]:
+    """Drive the whole loop once on the embedded default: traffic with feedback, training, promotion
+    under load, hot swap, traffic again, and a held-out report.
 
     Runs with :func:`demo_settings`; the child processes get them as their environment. Returns the
     report also written to ``THALAMUS_HOME/demo-report.json``.
@@ -158,45 +289,58 @@ def run_demo(settings: Settings, *, prompts: int = 300) -> dict[str, Any]:
     settings.ensure_home()
     base = f"http://{settings.host}:{settings.port}"
 
-    _say("step 1/7: database schema and demo expert library")
+    _say("step 1/8: database schema and demo expert library")
     _cli(["db", "upgrade"], env)
     _cli(["experts", "build-demo"], env)
-    from experts.demo import load_demo_library
+    from experts.demo import format_matrix, load_demo_library, specialisation_problems
 
     library = load_demo_library(settings.experts_dir / "demo")
-    traffic_prompts = [p["prompt"] for p in library.prompts(split="traffic")][:prompts]
+    _say(f"demo library ({library.build_seconds} s to build); mean held-out loss, nats per token:\n"
+         f"{format_matrix(library.quality)}")
+    for problem in specialisation_problems(library.quality):
+        _say(f"warning: {problem}")
+    names = [e["name"] for e in library.experts]
+    traffic_prompts = _interleaved(library.prompts(split="traffic"))[:prompts]
 
-    _say(f"step 2/7: starting daemon + worker + scheduler (log: {settings.home / 'daemon.log'})")
+    _say(f"step 2/8: starting daemon + worker + scheduler (log: {settings.home / 'daemon.log'})")
     with open(settings.home / "daemon.log", "ab") as log:  # the child keeps its own copy of the handle
         daemon = subprocess.Popen([sys.executable, "-m", "cli", "up"], env=env, stdout=log,
                                   stderr=subprocess.STDOUT)
     try:
         wait_healthy(base, daemon, timeout=300, poll=0.5)
         first_version = _active_version(base)
-        _say(f"daemon healthy, serving router version {first_version}")
+        _say(f"daemon healthy, serving router version {first_version}; label share {settings.label_share}")
 
-        _say(f"step 3/7: sending {len(traffic_prompts)} prompts through POST /v1/route")
+        _say(f"step 3/8: sending {len(traffic_prompts)} prompts through POST /v1/route; "
+             "the application reports each served expert's loss with POST /v1/feedback")
         traffic = Traffic(base, traffic_prompts)
         traffic.run_all()
+        before = _shares(traffic.served, names)
+        accepted, feedback_failures = send_feedback(base, traffic.served, library.experts)
         p50 = statistics.median(traffic.latencies_ms)
-        _say(f"sent {traffic.sent}, failed {len(traffic.failures)}, client latency p50 {p50:.1f} ms")
+        _say(f"sent {traffic.sent}, failed {len(traffic.failures)}, client latency p50 {p50:.1f} ms; "
+             f"feedback accepted {accepted}, failed {len(feedback_failures)}; served share {before}")
         time.sleep(2 * settings.log_flush_seconds + 1)  # let the async writer flush
 
-        _say("step 4/7: refreshing the loss table on the worker")
+        _say("step 4/8: refreshing the loss table on the worker (losses of the sampled prompts)")
         refresh = json.loads(_cli(["jobs", "run", "refresh_losses"], env))
         _say(f"loss rows written: {refresh['result']['rows_written']}")
 
-        _say("step 5/7: training a candidate router on the worker (LoRA)")
+        _say("step 5/8: training a candidate router on the worker (LoRA)")
         train = json.loads(_cli(["jobs", "run", "train_router"], env))
         result = train["result"]
         candidate = result["version_id"]
-        _say(f"candidate router version {candidate}; holdout metrics:\n{_metrics_table(result['metrics'])}")
+        _say(f"candidate router version {candidate}; the training job's own holdout:\n"
+             f"{_metrics_table(result['metrics'])}")
 
-        _say(f"step 6/7: approving version {candidate} with the admin CLI under live traffic")
         loop = traffic.start_loop()
         time.sleep(1.0)
         approved_at = time.perf_counter()
-        _cli(["admin", "approve", str(candidate), "--actor", "demo"], env)
+        if result.get("auto_approved"):  # HOOK: the promotion gate (settings) promoted it itself
+            _say(f"step 6/8: the promotion gate approved version {candidate}; waiting for the swap under traffic")
+        else:
+            _say(f"step 6/8: approving version {candidate} with the admin CLI under live traffic")
+            _cli(["admin", "approve", str(candidate), "--actor", "demo"], env)
         swapped = None
         while time.perf_counter() - approved_at < 60:
             if _active_version(base) == candidate:
@@ -205,19 +349,30 @@ def run_demo(settings: Settings, *, prompts: int = 300) -> dict[str, Any]:
             time.sleep(0.1)
         time.sleep(1.0)
         traffic.stop(loop)
-        after = _active_version(base)
-        _say(f"daemon now serves version {after}; swap took {swapped if swapped is None else round(swapped, 2)} s")
+        promoted = _active_version(base)
+        _say(f"daemon now serves version {promoted}; swap took {swapped if swapped is None else round(swapped, 2)} s")
+
+        _say(f"step 7/8: sending {min(after, len(traffic_prompts))} prompts again to the promoted router")
+        again = Traffic(base, traffic_prompts[:after])
+        again.run_all()
+        after_shares = _shares(again.served, names)
+        _say(f"served share {after_shares}")
 
         status = httpx.get(f"{base}/v1/status", timeout=5).json()
         counts = status.get("counts", {})
+        failures = traffic.failures + again.failures + feedback_failures
         report = {
-            "requests": traffic.sent,
-            "failed_requests": len(traffic.failures),
-            "failures_sample": traffic.failures[:5],
+            "requests": traffic.sent + again.sent,
+            "feedback_accepted": accepted,
+            "failed_requests": len(failures),
+            "failures_sample": failures[:5],
+            "label_share": settings.label_share,
             "loss_rows": counts.get("loss_rows", refresh["result"]["rows_written"]),
             "first_version": first_version,
             "candidate_version": candidate,
-            "active_version_after_swap": after,
+            "active_version_after_swap": promoted,
+            "promoted_by": "gate" if result.get("auto_approved") else "admin approve",
+            "gate": gate_numbers(settings, candidate, result["metrics"]),
             "swap_seconds": None if swapped is None else round(swapped, 3),
             "route_latency_ms_p50": round(p50, 2),
             "router_latency_ms_p50": round(statistics.median(traffic.server_ms), 2) if traffic.server_ms else None,
@@ -225,26 +380,40 @@ def run_demo(settings: Settings, *, prompts: int = 300) -> dict[str, Any]:
             "train_seconds": result["metrics"].get("train_seconds"),
             "candidate_metrics": result["metrics"].get("candidate"),
             "active_metrics": result["metrics"].get("active"),
+            "traffic_share": {"before": before, "after": after_shares},
         }
     finally:
-        _say("step 7/7: stopping everything")
+        _say("step 8/8: stopping the daemon; scoring the held-out prompts")
         stop_process(daemon, timeout=30)
+    report["heldout"] = heldout_report(settings, library, first_version, promoted)
+    report["library_quality"] = library.quality
     report["wall_seconds"] = round(time.perf_counter() - started, 1)
     path = Path(settings.home) / "demo-report.json"
     path.write_text(json.dumps(report, indent=2))
     _say(f"report written to {path}")
-    for key in ("requests", "failed_requests", "loss_rows", "candidate_version", "active_version_after_swap",
-                "swap_seconds", "route_latency_ms_p50", "router_latency_ms_p50", "train_seconds", "wall_seconds"):
+    for key in ("requests", "feedback_accepted", "failed_requests", "label_share", "loss_rows", "candidate_version",
+                "active_version_after_swap", "promoted_by", "swap_seconds", "route_latency_ms_p50",
+                "router_latency_ms_p50", "train_seconds", "wall_seconds"):
         print(f"  {key:26} {report[key]}")
+    print(f"  {'gate':26} {report['gate'] if report['gate'] is not None else '- (no gate decision recorded)'}")
+    print(f"  {'traffic share':26} {'expert':16} {'before':>8} {'after':>8}")
+    for name in names:
+        print(f"  {'':26} {name:16} {before.get(name, 0):8.3f} {after_shares.get(name, 0):8.3f}")
+    _print_heldout(report["heldout"])
     return report
 
 
 def _failed(report: dict[str, Any]) -> bool:
-    """A request failed, or the daemon did not end up serving the approved candidate."""
-    return bool(report["failed_requests"] != 0 or report["active_version_after_swap"] != report["candidate_version"])
+    """A request failed, the daemon did not end up serving the approved candidate, or the promoted
+    router's held-out gain over the best single expert is not above 0 at 95 % confidence."""
+    promoted = report.get("heldout", {}).get("promoted")
+    return bool(report["failed_requests"] != 0 or report["active_version_after_swap"] != report["candidate_version"]
+                or promoted is None or promoted["gain_ci95"][0] <= 0)
 
 
 GROUP = Group(None, "demo", (
-    verb("demo", run_demo, arg("--prompts", type=positive_int, default=300, help="traffic prompts to send"),
+    verb("demo", run_demo,
+         arg("--prompts", type=positive_int, default=900, help="distinct traffic prompts to send (with feedback)"),
+         arg("--after", type=positive_int, default=300, help="prompts sent again to the promoted router"),
          fails=_failed),
 ))

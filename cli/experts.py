@@ -28,7 +28,7 @@ class ExpertInfo:
 
 
 def build_demo(settings: Settings, *, seed: int = 0, progress: bool = False) -> list[ExpertInfo]:
-    """Build the demo masked-LM experts from local text and register them."""
+    """Build the demo experts (masked-LMs and a causal-LM) from local text and register them."""
     from experts.demo import build_demo_library
     from experts.registry import register_experts
     from store.db import session_scope

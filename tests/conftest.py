@@ -150,7 +150,7 @@ class BuiltDemo:
 
 
 def mini_demo_spec() -> Any:
-    """The real demo build's code path at tiny sizes and steps: four masked-LMs, two sizes."""
+    """The real demo build's code path at tiny sizes and steps: four causal-LMs and a masked-LM, three sizes."""
     from experts.corpus import DOMAINS
     from experts.demo import DemoSpec
     from experts.training import ExpertRecipe
@@ -158,10 +158,11 @@ def mini_demo_spec() -> Any:
     return DemoSpec(
         vocab_size=800, max_length=64, batch_size=16, max_snippets=150,
         experts=(
-            ExpertRecipe("code-small", ("code",), 32, 1, 40),
-            ExpertRecipe("docs-small", ("docs",), 32, 1, 40),
-            ExpertRecipe("legal-small", ("legal",), 32, 1, 40),
-            ExpertRecipe("general-large", DOMAINS, 64, 2, 40),
+            ExpertRecipe("code-small", ("code",), 32, 1, 40, lr=3e-3, kind="causal-lm"),
+            ExpertRecipe("docs-small", ("docs",), 32, 1, 40, lr=3e-3, kind="causal-lm"),
+            ExpertRecipe("legal-small", ("legal",), 32, 1, 40, lr=3e-3, kind="causal-lm"),
+            ExpertRecipe("general-large", DOMAINS, 64, 2, 40, lr=3e-3, kind="causal-lm"),
+            ExpertRecipe("general-tiny", DOMAINS, 16, 1, 20),
         ),
     )
 

@@ -22,16 +22,18 @@ def built(mini_demo: BuiltDemo) -> tuple[DemoLibrary, list[tuple[float, str]]]:
 def test_manifest_lists_real_experts_of_two_sizes(built) -> None:  # type: ignore[no-untyped-def]
     library, calls = built
     manifest = json.loads((library.root / "library.json").read_text())
-    assert [e["name"] for e in manifest["experts"]] == ["code-small", "docs-small", "legal-small", "general-large"]
+    kinds = {"code-small": "causal-lm", "docs-small": "causal-lm", "legal-small": "causal-lm",
+             "general-large": "causal-lm", "general-tiny": "masked-lm"}
+    assert [e["name"] for e in manifest["experts"]] == list(kinds)
+    assert {e["name"]: e["kind"] for e in library.experts} == kinds
     for expert in library.experts:
-        assert expert["kind"] == "masked-lm"
         uri = Path(expert["uri"])
         assert uri.is_absolute() and (uri / "config.json").is_file() and (uri / "tokenizer.json").is_file()
         attrs = expert["attributes"]
         assert isinstance(attrs["params"], int) and attrs["latency_ms"] > 0 and attrs["release_date"]
     params = {e["name"]: e["attributes"]["params"] for e in library.experts}
     costs = {e["name"]: e["attributes"]["cost"] for e in library.experts}
-    assert params["general-large"] > 1.5 * params["code-small"]
+    assert params["general-large"] > 1.5 * params["code-small"] > 1.5 * params["general-tiny"]
     assert costs["general-large"] / costs["code-small"] == pytest.approx(
         params["general-large"] / params["code-small"], rel=1e-3)
     assert set(manifest["quality"]) == set(params)
@@ -39,27 +41,49 @@ def test_manifest_lists_real_experts_of_two_sizes(built) -> None:  # type: ignor
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
 
 
-def test_experts_load_share_a_tokenizer_and_differ(built) -> None:  # type: ignore[no-untyped-def]
+def test_experts_load_share_a_tokenization_and_differ(built) -> None:  # type: ignore[no-untyped-def]
     from experts.local import LocalExpert
 
     library, _ = built
     loaded = [LocalExpert.load(e["name"], e["kind"], e["uri"]) for e in library.experts]
     assert len({tuple(sorted(x.tokenizer.get_vocab().items())) for x in loaded}) == 1
     prompts = [p["prompt"] for p in library.prompts(split="heldout")][:6]
+    causal, masked = loaded[0].tokenizer, loaded[4].tokenizer
+    for prompt in prompts:  # the same token ids; the causal-LM's template is [CLS] + text, with no [SEP] after
+        ids = masked(prompt)["input_ids"]
+        assert causal(prompt)["input_ids"] == ids[:-1] and ids[-1] == masked.sep_token_id
     losses = [tuple(round(v, 4) for v in x.losses(prompts)) for x in loaded]
-    assert len(set(losses)) == len(loaded)
+    assert len(set(losses)) == len(loaded) and all(v > 0 for row in losses for v in row)
+
+
+def test_the_causal_expert_continues_a_prompt(built) -> None:  # type: ignore[no-untyped-def]
+    from experts.local import LocalExpert
+
+    library, _ = built
+    entry = next(e for e in library.experts if e["kind"] == "causal-lm")
+    out = LocalExpert.load(entry["name"], entry["kind"], entry["uri"]).infer("Permission is hereby granted", 5)
+    assert out["kind"] == "generation" and out["tokens"] == 5 and out["text"].strip()
 
 
 def test_domain_experts_specialise(built) -> None:  # type: ignore[no-untyped-def]
+    """Even the miniature build shows the premise without its margin: every specialist beats the
+    generalist on its own domain and loses to it on every other one (the full build's ≥ 0.3 nats is
+    checked by `thalamus bench demo-dataset` and the demo, which fail without it)."""
     library, _ = built
-    quality = library.quality
-    for domain in DOMAINS:
-        own = quality[f"{domain}-small"][domain]
-        others = [quality[f"{d}-small"][domain] for d in DOMAINS if d != domain]
-        assert own < min(others), (domain, quality)
-    assert specialisation_problems(quality) == []
-    assert specialisation_problems({**quality, "code-small": {**quality["code-small"], "all": 0.0}}) == [
-        "code-small, not general-large, is the best single expert on the mix"]
+    assert specialisation_problems(library.quality, margin=0.0) == [], library.quality
+
+
+def test_specialisation_problems_name_each_failure() -> None:
+    good = {"code-small": {"code": 1.5, "docs": 7.0, "legal": 7.0, "all": 5.3},
+            "docs-small": {"code": 7.0, "docs": 2.0, "legal": 7.0, "all": 5.5},
+            "legal-small": {"code": 8.0, "docs": 8.0, "legal": 1.0, "all": 5.7},
+            "general-large": {"code": 2.5, "docs": 3.0, "legal": 1.5, "all": 2.3}}
+    assert specialisation_problems(good) == []
+    assert specialisation_problems(good, margin=0.6) == ["legal-small beats general-large on legal by 0.500 nats, "
+                                                         "less than 0.6"]
+    bad = {**good, "code-small": {"code": 2.3, "docs": 2.9, "legal": 7.0, "all": 2.0}}
+    assert specialisation_problems(bad) == ["code-small beats general-large on code by 0.200 nats, less than 0.3",
+                                            "code-small does not lose to general-large on docs"]
 
 
 def test_prompt_splits_are_disjoint_and_by_hash(built) -> None:  # type: ignore[no-untyped-def]
