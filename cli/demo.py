@@ -36,6 +36,8 @@ def demo_settings(settings: Settings) -> Settings:
         "refresh_interval_minutes": 0.0,
         "train_interval_minutes": 0.0,
         "swap_poll_seconds": 1.0,
+        # The production default: callers need a key, which the demo creates for itself.
+        "auth": True,
     })
 
 
@@ -55,8 +57,8 @@ def _cli(args: Sequence[str], env: dict[str, str]) -> str:
 class Traffic:
     """Sends prompts from a few threads; counts failures and keeps latencies."""
 
-    def __init__(self, base: str, prompts: Sequence[str], threads: int = 4) -> None:
-        self.base, self.prompts, self.threads = base, list(prompts), threads
+    def __init__(self, base: str, prompts: Sequence[str], headers: dict[str, str], threads: int = 4) -> None:
+        self.base, self.prompts, self.threads, self.headers = base, list(prompts), threads, headers
         self.latencies_ms: list[float] = []
         self.server_ms: list[float] = []
         self.failures: list[str] = []
@@ -89,7 +91,7 @@ class Traffic:
         bar = tqdm(total=len(self.prompts), desc="requests", unit="req", file=sys.stderr, disable=not progress)
 
         def worker(chunk: Sequence[str]) -> None:
-            with httpx.Client(timeout=30) as client:
+            with httpx.Client(timeout=30, headers=self.headers) as client:
                 for prompt in chunk:
                     self._send(client, prompt)
                     bar.update(1)
@@ -106,7 +108,7 @@ class Traffic:
         """Keep sending (cycling through the prompts) until ``stop``: load during the swap."""
 
         def worker(offset: int) -> None:
-            with httpx.Client(timeout=30) as client:
+            with httpx.Client(timeout=30, headers=self.headers) as client:
                 index = offset
                 while not self._stop.is_set():
                     self._send(client, self.prompts[index % len(self.prompts)])
@@ -123,8 +125,8 @@ class Traffic:
             thread.join(30)
 
 
-def _active_version(base: str) -> int | None:
-    version = httpx.get(f"{base}/v1/status", timeout=5).json().get("router_version")
+def _active_version(base: str, headers: dict[str, str]) -> int | None:
+    version = httpx.get(f"{base}/v1/status", timeout=5, headers=headers).json().get("router_version")
     return None if version is None else int(version)
 
 
@@ -161,6 +163,10 @@ def run_demo(settings: Settings, *, prompts: int = 300) -> dict[str, Any]:
     _say("step 1/7: database schema and demo expert library")
     _cli(["db", "upgrade"], env)
     _cli(["experts", "build-demo"], env)
+    # The daemon authenticates its callers (THALAMUS_AUTH=on by default): the demo makes its own key.
+    key = _cli(["admin", "keys", "create", "--app", "demo", "--scope", "route,feedback,admin",
+                "--rate-limit", "1000/second"], env).strip()
+    headers = {"Authorization": f"Bearer {key}"}
     from experts.demo import load_demo_library
 
     library = load_demo_library(settings.experts_dir / "demo")
@@ -172,11 +178,11 @@ def run_demo(settings: Settings, *, prompts: int = 300) -> dict[str, Any]:
                                   stderr=subprocess.STDOUT)
     try:
         wait_healthy(base, daemon, timeout=300, poll=0.5)
-        first_version = _active_version(base)
+        first_version = _active_version(base, headers)
         _say(f"daemon healthy, serving router version {first_version}")
 
         _say(f"step 3/7: sending {len(traffic_prompts)} prompts through POST /v1/route")
-        traffic = Traffic(base, traffic_prompts)
+        traffic = Traffic(base, traffic_prompts, headers)
         traffic.run_all()
         p50 = statistics.median(traffic.latencies_ms)
         _say(f"sent {traffic.sent}, failed {len(traffic.failures)}, client latency p50 {p50:.1f} ms")
@@ -199,16 +205,16 @@ def run_demo(settings: Settings, *, prompts: int = 300) -> dict[str, Any]:
         _cli(["admin", "approve", str(candidate), "--actor", "demo"], env)
         swapped = None
         while time.perf_counter() - approved_at < 60:
-            if _active_version(base) == candidate:
+            if _active_version(base, headers) == candidate:
                 swapped = time.perf_counter() - approved_at
                 break
             time.sleep(0.1)
         time.sleep(1.0)
         traffic.stop(loop)
-        after = _active_version(base)
+        after = _active_version(base, headers)
         _say(f"daemon now serves version {after}; swap took {swapped if swapped is None else round(swapped, 2)} s")
 
-        status = httpx.get(f"{base}/v1/status", timeout=5).json()
+        status = httpx.get(f"{base}/v1/status", timeout=5, headers=headers).json()
         counts = status.get("counts", {})
         report = {
             "requests": traffic.sent,

@@ -36,6 +36,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await app.state.gateway.aclose()
         holder.stop()
         probe.close()
         await run_in_threadpool(writer.close)

@@ -77,6 +77,10 @@ def notify_activation(session: Session, version_id: int) -> None:
                         {"channel": ACTIVATION_CHANNEL, "payload": str(version_id)})
 
 
+USAGE_COLUMNS = ("prompt_tokens", "completion_tokens", "upstream_ms", "served_by", "attempts")
+"""Columns only gateway requests fill; NULL in other rows (a multi-row INSERT needs the same keys in every row)."""
+
+
 def insert_requests(session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
     """Log routed requests; each row carries its ``prompt`` text. Idempotent on the request id."""
     from store.schema import Request
@@ -84,7 +88,8 @@ def insert_requests(session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
     if not rows:
         return 0
     hashes = ensure_prompts(session, (row["prompt"] for row in rows))
-    values = [{**{k: v for k, v in row.items() if k != "prompt"}, "prompt_hash": key}
+    usage = dict.fromkeys(USAGE_COLUMNS)
+    values = [{**usage, **{k: v for k, v in row.items() if k != "prompt"}, "prompt_hash": key}
               for row, key in zip(rows, hashes, strict=True)]
     for start in range(0, len(values), 500):
         stmt = _insert(session, Request).values(values[start : start + 500])

@@ -20,9 +20,15 @@ REDIS_URL = os.environ.get("THALAMUS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"
 
 
 def make_settings(home: Path, **env: str):  # type: ignore[no-untyped-def]
-    """Settings for a test, also exported to the environment so child processes see the same."""
+    """Settings for a test, also exported to the environment so child processes see the same.
+
+    Auth is off (every test daemon listens on loopback) unless the test passes ``auth="on"``: the
+    tests of keys, scopes and rate limits (tests/daemon/test_auth.py, tests/daemon/test_gateway.py)
+    run with the production default.
+    """
     from store.settings import Settings, get_settings
 
+    env = {"auth": "off", **env}
     os.environ["THALAMUS_HOME"] = str(home)
     for key, value in env.items():
         os.environ[f"THALAMUS_{key.upper()}"] = value

@@ -18,7 +18,7 @@ TABLES = {"experts", "router_versions", "prompts", "requests", "expert_losses", 
 def _check(settings) -> None:  # type: ignore[no-untyped-def]
     engine = get_engine(settings)
     assert TABLES <= set(inspect(engine).get_table_names())
-    assert current_revision(settings) == "0003"
+    assert current_revision(settings) == "0004"
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         diff = compare_metadata(context, Base.metadata)
