@@ -161,3 +161,18 @@ def mini_demo(tmp_path_factory: pytest.TempPathFactory) -> BuiltDemo:
     library = build_demo_library(tmp_path_factory.mktemp("demo") / "lib", seed=0, spec=mini_demo_spec(),
                                  progress=lambda f, m: calls.append((f, m)), verbose=False)
     return BuiltDemo(library, calls)
+
+
+def make_causal_lm(path: Path, tokenizer_dir: str, seed: int = 0) -> str:
+    """A tiny random GPT-2 causal-LM (a real local expert that generates text) saved at ``path``."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=32, n_layer=1, n_head=2, n_positions=256,
+                        bos_token_id=None, eos_token_id=None,  # no end token: every answer is non-empty
+                        pad_token_id=tokenizer.pad_token_id)
+    GPT2LMHeadModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
