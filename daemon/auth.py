@@ -21,7 +21,7 @@ import logging
 import math
 import threading
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -82,6 +82,17 @@ def required_scope(path: str, settings: Settings) -> str | None:
     if path == "/v1/status":
         return ANY_SCOPE
     return "route"
+
+
+def document_open_paths(schema: dict[str, Any], settings: Settings) -> None:
+    """The served document: no key, 401, 403 or 429 on the endpoints that need no key."""
+    for path, operations in schema.get("paths", {}).items():
+        if required_scope(path, settings) is not None:
+            continue
+        for operation in operations.values():
+            operation.pop("security", None)
+            for status in ("401", "403", "429"):
+                operation.get("responses", {}).pop(status, None)
 
 
 def is_loopback(host: str) -> bool:

@@ -162,6 +162,7 @@ _DESCRIPTIONS = {
     403: "The API key lacks the scope this endpoint needs.",
     404: "Unknown model.",
     409: "No expert of the router can answer completions.",
+    422: "Never sent: an invalid request is a 400 here, as in OpenAI's API.",
     429: "The API key's rate limit is exceeded; see ``Retry-After``.",
     502: "The upstream expert failed (connection error or 5xx), also on the retry.",
     503: "No router is loaded yet, or the database is unreachable.",

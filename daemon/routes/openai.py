@@ -27,7 +27,7 @@ router = APIRouter(tags=["openai"])
 
 _STREAM = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
                  "description": "The completion; with ``stream: true`` a stream of server-sent events."}}
-_ERRORS = openai_error_responses(400, 401, 403, 404, 409, 429, 502, 503, 504)
+_ERRORS = openai_error_responses(400, 401, 403, 404, 409, 422, 429, 502, 503, 504)
 
 
 def _gateway(request: Request) -> Gateway:
@@ -53,7 +53,7 @@ async def models(principal: PrincipalDep, request: Request) -> dict[str, Any]:
     return {"object": "list", "data": _gateway(request).models()}
 
 
-@router.get("/v1/models/{model}", response_model=Model, responses=openai_error_responses(401, 403, 404, 429))
+@router.get("/v1/models/{model}", response_model=Model, responses=openai_error_responses(401, 403, 404, 422, 429))
 async def model(model: str, principal: PrincipalDep, request: Request) -> dict[str, Any]:
     """One model of ``GET /v1/models``."""
     for row in _gateway(request).models():
