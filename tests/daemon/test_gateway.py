@@ -232,3 +232,14 @@ def test_keys_never_appear_in_the_logs(world: World) -> None:
     for key in world.keys.values():
         secret = key.rsplit("_", 1)[1]
         assert secret[:16] not in logs
+
+
+def test_the_project_client_against_the_gateway(world: World) -> None:
+    from thalamus_client import Client
+
+    with Client(world.gateway, api_key=world.keys["a"]) as thalamus:
+        answer = thalamus.chat(MESSAGES, model="upstream-gpt", max_tokens=3)
+        assert answer.expert == "upstream-gpt" and answer.text and answer.attempts == 1
+        streamed = thalamus.stream_chat(MESSAGES, model="local-gpt", max_tokens=3)
+        assert streamed.expert == "local-gpt" and "".join(streamed) == streamed.text != ""
+        assert thalamus.feedback(streamed.request_id, loss=1.5).expert == "local-gpt"
