@@ -112,8 +112,8 @@ class Stack:
         from jobs.router_store import save_version
         from router.model import Router, init_head_cold_start
         from store.db import session_scope
-        from store.migrate import upgrade
         from store.keys import create_key
+        from store.migrate import upgrade
         from store.schema import Expert
 
         upgrade(self.settings)

@@ -220,7 +220,8 @@ class Generated:
 def chat_prompt(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Mapping[str, str]]) -> str:
     """The model's chat template applied to ``messages``, or ``role: content`` lines ending in ``assistant:``."""
     if getattr(tokenizer, "chat_template", None):
-        rendered = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        rendered = tokenizer.apply_chat_template([dict(m) for m in messages], tokenize=False,
+                                                 add_generation_prompt=True)
         if isinstance(rendered, str):
             return rendered
     lines = [f"{m['role']}: {m['content']}" for m in messages]

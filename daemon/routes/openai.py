@@ -25,7 +25,7 @@ from daemon.openai_schemas import (
 
 router = APIRouter(tags=["openai"])
 
-_STREAM = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+_STREAM: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
                  "description": "The completion; with ``stream: true`` a stream of server-sent events."}}
 _ERRORS = openai_error_responses(400, 401, 403, 404, 409, 422, 429, 502, 503, 504)
 

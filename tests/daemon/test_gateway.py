@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, text
 
 from benchmarks.loadgen import wait_healthy
 from benchmarks.tcpproxy import free_port
