@@ -2,7 +2,7 @@
 
 Three real processes: an upstream ``thalamus serve`` (SQLite, auth on) serving a tiny GPT-2
 causal-LM expert through these same endpoints; a misbehaving OpenAI-compatible server
-(``tests/daemon/upstream_stub.py``: 500s and a slow model); and the gateway, ``thalamus serve`` on
+(``benchmarks/openai_stub.py``: 500s and a slow model); and the gateway, ``thalamus serve`` on
 PostgreSQL with auth on, whose library holds: ``broken`` (the stub's 500s; the router's first
 choice), ``upstream-gpt`` (the upstream daemon, its key read from the ``UPSTREAM_KEY`` environment
 variable; second choice), ``local-gpt`` (the GPT-2 directory, generated in the gateway) and ``slow``
@@ -118,7 +118,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: str) -> Itera
         processes.append(_serve(upstream, root / "upstream.log"))
 
         stub_port, stub_log = free_port(), root / "stub.jsonl"
-        processes.append(subprocess.Popen([sys.executable, "-m", "tests.daemon.upstream_stub", str(stub_port)],
+        processes.append(subprocess.Popen([sys.executable, "-m", "benchmarks.openai_stub", str(stub_port)],
                                           env={**os.environ, "STUB_LOG": str(stub_log)}))
         stub = f"http://127.0.0.1:{stub_port}/v1"
 

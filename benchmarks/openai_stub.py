@@ -1,11 +1,14 @@
-"""A misbehaving OpenAI-compatible server, run as its own process: ``python -m tests.daemon.upstream_stub PORT``.
+"""A minimal OpenAI-compatible server, run as its own process: ``python -m benchmarks.openai_stub PORT``.
+
+Used by the gateway's tests (failure handling) and its latency benchmark (an upstream that answers at once).
 
 ``model: "broken"`` answers 500; ``model: "slow"`` answers after 5 s; anything else a tiny completion.
-Every request is appended to the file named by ``STUB_LOG`` (method, path, Authorization present or not).
+Every request is appended to the file named by ``STUB_LOG`` (when set) (method, path, Authorization present or not).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -14,11 +17,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as a production upstream
+
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
-        with open(os.environ["STUB_LOG"], "a") as log:
-            log.write(json.dumps({"path": self.path, "model": body.get("model"),
-                                  "auth": "authorization" in {k.lower() for k in self.headers}}) + "\n")
+        if os.environ.get("STUB_LOG"):
+            with open(os.environ["STUB_LOG"], "a") as log:
+                log.write(json.dumps({"path": self.path, "model": body.get("model"),
+                                      "auth": "authorization" in {k.lower() for k in self.headers}}) + "\n")
         if body.get("model") == "broken":
             self._send(500, {"error": {"message": "upstream exploded", "type": "server_error"}})
             return
@@ -29,16 +35,14 @@ class Handler(BaseHTTPRequestHandler):
                                       "finish_reason": "stop"}],
                          "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
 
-    def _send(self, status: int, payload: dict) -> None:
+    def _send(self, status: int, payload: dict[str, object]) -> None:
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(data)))
         self.end_headers()
-        try:
+        with contextlib.suppress(BrokenPipeError):  # the gateway gave up waiting (the timeout test)
             self.wfile.write(data)
-        except BrokenPipeError:  # the gateway gave up waiting (the timeout test)
-            pass
 
     def log_message(self, *args: object) -> None:
         pass
