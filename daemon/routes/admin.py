@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from cli import admin, experts, jobs
@@ -126,9 +126,12 @@ def rollback(settings: SettingsDep, principal: PrincipalDep, body: Decision | No
 
 
 @router.get("/jobs", response_model=list[jobs.RunLine], responses=error_responses(422, 503))
-def list_runs(settings: SettingsDep, principal: PrincipalDep,
+def list_runs(settings: SettingsDep, principal: PrincipalDep, request: Request,
               limit: int = Query(20, ge=1, le=1000)) -> list[jobs.RunLine]:
     """Recent job runs, newest first (``thalamus jobs list``)."""
+    unknown = sorted(set(request.query_params) - {"limit"})
+    if unknown:  # a misspelt parameter is not silently ignored
+        raise HTTPException(422, f"unknown query parameter {unknown[0]!r}; the only one is 'limit'")
     return jobs.list_runs(settings, limit=limit)
 
 
