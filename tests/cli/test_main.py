@@ -178,3 +178,18 @@ def test_python_dash_m_cli_is_the_thalamus_command() -> None:
     done = subprocess.run([sys.executable, "-m", "cli", "admin", "--help"], capture_output=True, text=True,
                           check=False)
     assert done.returncode == 0 and "usage: thalamus admin" in done.stdout and "rollback" in done.stdout
+
+
+def test_serve_refuses_auth_off_on_a_non_loopback_address(sqlite_settings, capsys) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    import pytest
+
+    from cli.main import main
+    from store.settings import get_settings
+
+    os.environ.update({"THALAMUS_AUTH": "off", "THALAMUS_HOST": "0.0.0.0"})  # restored by thalamus_env
+    get_settings.cache_clear()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve"])
+    assert exit_info.value.code == 2 and "loopback-only" in capsys.readouterr().err
