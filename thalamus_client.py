@@ -210,13 +210,16 @@ class Client:
         return result
 
     def version(self, version_id: int) -> dict[str, Any]:
+        """The version's report: ``version``, ``holdout``, ``off_policy``, ``gate`` (``admin show --json``)."""
         result: dict[str, Any] = self._call("GET", f"/v1/admin/versions/{version_id}")
         return result
 
-    def approve(self, version_id: int, reason: str | None = None) -> dict[str, Any]:
-        """Approve and activate a candidate; every daemon hot-swaps to it."""
-        result: dict[str, Any] = self._call("POST", f"/v1/admin/versions/{version_id}/approve",
-                                            {"reason": reason} if reason else {})
+    def approve(self, version_id: int, reason: str | None = None, force: bool = False) -> dict[str, Any]:
+        """Approve and activate a candidate unless the promotion gate refuses it (``force`` needs a reason)."""
+        body: dict[str, Any] = {"force": force} if force else {}
+        if reason:
+            body["reason"] = reason
+        result: dict[str, Any] = self._call("POST", f"/v1/admin/versions/{version_id}/approve", body)
         return result
 
     def activate(self, version_id: int, reason: str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Benchmarks: routing quality against baselines, and the demo library as a benchmark dataset."""
+"""Benchmarks: routing quality, the demo library as a dataset, faults under load, off-policy intervals."""
 
 from __future__ import annotations
 
@@ -77,6 +77,58 @@ def faults(settings: Settings, *, scenarios: str = "swap,outage,worker-kill,daem
     return rows
 
 
+def bandit_training(settings: Settings, *, dataset: Path, quick: bool = False, seeds: int = 3,
+                    policies: str = "off,epsilon:0.05,epsilon:0.2,softmax:0.1", margin: float = 0.25,
+                    seed_prompts: int = 200, json_out: Path | None = None, progress: bool = False) -> dict[str, Any]:
+    """Training from bandit feedback: a head trained with and without 1/propensity weights on simulated logs."""
+    from benchmarks.bandit_training import run
+    from router.exploration import ExploreError, parse_policy
+
+    dataset = Path(dataset)
+    if not dataset.exists():
+        raise CliError(f"dataset {dataset} does not exist")
+    names = [p.strip() for p in policies.split(",") if p.strip()]
+    if not names:
+        raise CliError("--policies names no policy; give e.g. off,epsilon:0.05")
+    try:
+        for name in names:
+            parse_policy(name, margin)
+    except ExploreError as exc:
+        raise CliError(str(exc).replace("THALAMUS_EXPLORE_MARGIN", "--margin").replace("THALAMUS_EXPLORE", "--policies")
+                       ) from None
+    report = run(dataset, settings.backbone_path, quick=quick, seeds=seeds, seed_prompts=seed_prompts,
+                 policies=names, margin=margin, progress=say if progress else None)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return report
+
+
+def _show_bandit(report: dict[str, Any]) -> None:
+    from benchmarks.bandit_training import format_report
+
+    print(format_report(report))
+def ope(settings: Settings, *, sizes: str = "1000,5000", epsilons: str = "0.05,0.1,0.2", repetitions: int = 40,
+        seed: int = 0) -> list[Any]:
+    """Off-policy interval widths and coverage on a seeded synthetic bandit, by logged rows and exploration ε."""
+    from benchmarks.offpolicy import run
+
+    try:
+        n_rows = [int(x) for x in sizes.split(",")]
+        eps = [float(x) for x in epsilons.split(",")]
+    except ValueError:
+        raise CliError(f"--sizes {sizes!r} and --epsilons {epsilons!r} must be comma-separated numbers") from None
+    if any(n < 20 for n in n_rows) or any(not 0 < e <= 1 for e in eps):
+        raise CliError("--sizes must be at least 20 rows each and --epsilons in (0, 1]")
+    return run(n_rows, eps, repetitions=repetitions, seed=seed, log=say)
+
+
+def _show_ope(rows: list[Any]) -> None:
+    from benchmarks.offpolicy import table
+
+    print(table(rows))
+
+
 def gateway(settings: Settings, *, rate: float = 20.0, seconds: float = 15.0, rounds: int = 2,
             backbone: str | None = None, json_out: Path | None = None) -> dict[str, Any]:
     """The latency the OpenAI-compatible gateway adds over a direct upstream call (p50/p95, open-loop load)."""
@@ -106,7 +158,8 @@ def _show_written(written: DatasetWritten) -> None:
           f"next: thalamus bench quality --dataset {written.path}")
 
 
-GROUP = Group("bench", "benchmarks (routing quality, the demo dataset, faults under load, gateway latency)", (
+GROUP = Group("bench", "benchmarks (routing quality, the demo dataset, faults under load, bandit training, "
+                       "off-policy intervals, gateway latency)", (
     verb("quality", quality,
          arg("--dataset", type=Path, required=True, help="directory with train.*/test.* [+ models.json], or one file"),
          arg("--json", dest="json_out", type=Path, help="write the full report here"),
@@ -121,6 +174,16 @@ GROUP = Group("bench", "benchmarks (routing quality, the demo dataset, faults un
          arg("--out", type=Path, required=True, help="output directory (train.jsonl, test.jsonl, models.json)"),
          arg("--seed", type=int, default=0, help="demo library seed"),
          show=_show_written, cli={"progress": True}),
+    verb("bandit-training", bandit_training,
+         arg("--dataset", type=Path, required=True, help="directory with train.*/test.* holding every expert's loss"),
+         arg("--quick", action="store_true", help="fixed-seed 1,500/300 slice, max length 128 (a few minutes)"),
+         arg("--seeds", type=positive_int, default=3, help="logging draws per policy (default 3)"),
+         arg("--policies", default="off,epsilon:0.05,epsilon:0.2,softmax:0.1",
+             help="comma-separated logging policies in THALAMUS_EXPLORE syntax"),
+         arg("--margin", type=float, default=0.25, help="exploration margin in loss-scale units (default 0.25)"),
+         arg("--seed-prompts", type=positive_int, default=200, help="fully labelled prompts of the weak router"),
+         arg("--json", dest="json_out", type=Path, help="write the full report here"),
+         show=_show_bandit, cli={"progress": True}),
     verb("faults", faults,
          arg("--scenarios", default="swap,outage,worker-kill,daemon-kill", help="comma-separated, run in order"),
          arg("--rate", type=float, default=10.0, help="/v1/route requests per second (default 10)"),
@@ -132,6 +195,12 @@ GROUP = Group("bench", "benchmarks (routing quality, the demo dataset, faults un
                                   "(default THALAMUS_TEST_REDIS_URL or redis://127.0.0.1:6379/0)"),
          arg("--json", dest="json_out", type=Path, help="also write the rows here"),
          show=_show_faults, fails=lambda rows: not rows or any(not r.passed for r in rows)),
+    verb("ope", ope,
+         arg("--sizes", default="1000,5000", help="logged rows per set, comma-separated"),
+         arg("--epsilons", default="0.05,0.1,0.2", help="exploration shares of the logging policy"),
+         arg("--repetitions", type=positive_int, default=40),
+         arg("--seed", type=int, default=0),
+         show=_show_ope),
     verb("gateway", gateway,
          arg("--rate", type=float, default=20.0, help="requests per second on each path (default 20)"),
          arg("--seconds", type=float, default=15.0, help="seconds per path and round (default 15)"),

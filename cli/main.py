@@ -17,7 +17,7 @@ from typing import NoReturn
 
 from cli import admin, bench, db, demo, experts, ingest, jobs, keys, services
 from cli._common import CliError, Group, Verb
-from store.settings import get_settings
+from store.settings import get_settings, settings_problem
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -109,10 +109,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     for noisy in ("alembic", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
+    from pydantic import ValidationError
+
     from jobs.errors import JobInputError, JobLocked
 
     try:
         code = run(args)
+    except ValidationError as exc:  # a THALAMUS_* setting is invalid: every verb reads them first
+        if exc.title != "Settings":
+            raise
+        print(f"thalamus: error: {settings_problem(exc)}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
     except (CliError, JobInputError, JobLocked, ValueError, LookupError) as exc:
         print(f"thalamus: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)

@@ -264,7 +264,9 @@ class Gateway:
         self.writer.submit({
             "id": plan.request_id, "created_at": utcnow(), "prompt": plan.prompt, "lambdas": plan.lambdas,
             "router_version_id": plan.router_version, "expert": plan.candidates[0].name,
-            "predicted_losses": plan.predicted, "propensity": 1.0,
+            "predicted_losses": plan.predicted, "propensity": 1.0, "explored": False,
+            # the gateway serves the best expert that can answer completions, deterministically
+            "action_probs": {plan.candidates[0].name: 1.0} if plan.routed else None,
             "sampled": share > 0 and stable_fraction(plan.prompt, salt=Salt.LABEL_SAMPLE) < share,
             "latency_ms": plan.routing_ms, "app": app, "prompt_tokens": served.prompt_tokens,
             "completion_tokens": served.completion_tokens, "upstream_ms": round(served.upstream_ms, 3),

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from daemon.batcher import MicroBatcher
 from daemon.metrics import Metrics, default_metrics
+from router.exploration import OFF, ExplorePolicy, choose
 from store.db import normalize_url, session_scope
 from store.queries import ACTIVATION_CHANNEL, active_router_version
 from store.schema import Expert
@@ -62,12 +63,18 @@ class ExpertInfo:
 
 @dataclasses.dataclass(frozen=True)
 class Decision:
-    """One routing decision: the argmin of predicted loss plus λ-weighted constraints."""
+    """One routing decision: the expert served (the argmin of predicted loss plus λ-weighted
+    constraints, or a near-best one when the exploration policy explored), and the policy's
+    whole distribution over the experts with the probability of the one served."""
 
     index: int
     expert: str
     predicted: dict[str, float]
     objective: dict[str, float]
+    greedy: str = ""  # the argmin; equals ``expert`` unless ``explored``
+    action_probs: dict[str, float] = dataclasses.field(default_factory=dict)
+    propensity: float = 1.0
+    explored: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +97,7 @@ class LoadedRouter:
     constraints: np.ndarray  # (E, C) in head order, read-only
     loaded_at: dt.datetime
     batcher: MicroBatcher = dataclasses.field(repr=False)  # micro-batches this bundle's predictions
+    loss_scale: float = 1.0  # mean per-expert std of the training losses: the exploration margin's unit
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
         """Predicted losses (N, E); a single prompt is micro-batched with concurrent requests."""
@@ -97,18 +105,25 @@ class LoadedRouter:
             return np.asarray(self.batcher.predict_one(texts[0]), dtype=np.float64)[None, :]
         return np.asarray(self.batcher.predict_many(texts), dtype=np.float64)
 
-    def decide(self, predicted: np.ndarray, lambdas: Mapping[str, float]) -> Decision:
-        """Choose among the experts for one row of predicted losses."""
-        from router.constraints import choose
+    def decide(self, predicted: np.ndarray, lambdas: Mapping[str, float], policy: ExplorePolicy = OFF,
+               fraction: float = 0.0) -> Decision:
+        """Choose among the experts for one row of predicted losses, drawing with ``fraction`` ∈ [0, 1)
+        from ``policy`` (see :mod:`router.exploration`); with the policy off this is the argmin."""
+        from router.constraints import objective
 
-        index, values = choose(predicted, self.constraints, lambdas)
+        values = objective(predicted, self.constraints, lambdas)
+        choice = choose(values, policy, fraction, self.loss_scale)
         names = self.expert_names
-        return Decision(index=int(index), expert=names[int(index)],
+        return Decision(index=choice.index, expert=names[choice.index],
                         predicted={n: float(v) for n, v in zip(names, predicted, strict=True)},
-                        objective={n: float(v) for n, v in zip(names, values, strict=True)})
+                        objective={n: float(v) for n, v in zip(names, values, strict=True)},
+                        greedy=names[choice.greedy],
+                        action_probs={n: float(p) for n, p in zip(names, choice.probabilities, strict=True)},
+                        propensity=choice.propensity, explored=choice.explored)
 
-    def route(self, prompt: str, lambdas: Mapping[str, float]) -> Decision:
-        return self.decide(self.predict([prompt])[0], lambdas)
+    def route(self, prompt: str, lambdas: Mapping[str, float], policy: ExplorePolicy = OFF,
+              fraction: float = 0.0) -> Decision:
+        return self.decide(self.predict([prompt])[0], lambdas, policy, fraction)
 
     def expert(self, name: str) -> ExpertInfo | None:
         for info in self.experts:
@@ -244,7 +259,8 @@ class RouterHolder:
         router, constraints = load_for_serving(Path(uri), sha, order, [e.attributes for e in experts])
         batcher = MicroBatcher(router.predict, on_batch=self.metrics.route_batch_size.observe)
         return LoadedRouter(version_id=version_id, sha256=sha, router=router, expert_names=order,
-                            experts=experts, constraints=constraints, loaded_at=_now(), batcher=batcher)
+                            experts=experts, constraints=constraints, loaded_at=_now(), batcher=batcher,
+                            loss_scale=loss_scale(router))
 
     def _recovered(self) -> None:
         """The database answered again: an error that only said it could not be read is over."""
@@ -336,6 +352,13 @@ def _expert_infos(session: Session, order: Sequence[str]) -> tuple[ExpertInfo, .
         else:
             infos.append(ExpertInfo(name, row.kind, row.uri, row.version, dict(row.attributes or {}), row.status))
     return tuple(infos)
+
+
+def loss_scale(router: Router) -> float:
+    """The router's loss scale: the mean over experts of its normaliser's std (1 for a cold start)."""
+    std = np.asarray(router.loss_std.detach().cpu().numpy(), dtype=np.float64)
+    value = float(std.mean()) if std.size else 1.0
+    return value if np.isfinite(value) and value > 0 else 1.0
 
 
 def _constraints(experts: Sequence[ExpertInfo]) -> np.ndarray:

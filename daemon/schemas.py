@@ -54,6 +54,8 @@ class RouteRequest(_TextRule):
     prompt: Text = Field(min_length=1)
     lambdas: Annotated[dict[str, float], Field(json_schema_extra=_LAMBDAS_SCHEMA)] | None = None
     app: Text | None = Field(None, min_length=1, max_length=200)
+    explore: bool = Field(True, description="false: serve the argmin, never explore (so does every request of "
+                                           "an app in THALAMUS_EXPLORE_OPT_OUT_APPS)")
 
 
 class InferRequest(RouteRequest):
@@ -68,7 +70,9 @@ class RouteResponse(BaseModel):
     router_version: int
     lambdas: dict[str, float]
     sampled: bool
-    propensity: float
+    propensity: float = Field(description="probability of the served expert under the policy that served it")
+    explored: bool = Field(description="true when the exploration policy served another expert than the argmin")
+    action_probs: dict[str, float] = Field(description="the policy's whole distribution over the experts (sums to 1)")
     latency_ms: float
 
 
@@ -162,6 +166,17 @@ class ExpertStatus(BaseModel):
     in_router: bool
 
 
+class ExploreStatus(BaseModel):
+    """The exploration policy in force (``router/exploration.py``)."""
+
+    policy: str = Field(description="THALAMUS_EXPLORE: off, epsilon:ε or softmax:τ")
+    kind: str
+    value: float
+    margin: float = Field(description="THALAMUS_EXPLORE_MARGIN, in units of the router's loss scale")
+    loss_scale: float | None = Field(description="the served router's loss scale (mean per-expert loss std)")
+    opt_out_apps: list[str]
+
+
 class StatusResponse(BaseModel):
     router_version: int | None
     router_sha256: str | None
@@ -180,3 +195,5 @@ class StatusResponse(BaseModel):
     writer: dict[str, Any]
     default_lambdas: dict[str, float]
     label_share: float
+    explore: ExploreStatus
+

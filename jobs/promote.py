@@ -1,7 +1,9 @@
 """Approve, activate, reject and roll back router versions. Activation is one transaction plus a NOTIFY.
 
 Every verb that makes a version active first loads its bundle the way a daemon does, so a
-version whose files were corrupted (or that never loaded) cannot be activated.
+version whose files were corrupted (or that never loaded) cannot be activated. ``approve`` also asks
+the promotion gate (jobs/promotion_gate.py): a candidate whose interval says it is worse than the
+active router is refused unless forced with a reason.
 """
 
 from __future__ import annotations
@@ -9,10 +11,13 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from jobs import promotion_gate as gate
 from jobs.errors import JobInputError
 from jobs.router_store import load_problem
+from store.db import session_scope
 from store.queries import active_router_version, notify_activation
 from store.schema import Activation, RouterVersion, utcnow
+from store.settings import Settings
 from store.states import VersionStatus
 
 _UNDECIDED = (VersionStatus.CANDIDATE, VersionStatus.APPROVED)
@@ -48,16 +53,52 @@ def activate(session: Session, version: RouterVersion, actor: str, reason: str) 
     return previous
 
 
-def approve(session: Session, version_id: int, actor: str, reason: str = "approved") -> RouterVersion:
+class GateRefused(JobInputError):
+    """The gate says the candidate is worse than the active router; nothing was activated."""
+
+    def __init__(self, version_id: int, verdict: gate.Verdict) -> None:
+        super().__init__(gate.refusal(version_id, verdict))
+        self.version_id, self.verdict = version_id, verdict
+
+
+def approve(session: Session, version_id: int, actor: str, reason: str = "approved", *, force: bool = False,
+            min_logged_rows: int | None = None) -> RouterVersion:
+    """Activate a candidate if the gate does not say it is worse (``force`` overrides, with a reason).
+
+    The gate's verdict is recorded in ``gate_decisions`` (``promote`` or ``forced``); a refusal raises
+    :class:`GateRefused` before anything is written (see :func:`approve_gated` to record it too).
+    """
+    if force and not reason.strip():
+        raise JobInputError("forcing an approval past the gate needs a reason")
     version = _version(session, version_id)
     if version.status == VersionStatus.ACTIVE:
         raise JobInputError(f"router version {version_id} is already active")
     if version.status not in _UNDECIDED:
         hint = "; use `thalamus admin activate` to go back to it" if version.status == VersionStatus.RETIRED else ""
         raise JobInputError(f"router version {version_id} is {version.status}; only a candidate can be approved{hint}")
+    active = active_router_version(session)
+    rows = min_logged_rows if min_logged_rows is not None else Settings.model_fields["gate_min_logged_rows"].default
+    verdict = gate.verdict(version.metrics or {}, active.id if active is not None else None, rows)
+    if verdict.worse and not force:
+        raise GateRefused(version_id, verdict)
     _check_loadable(session, version)
+    gate.record(session, version.id, verdict, gate.FORCED if verdict.worse else gate.PROMOTE, actor, reason)
     activate(session, version, actor, reason)
     return version
+
+
+def approve_gated(settings: Settings, version_id: int, actor: str, reason: str = "approved", *,
+                  force: bool = False) -> RouterVersion:
+    """:func:`approve` in its own transaction; a refusal is recorded in ``gate_decisions`` (and nothing else)
+    before :class:`GateRefused` is raised again."""
+    try:
+        with session_scope(settings) as session:
+            return approve(session, version_id, actor, reason, force=force,
+                           min_logged_rows=settings.gate_min_logged_rows)
+    except GateRefused as refused:
+        with session_scope(settings) as session:
+            gate.record(session, version_id, refused.verdict, gate.REFUSE, actor, reason)
+        raise
 
 
 def activate_version(session: Session, version_id: int, actor: str, reason: str) -> RouterVersion:

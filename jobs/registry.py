@@ -91,6 +91,9 @@ JOBS: Mapping[str, JobSpec] = _table(
     JobSpec("train_router", "jobs.train_router:train_router", queue="training",
             description="train a candidate router on the loss table and register it",
             exclusive=True, schedule="train_interval_minutes", gate="jobs.gates:enough_new_loss_rows"),
+    JobSpec("evaluate_candidate", "jobs.evaluate_candidate:evaluate_candidate", queue="training",
+            description="off-policy estimates (IPS, SNIPS, DR) of a candidate vs the active router on logged "
+                        "traffic (version=ID, default: the newest candidate)"),
 )
 
 

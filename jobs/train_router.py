@@ -7,17 +7,20 @@ from typing import Any
 
 import numpy as np
 
+from jobs import promotion_gate as gate
 from jobs.errors import CandidateRejected, JobInputError
+from jobs.evaluate_candidate import evaluate_candidate
 from jobs.loss_table import LossTable, holdout_mask, load_loss_table
 from jobs.promote import activate
 from jobs.recipe import TrainRecipe
 from jobs.router_store import load_version, save_version
 from jobs.runs import Progress
-from router.metrics import routing_metrics
+from router.metrics import paired_bootstrap, routing_metrics
 from router.model import Router, expand_experts, init_head_cold_start
 from router.training import train_router as fit
 from store.db import session_scope
 from store.queries import active_experts, active_router_version
+from store.schema import RouterVersion
 from store.settings import Settings
 from store.states import VersionStatus
 
@@ -32,16 +35,33 @@ def evaluate(router: Router, table: LossTable, params: np.ndarray, best_single: 
     A router trained before an expert was added (or retired) chooses among its own experts only:
     it is judged on the table's columns for those experts, on the same rows as the candidate.
     """
+    return evaluate_routes(router, table, params, best_single)[0]
+
+
+def evaluate_routes(router: Router, table: LossTable, params: np.ndarray,
+                    best_single: int | None) -> tuple[dict[str, float], np.ndarray | None]:
+    """:func:`evaluate`'s metrics and the routed loss of each complete holdout row (None without such rows)."""
     rows = np.flatnonzero(_complete_rows(table))
     own = [str(name) for name in router.expert_names]
     known = [name for name in own if name in table.experts]
     if rows.size == 0 or not known:
-        return {"n_rows": 0}
+        return {"n_rows": 0}, None
     columns = [table.experts.index(name) for name in known]
     part = table.subset(rows)
     predicted = router.predict(part.prompts)[:, [own.index(name) for name in known]]
     single = columns.index(best_single) if best_single in columns else None
-    return routing_metrics(predicted, part.targets[:, columns], params=params[columns], best_single=single)
+    targets = part.targets[:, columns].astype(np.float64)
+    routed = targets[np.arange(len(part)), np.argmin(predicted, axis=1)]
+    return routing_metrics(predicted, targets, params=params[columns], best_single=single), routed
+
+
+def holdout_difference(candidate: np.ndarray | None, active: np.ndarray | None,
+                       active_version: int | None) -> dict[str, Any] | None:
+    """candidate − active routed loss over the same holdout prompts, with its 95 % paired bootstrap interval."""
+    if candidate is None or active is None or active_version is None or candidate.shape != active.shape:
+        return None
+    value, low, high = paired_bootstrap(candidate, active, n=2000, seed=0)
+    return {"value": value, "low": low, "high": high, "n_rows": int(candidate.size), "active_version": active_version}
 
 
 def train_router(settings: Settings, progress: Progress | None = None, params: dict[str, Any] | None = None,
@@ -74,7 +94,10 @@ def train_router(settings: Settings, progress: Progress | None = None, params: d
     best_single = int(np.argmin(train_means))
 
     report(0.05, f"evaluating the active router on {len(test)} holdout prompts")
-    active_metrics = evaluate(parent_router, test, sizes, best_single) if parent_router is not None else {}
+    active_metrics: dict[str, float] = {}
+    active_routed = None
+    if parent_router is not None:  # before training: the candidate may start as this very object
+        active_metrics, active_routed = evaluate_routes(parent_router, test, sizes, best_single)
     if parent_router is not None and list(parent_router.expert_names) == names:
         router = parent_router
     elif parent_router is not None:
@@ -91,10 +114,11 @@ def train_router(settings: Settings, progress: Progress | None = None, params: d
     history = fit(router, train.prompts, train.targets, config,
                   progress=lambda f, m: report(0.1 + 0.8 * f, m))
     seconds = time.perf_counter() - started
-    report(0.92, "evaluating the candidate")
-    candidate_metrics = evaluate(router, test, sizes, best_single)
+    report(0.9, "evaluating the candidate")
+    candidate_metrics, candidate_routed = evaluate_routes(router, test, sizes, best_single)
     metrics = {
         "candidate": candidate_metrics, "active": active_metrics, "active_version": parent_id,
+        "holdout_difference": holdout_difference(candidate_routed, active_routed, parent_id),
         # n_train: non-holdout prompts; of those, n_fit were trained on and n_val chose the epoch.
         "n_train": len(train), "n_fit": history.n_train, "n_val": history.n_val, "n_holdout": len(test),
         "train_seconds": round(seconds, 3),
@@ -107,22 +131,35 @@ def train_router(settings: Settings, progress: Progress | None = None, params: d
             training_window={"rows": len(table), "train": len(train), "holdout": len(test)},
         )
         rejected = version.reason if version.status == VersionStatus.REJECTED else None
-        auto = "" if rejected else _auto_approve(settings, candidate_metrics, active_metrics)
-        if auto:
-            activate(session, version, actor="policy", reason=auto)
         version_id = version.id
     if rejected:  # recorded (committed) as rejected; the run fails so that nobody mistakes it for a candidate
         raise CandidateRejected(f"router version {version_id} was recorded as rejected: {rejected}")
+    report(0.93, "off-policy evaluation on logged traffic")
+    evaluated = evaluate_candidate(settings, lambda f, m: report(0.93 + 0.06 * f, m), {"version": version_id},
+                                   candidate_router=router)
+    metrics["off_policy"] = evaluated["off_policy"]
+    auto = _auto_approve(settings, version_id)
     report(1.0, f"registered candidate router version {version_id}")
     return {"version_id": version_id, "metrics": metrics, "auto_approved": bool(auto),
             "loss_rows": {"read": table.rows_read, "skipped": sum(table.skipped.values()),
                           "skipped_by_expert": table.skipped}}
 
 
-def _auto_approve(settings: Settings, candidate: dict[str, float], active: dict[str, float]) -> str:
-    """The policy: approve when enabled and the candidate's routed loss beats the active one's."""
-    if not settings.auto_approve or "routed_loss" not in candidate:
+def _auto_approve(settings: Settings, version_id: int) -> str:
+    """The policy (``THALAMUS_AUTO_APPROVE``): ask the promotion gate, record its decision, activate on
+    ``promote``. Returns the activation's reason, or "" when the candidate stays a candidate."""
+    if not settings.auto_approve:
         return ""
-    if "routed_loss" in active and candidate["routed_loss"] >= active["routed_loss"]:
-        return ""
-    return "auto-approved: lower routed loss on the holdout than the active router"
+    with session_scope(settings) as session:
+        version = session.get(RouterVersion, version_id, with_for_update=True)
+        if version is None or version.status != VersionStatus.CANDIDATE:  # an admin decided meanwhile
+            return ""
+        active = active_router_version(session)
+        verdict = gate.verdict(version.metrics or {}, active.id if active is not None else None,
+                               settings.gate_min_logged_rows)
+        decision, reason = gate.policy(verdict)
+        gate.record(session, version_id, verdict, decision, "policy", reason)
+        if decision != gate.PROMOTE:
+            return ""
+        activate(session, version, actor="policy", reason=reason)
+        return reason

@@ -23,6 +23,8 @@ class Salt(enum.StrEnum):
     BENCH_TEST = "bench-test"  # quality benchmark: a single-file dataset's test share
     CORPUS_SPLIT = "split"  # demo corpus: expert-train / traffic / held-out snippets
     CORPUS_KEEP = "keep"  # demo corpus: which snippets of a domain are kept under the cap
+    EXPLORE = "explore"  # daemon: the exploration policy's draw for one request (keyed by request id and prompt)
+    OPE_FOLD = "ope-fold"  # off-policy evaluation: the cross-fitting fold of a logged prompt (by prompt hash)
 
 
 def stable_fraction(text: str, *, salt: Salt) -> float:

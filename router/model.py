@@ -215,6 +215,12 @@ class Router(nn.Module):
         out = self._batched(texts, batch_size, lambda ids, mask: self.upper(self.lower(ids, mask), mask))
         return out if out.size else np.zeros((0, int(self.backbone.config.hidden_size)), dtype=np.float32)
 
+    def frozen_embed(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Mean-pooled output of the frozen lower stage (N, H): features that no training changed, so a
+        model fit beside the router on them (the off-policy direct model) never learns from its training."""
+        out = self._batched(texts, batch_size, lambda ids, mask: pool(self.lower(ids, mask), mask, "mean"))
+        return out if out.size else np.zeros((0, int(self.backbone.config.hidden_size)), dtype=np.float32)
+
     # ---- trainable state ----------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """LoRA weights, head weights and normalisation buffers: everything that is not the frozen base."""

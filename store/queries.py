@@ -78,7 +78,14 @@ def notify_activation(session: Session, version_id: int) -> None:
 
 
 USAGE_COLUMNS = ("prompt_tokens", "completion_tokens", "upstream_ms", "served_by", "attempts")
-"""Columns only gateway requests fill; NULL in other rows (a multi-row INSERT needs the same keys in every row)."""
+"""Columns only gateway requests fill (NULL in other rows)."""
+
+REQUEST_DEFAULTS: dict[str, Any] = {"propensity": 1.0, "action_probs": None, "explored": False, "app": None,
+                                    **dict.fromkeys(USAGE_COLUMNS)}
+"""Values for keys a logged row may lack: a row spooled by a daemon older than exploration was
+served by the argmin (propensity 1, no distribution logged). SQLAlchemy's multi-row VALUES takes
+its columns from the first row and silently drops other rows' extra keys (tested: an old row first
+lost the next row's action_probs), so every row carries every one of these keys."""
 
 
 def insert_requests(session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
@@ -88,8 +95,7 @@ def insert_requests(session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
     if not rows:
         return 0
     hashes = ensure_prompts(session, (row["prompt"] for row in rows))
-    usage = dict.fromkeys(USAGE_COLUMNS)
-    values = [{**usage, **{k: v for k, v in row.items() if k != "prompt"}, "prompt_hash": key}
+    values = [{**REQUEST_DEFAULTS, **{k: v for k, v in row.items() if k != "prompt"}, "prompt_hash": key}
               for row, key in zip(rows, hashes, strict=True)]
     for start in range(0, len(values), 500):
         stmt = _insert(session, Request).values(values[start : start + 500])

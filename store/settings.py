@@ -6,9 +6,12 @@ import functools
 import json
 import os
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from router.exploration import DEFAULT_EXPLORE, DEFAULT_MARGIN, ExplorePolicy, parse_policy
 
 
 def default_backbone() -> str:
@@ -81,7 +84,23 @@ class Settings(BaseSettings):
     upstream_connect_seconds: float = Field(5.0, gt=0)
     max_new_tokens: int = Field(256, gt=0)  # the cap on max_tokens for local causal-LM generation
 
+    # Exploration (router/exploration.py): 'off' | 'epsilon:ε' | 'softmax:τ'; only experts whose objective is
+    # within margin × the router's loss scale of the best may be served instead of the argmin. Requests of
+    # an app in explore_opt_out_apps (comma-separated or a JSON list) never explore, nor do requests with
+    # "explore": false. The default epsilon:0.05 / 0.25 is provisional until the loop benchmark measures it.
+    explore: str = DEFAULT_EXPLORE
+    explore_margin: float = Field(DEFAULT_MARGIN, ge=0, allow_inf_nan=False)
+    explore_opt_out_apps: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
     auto_approve: bool = False
+    # Promotion gate (issue 9, jobs/promotion_gate.py): the off-policy DR estimate decides when at
+    # least this many logged requests (on holdout prompts, with the served expert's loss) back it;
+    # with fewer, the holdout's paired bootstrap interval decides.
+    gate_min_logged_rows: int = Field(200, ge=1)
+    # Off-policy evaluation (jobs/evaluate_candidate.py): the newest this many logged requests are
+    # read, and the intervals are percentile bootstraps of this many resamples.
+    ope_max_rows: int = Field(20_000, gt=0)
+    ope_bootstrap_samples: int = Field(1000, ge=50)
     job_timeout_seconds: int = Field(6 * 3600, gt=0)
     # A running job writes a heartbeat this often; one silent for job_lost_after_seconds is marked
     # lost and re-run (at most job_max_attempts attempts in all). See docs/architecture.md, Celery.
@@ -103,12 +122,32 @@ class Settings(BaseSettings):
             parse_many(value)  # ValueError: "couldn't parse rate limit string ..."
         return value.strip()
 
+    @field_validator("explore")
+    @classmethod
+    def _explore_policy(cls, value: str) -> str:
+        return parse_policy(value).spec  # raises ExploreError (a ValueError) with one sentence
+
+    @field_validator("explore_opt_out_apps", mode="before")
+    @classmethod
+    def _app_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
     @model_validator(mode="after")
     def _lost_after_spans_heartbeats(self) -> Settings:
         if self.job_lost_after_seconds < 2 * self.job_heartbeat_seconds:
             raise ValueError(f"THALAMUS_JOB_LOST_AFTER_SECONDS ({self.job_lost_after_seconds:g}) must be at least "
                              f"twice THALAMUS_JOB_HEARTBEAT_SECONDS ({self.job_heartbeat_seconds:g})")
         return self
+
+    @property
+    def explore_policy(self) -> ExplorePolicy:
+        """The parsed exploration policy (cached by value, so cheap on the request path)."""
+        return parse_policy(self.explore, self.explore_margin)
 
     @property
     def db_url(self) -> str:
@@ -150,6 +189,18 @@ class Settings(BaseSettings):
     def ensure_home(self) -> None:
         for path in (self.home, self.experts_dir, self.routers_dir):
             path.mkdir(parents=True, exist_ok=True)
+
+
+def settings_problem(exc: ValidationError) -> str:
+    """One sentence per invalid setting, for the CLI's exit-2 message (pydantic's text spans lines)."""
+    sentences = []
+    for error in exc.errors():
+        message = str(error.get("msg", "")).removeprefix("Value error, ")
+        if error.get("type") != "value_error":
+            name = "_".join(str(part) for part in error.get("loc", ()))
+            message = f"THALAMUS_{name.upper()}: {message}" if name else message
+        sentences.append(message.rstrip("."))
+    return "; ".join(sentences) + "."
 
 
 @functools.lru_cache(maxsize=1)

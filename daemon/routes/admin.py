@@ -30,6 +30,10 @@ class Decision(_TextRule):
     reason: Text | None = Field(None, min_length=1, max_length=2000)
 
 
+class Approval(Decision):
+    force: bool = Field(False, description="approve although the promotion gate refuses (needs a reason)")
+
+
 class Activation(_TextRule):
     reason: Text = Field(min_length=1, max_length=2000)
 
@@ -80,23 +84,24 @@ def list_versions(settings: SettingsDep, principal: PrincipalDep) -> list[admin.
     return admin.versions(settings)
 
 
-@router.get("/versions/{version_id}", response_model=admin.VersionInfo, responses=error_responses(404, 422, 503))
-def show_version(settings: SettingsDep, principal: PrincipalDep, version_id: int = VersionId) -> admin.VersionInfo:
-    """One router version (``thalamus admin show``)."""
+@router.get("/versions/{version_id}", response_model=dict[str, Any], responses=error_responses(404, 422, 503))
+def show_version(settings: SettingsDep, principal: PrincipalDep, version_id: int = VersionId) -> dict[str, Any]:
+    """One router version's report: the version, holdout, off-policy estimates, gate (``admin show --json``)."""
     with _as_http():
-        return admin.show(settings, version_id)
+        return admin.show(settings, version_id, as_json=True).to_json()
 
 
 _DECISION_ERRORS = error_responses(400, 404, 409, 422, 503)
 
 
 @router.post("/versions/{version_id}/approve", response_model=Change, responses=_DECISION_ERRORS)
-def approve(settings: SettingsDep, principal: PrincipalDep, body: Decision | None = None,
+def approve(settings: SettingsDep, principal: PrincipalDep, body: Approval | None = None,
             version_id: int = VersionId) -> dict[str, Any]:
-    """Approve and activate a candidate; every daemon hot-swaps to it (``thalamus admin approve``)."""
-    actor = _actor(principal)
+    """Approve and activate a candidate unless the promotion gate refuses it; every daemon hot-swaps to it
+    (``thalamus admin approve``)."""
+    actor, body = _actor(principal), body or Approval()
     with _as_http():
-        return _change(admin.approve(settings, version_id, actor=actor, reason=body.reason if body else None), actor)
+        return _change(admin.approve(settings, version_id, actor=actor, reason=body.reason, force=body.force), actor)
 
 
 @router.post("/versions/{version_id}/activate", response_model=Change, responses=_DECISION_ERRORS)

@@ -2,6 +2,10 @@
 
 With auth on, only the application whose request it was (its key's ``app``) or an admin key may post
 feedback for it (403 otherwise, nothing written); the feedback's ``app`` is the key's.
+
+The loss may be for the expert that served the request (bandit feedback) or for any other expert the
+application evaluated on the same prompt (full-information data): either becomes a ``reported`` row
+of the loss table for that expert and prompt, which training reads as an observed cell.
 """
 
 from __future__ import annotations
@@ -46,8 +50,11 @@ def feedback(body: FeedbackRequest, settings: SettingsDep, writer: WriterDep, me
         problem = loss_problem(loss, max_loss(expert.attributes, settings.max_loss))
         if problem is not None:
             raise HTTPException(422, f"{problem} for expert {name!r}")
-        payload = {**body.model_dump(exclude_none=True), "app": app, "expert": name, "expert_version": expert.version,
-                   "loss": loss}
+        # ``served``: bandit feedback for the expert that answered (``served_by`` when the gateway retried on
+        # another expert), or full-information data on another expert the application evaluated.
+        served = request.get("served_by") or request["expert"]
+        payload = {**body.model_dump(exclude_none=True), "app": app, "expert": name,
+                   "expert_version": expert.version, "loss": loss, "served": name == served}
         fresh = insert_feedback(session, key, app, body.request_id, payload)
         if fresh:
             upsert_losses(session, [{"prompt_hash": request["prompt_hash"], "expert": name,

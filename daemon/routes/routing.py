@@ -19,6 +19,7 @@ from daemon.holder import Decision, LoadedRouter, RouterHolder
 from daemon.logwriter import RequestLogWriter
 from daemon.metrics import Metrics
 from daemon.schemas import InferRequest, InferResponse, RouteRequest, RouteResponse, error_responses
+from router.exploration import OFF, ExplorePolicy, explore_fraction
 from router.hashing import Salt, stable_fraction
 from store.schema import utcnow
 from store.settings import Settings
@@ -29,7 +30,8 @@ router = APIRouter()
 @router.post("/v1/route", response_model=RouteResponse, responses=error_responses(400, 422, 503))
 def route(body: RouteRequest, settings: SettingsDep, holder: HolderDep, writer: WriterDep,
           metrics: MetricsDep, principal: PrincipalDep) -> dict[str, Any]:
-    """Choose the expert: argmin of predicted loss + Σ λ·constraint."""
+    """Choose the expert: argmin of predicted loss + Σ λ·constraint, or, when the exploration policy
+    explores, a near-best expert; ``propensity`` and ``action_probs`` say with what probability."""
     body.app = principal.app_or(body.app)  # the application id comes from the API key
     routed = _route(settings, holder, metrics, body)
     return _answer(settings, writer, metrics, body, routed)
@@ -43,7 +45,7 @@ def infer(body: InferRequest, settings: SettingsDep, holder: HolderDep, writer: 
     from experts.local import LOCAL_KINDS, ExpertError
 
     routed = _route(settings, holder, metrics, body)
-    loaded, prompt, _, decision, _ = routed
+    loaded, _, prompt, _, decision, _ = routed
     info = loaded.expert(decision.expert)
     if info is None or not info.registered:
         raise HTTPException(409, f"expert {decision.expert!r} is not registered, so it cannot run here")
@@ -58,8 +60,9 @@ def infer(body: InferRequest, settings: SettingsDep, holder: HolderDep, writer: 
     return {**_answer(settings, writer, metrics, body, routed), "output": output}
 
 
-_Routed = tuple[LoadedRouter, str, dict[str, float], Decision, float]
-"""The bundle that decided, the prompt without flags, the λ in force, the decision, and its latency in ms."""
+_Routed = tuple[LoadedRouter, str, str, dict[str, float], Decision, float]
+"""The bundle that decided, the request id, the prompt without flags, the λ in force, the decision,
+and its latency in ms."""
 
 
 def _route(settings: Settings, holder: RouterHolder, metrics: Metrics, body: RouteRequest) -> _Routed:
@@ -67,29 +70,39 @@ def _route(settings: Settings, holder: RouterHolder, metrics: Metrics, body: Rou
     loaded = holder.current
     if loaded is None:
         raise HTTPException(503, f"no router is loaded yet: {holder.last_error or 'starting up'}")
+    request_id = str(uuid.uuid4())  # before the draw: (prompt, request id) fix it, so a replay reproduces it
+    policy = _policy(settings, body)
     started = time.perf_counter()
-    decision = loaded.route(prompt, lambdas)
+    decision = loaded.route(prompt, lambdas, policy, explore_fraction(prompt, request_id) if policy.active else 0.0)
     seconds = time.perf_counter() - started
     metrics.route_latency.observe(seconds)
-    return loaded, prompt, lambdas, decision, 1000 * seconds
+    return loaded, request_id, prompt, lambdas, decision, 1000 * seconds
+
+
+def _policy(settings: Settings, body: RouteRequest) -> ExplorePolicy:
+    """The exploration policy for this request: off when the request or its app opted out."""
+    if body.explore is False or (body.app is not None and body.app in settings.explore_opt_out_apps):
+        return OFF
+    return settings.explore_policy
 
 
 def _answer(settings: Settings, writer: RequestLogWriter, metrics: Metrics, body: RouteRequest,
             routed: _Routed) -> dict[str, Any]:
     """Log the decision (asynchronously) and build the response body."""
-    loaded, prompt, lambdas, decision, latency_ms = routed
-    request_id = str(uuid.uuid4())
+    loaded, request_id, prompt, lambdas, decision, latency_ms = routed
     sampled = _sampled(prompt, settings.label_share)
     writer.submit({
         "id": request_id, "created_at": utcnow(), "prompt": prompt, "lambdas": lambdas,
         "router_version_id": loaded.version_id, "expert": decision.expert,
-        "predicted_losses": decision.predicted, "propensity": 1.0, "sampled": sampled,
-        "latency_ms": latency_ms, "app": body.app,
+        "predicted_losses": decision.predicted, "propensity": decision.propensity, "sampled": sampled,
+        "latency_ms": latency_ms, "app": body.app, "action_probs": decision.action_probs,
+        "explored": decision.explored,
     })
     metrics.chosen.labels(decision.expert).inc()
     return {"request_id": request_id, "expert": decision.expert, "predicted_losses": decision.predicted,
             "objective": decision.objective, "router_version": loaded.version_id, "lambdas": lambdas,
-            "sampled": sampled, "propensity": 1.0, "latency_ms": round(latency_ms, 3)}
+            "sampled": sampled, "propensity": decision.propensity, "explored": decision.explored,
+            "action_probs": decision.action_probs, "latency_ms": round(latency_ms, 3)}
 
 
 def _prompt_and_lambdas(settings: Settings, body: RouteRequest) -> tuple[str, dict[str, float]]:

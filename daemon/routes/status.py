@@ -57,6 +57,8 @@ def status(settings: SettingsDep, holder: HolderDep, writer: WriterDep) -> dict[
                    "last_error": writer.last_error,
                    "spooled": writer.spool.depth if writer.spool is not None else None},
         "default_lambdas": dict(settings.default_lambdas), "label_share": settings.label_share,
+        "explore": {**settings.explore_policy.as_dict(), "loss_scale": loaded.loss_scale if loaded else None,
+                    "opt_out_apps": list(settings.explore_opt_out_apps)},
     }
 
 

@@ -34,6 +34,9 @@ BAD = [
     (["admin", "approve", "999"], "does not exist"),
     (["admin", "approve", "abc"], "not an integer"),
     (["admin", "approve", "-3"], "positive integer"),
+    (["admin", "approve", "1", "--force"], "--force needs --reason"),
+    (["admin", "approve", "1", "--force", "--reason", "  "], "--force needs --reason"),
+    (["admin", "approve", "999", "--force", "--reason", "drill"], "does not exist"),
     (["admin", "show", "999"], "does not exist"),
     (["admin", "reject", "999", "--reason", "worse"], "does not exist"),
     (["admin", "reject", "1"], "--reason"),
@@ -61,6 +64,11 @@ BAD = [
     (["bench", "faults", "--scenarios", "swap,meteor"], "unknown scenario(s) meteor"),
     (["bench", "faults", "--scenarios", ","], "unknown scenario(s) (none given)"),
     (["bench", "faults", "--rate", "0"], "--rate must be a positive number"),
+    (["bench", "bandit-training", "--dataset", "/", "--policies", "epsilon:-1"],
+     "--policies epsilon must lie in [0, 1], got -1"),
+    (["bench", "bandit-training", "--dataset", "/", "--policies", "softmax:0"], "temperature must be a finite number > 0"),
+    (["bench", "bandit-training", "--dataset", "/", "--margin", "-1"], "--margin must be a finite number >= 0"),
+    (["bench", "bandit-training", "--dataset", "/nonexistent/data"], "does not exist"),
 ]
 
 
@@ -178,6 +186,25 @@ def test_python_dash_m_cli_is_the_thalamus_command() -> None:
     done = subprocess.run([sys.executable, "-m", "cli", "admin", "--help"], capture_output=True, text=True,
                           check=False)
     assert done.returncode == 0 and "usage: thalamus admin" in done.stdout and "rollback" in done.stdout
+
+
+@pytest.mark.parametrize(("value", "sentence"), [
+    ("maybe", "THALAMUS_EXPLORE must be 'off', 'epsilon:ε' (0 <= ε <= 1) or 'softmax:τ' (τ > 0), got 'maybe'."),
+    ("epsilon:-0.2", "THALAMUS_EXPLORE epsilon must lie in [0, 1], got -0.2."),
+    ("softmax:-1", "THALAMUS_EXPLORE softmax temperature must be a finite number > 0, got -1."),
+])
+def test_serve_refuses_a_bad_explore_setting_before_starting(seeded, capsys, monkeypatch, value: str,  # type: ignore[no-untyped-def]
+                                                             sentence: str) -> None:
+    """Every verb reads the settings first, so ``thalamus serve`` exits 2 with one sentence, starting nothing."""
+    from store.settings import get_settings
+
+    monkeypatch.setenv("THALAMUS_EXPLORE", value)
+    get_settings.cache_clear()
+    before = row_counts(seeded)
+    code, out, err = _run(["serve"], capsys)
+    get_settings.cache_clear()
+    assert code == 2 and err == f"thalamus: error: {sentence}\n" and out == ""
+    assert row_counts(seeded) == before
 
 
 def test_serve_refuses_auth_off_on_a_non_loopback_address(sqlite_settings, capsys) -> None:  # type: ignore[no-untyped-def]

@@ -36,7 +36,7 @@ def test_client_routes_reports_and_administers(settings, bundles) -> None:  # ty
         admin = Client(api_key=admin_key, http=TestClient(http.app))
         assert [v["status"] for v in admin.versions()] == ["active", "candidate"]
         assert admin.approve(candidate, reason="looks good")["actor"] == "ops"
-        assert admin.version(candidate)["status"] == "active"
+        assert admin.version(candidate)["version"]["status"] == "active"
         assert admin.rollback()["version"]["id"] == 1
         assert {e["name"] for e in admin.experts()} == {"large", "small", "api"}
         assert admin.job_runs() == []

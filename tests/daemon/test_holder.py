@@ -134,7 +134,7 @@ def test_concurrent_requests_during_a_swap_all_succeed(client: TestClient, setti
     def hammer(k: int) -> None:
         i = 0
         while not stop.is_set():
-            response = client.post("/v1/route", json={"prompt": f"request {k}-{i}"})
+            response = client.post("/v1/route", json={"prompt": f"request {k}-{i}", "explore": False})
             i += 1
             if response.status_code != 200:
                 failures.append(f"{response.status_code} {response.text}")
@@ -225,7 +225,7 @@ def test_a_daemon_that_cannot_load_the_active_version_falls_back_and_keeps_servi
     _tamper(tampered.path)
     bad = register_version(settings, tampered)  # retires A
     with _fresh_client(settings) as client:
-        route = client.post("/v1/route", json={"prompt": "hello"})
+        route = client.post("/v1/route", json={"prompt": "hello", "explore": False})
         assert route.status_code == 200, route.text
         assert route.json()["router_version"] == served and route.json()["expert"] == "api"
         status = client.get("/v1/status").json()
@@ -243,7 +243,7 @@ def test_a_daemon_that_cannot_load_the_active_version_falls_back_and_keeps_servi
         assert status["serving_fallback"] is False and status["active_load_error"] is None
         assert (status["router_version"], status["active_in_db"]) == (good, good)
         assert "thalamus_router_fallback 0.0" in client.get("/metrics").text
-        assert client.post("/v1/route", json={"prompt": "hello"}).json()["expert"] == "small"
+        assert client.post("/v1/route", json={"prompt": "hello", "explore": False}).json()["expert"] == "small"
 
 
 def test_fallback_skips_versions_that_do_not_load_and_never_serves_a_rejected_one(  # type: ignore[no-untyped-def]

@@ -13,5 +13,5 @@ def test_start_up_creates_a_cold_start_router(settings) -> None:  # type: ignore
     with TestClient(create_app(settings, RouterHolder(settings, metrics=Metrics()))) as client:
         health = client.get("/healthz")
         assert health.status_code == 200, health.text
-        body = client.post("/v1/route", json={"prompt": "first request ever"}).json()
+        body = client.post("/v1/route", json={"prompt": "first request ever", "explore": False}).json()
         assert body["expert"] == "large", "with no data the cold start prefers the largest expert"

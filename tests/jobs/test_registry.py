@@ -22,10 +22,11 @@ ECHO = JobSpec("echo", "tests.jobs.registry_jobs:echo", queue="extra", descripti
 
 
 def test_the_production_table() -> None:
-    assert list(JOBS) == ["refresh_losses", "train_router"]
+    assert list(JOBS) == ["refresh_losses", "train_router", "evaluate_candidate"]
     assert {n: (s.queue, s.exclusive, s.schedule) for n, s in JOBS.items()} == {
         "refresh_losses": ("losses", False, "refresh_interval_minutes"),
         "train_router": ("training", True, "train_interval_minutes"),
+        "evaluate_candidate": ("training", False, None),
     }
     assert JOBS["refresh_losses"].gate is None
     assert queues() == ["losses", "training"]
@@ -38,7 +39,7 @@ def test_the_worker_parent_never_imports_a_job_module() -> None:
     """Importing the Celery app (and with it the table and every task) loads neither torch nor a job."""
     code = ("import sys, workers.app; "
             "print(sorted(m for m in sys.modules if m == 'torch' or m in "
-            "('jobs.train_router', 'jobs.refresh_losses', 'router.model')))")
+            "('jobs.train_router', 'jobs.refresh_losses', 'jobs.evaluate_candidate', 'router.model')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -55,7 +56,7 @@ def test_a_malformed_entry_is_refused_when_the_table_is_built(change: dict[str, 
 
 
 def test_an_unknown_job_is_one_sentence_naming_the_known_ones() -> None:
-    with pytest.raises(JobInputError, match="unknown job 'nope'; known jobs: refresh_losses, train_router"):
+    with pytest.raises(JobInputError, match="unknown job 'nope'; known jobs: refresh_losses, train_router, evaluate_candidate"):
         get_job("nope")
 
 

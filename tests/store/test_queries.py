@@ -48,3 +48,27 @@ def test_insert_feedback_tells_a_fresh_key_from_a_duplicate(settings) -> None:  
     with session_scope(settings) as session:
         rows = session.execute(select(Feedback.idempotency_key, Feedback.payload).order_by(Feedback.id)).all()
     assert [(k, p["loss"]) for k, p in rows] == [("k1", 0.5), ("k2", 0.1)]
+
+
+def test_a_batch_mixing_rows_from_before_exploration_inserts(settings) -> None:  # type: ignore[no-untyped-def]
+    """A spool written by an older daemon has rows without propensity/action_probs/explored/app; a
+    multi-row INSERT needs the same keys in every row, so the missing ones take their defaults."""
+    import uuid
+
+    from store.queries import insert_requests
+    from store.schema import Request, utcnow
+
+    old = {"id": str(uuid.uuid4()), "created_at": utcnow(), "prompt": "old", "lambdas": {},
+           "router_version_id": None, "expert": "a", "predicted_losses": {"a": 0.1}, "sampled": False,
+           "latency_ms": 1.0}
+    new = {**old, "id": str(uuid.uuid4()), "prompt": "new", "expert": "b", "propensity": 0.05,
+           "action_probs": {"a": 0.95, "b": 0.05}, "explored": True, "app": "chat"}
+    with session_scope(settings) as session:
+        assert insert_requests(session, [old, new, {**old, "id": str(uuid.uuid4()), "propensity": 1.0}]) == 3
+    with session_scope(settings) as session:
+        rows = {r.id: r for r in session.scalars(select(Request))}
+    assert len(rows) == 3
+    first, second = rows[old["id"]], rows[new["id"]]
+    assert (first.propensity, first.action_probs, first.explored, first.app) == (1.0, None, False, None)
+    assert (second.propensity, second.action_probs, second.explored, second.app) == (
+        0.05, {"a": 0.95, "b": 0.05}, True, "chat")

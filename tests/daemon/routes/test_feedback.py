@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -20,7 +21,8 @@ def test_feedback_writes_a_reported_loss_once(any_client: TestClient) -> None:
     """On SQLite and PostgreSQL (where psycopg's rowcount once made every first submission a 'duplicate')."""
     client = any_client
     settings = client.app.state.settings
-    routed = client.post("/v1/route", json={"prompt": "Explain LoRA briefly.", "lambdas": {"cost": 1}}).json()
+    routed = client.post("/v1/route", json={"prompt": "Explain LoRA briefly.", "lambdas": {"cost": 1},
+                                                  "explore": False}).json()
     flush(client)
 
     first = client.post("/v1/feedback", json={"request_id": routed["request_id"], "score": 0.75, "app": "tests"})
@@ -83,3 +85,31 @@ def test_feedback_before_the_log_writer_flushed(settings, served: int) -> None: 
         assert response.status_code == 202, response.text
         assert writer.pending(routed["request_id"]) is None
         assert client.post("/v1/feedback", json={"request_id": new_id(), "loss": 0.3}).status_code == 404
+
+
+def test_feedback_for_an_expert_that_did_not_serve_is_full_information_data(any_client: TestClient) -> None:
+    """On SQLite and PostgreSQL: an application that also evaluated another expert on the prompt reports
+    its loss; the loss table then holds both cells of that prompt, which training reads as observed."""
+    from jobs.loss_table import load_loss_table
+    from store.schema import Expert
+
+    client = any_client
+    settings = client.app.state.settings
+    prompt = "Translate 'good morning' into French."
+    routed = client.post("/v1/route", json={"prompt": prompt, "lambdas": {"cost": 1}}).json()
+    served = routed["expert"]
+    others = [name for name in EXPERTS if name != served]
+    flush(client)
+    answers = [client.post("/v1/feedback", json={"request_id": routed["request_id"], "score": 0.8}).json()]
+    answers += [client.post("/v1/feedback", json={"request_id": routed["request_id"], "expert": name,
+                                                  "loss": 0.3 + 0.2 * k}).json() for k, name in enumerate(others)]
+    assert [a["status"] for a in answers] == ["accepted"] * 3
+    with session_scope(settings) as session:
+        events = {e.payload["expert"]: e.payload for e in session.scalars(select(Feedback))}
+        table = load_loss_table(session, list(session.scalars(select(Expert).order_by(Expert.name))))
+    assert {name: payload["served"] for name, payload in events.items()} == {
+        served: True, **{name: False for name in others}}
+    row = table.hashes.index(prompt_hash(prompt))
+    observed = dict(zip(table.experts, table.targets[row].tolist(), strict=True))
+    assert observed == {served: pytest.approx(0.2), others[0]: pytest.approx(0.3), others[1]: pytest.approx(0.5)}
+    assert table.rows_read == {"reported": 3}

@@ -25,33 +25,37 @@ def _objective(predicted: dict[str, float], lambdas: dict[str, float]) -> dict[s
 
 
 def test_route_returns_the_argmin_of_the_objective(client: TestClient, served: int) -> None:
+    """With ``"explore": false`` (determinism is the point here) the route is the argmin, propensity 1."""
     for prompt in PROMPTS:
-        response = client.post("/v1/route", json={"prompt": prompt, "app": "tests"})
+        response = client.post("/v1/route", json={"prompt": prompt, "app": "tests", "explore": False})
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["router_version"] == served
         assert set(body["predicted_losses"]) == set(EXPERTS)
         assert body["expert"] == min(body["objective"], key=body["objective"].get)
         assert body["objective"] == pytest.approx(_objective(body["predicted_losses"], body["lambdas"]))
-        assert body["propensity"] == 1.0
+        assert body["propensity"] == 1.0 and body["explored"] is False
+        assert body["action_probs"] == {"api": 1.0, "large": 0.0, "small": 0.0}
         assert body["expert"] == "api"  # bundle A: api 0.1 < large 0.2 < small 0.5
-    predictions = {tuple(client.post("/v1/route", json={"prompt": p}).json()["predicted_losses"].values())
+    predictions = {tuple(client.post("/v1/route", json={"prompt": p, "explore": False}).json()["predicted_losses"].values())
                    for p in PROMPTS}
     assert len(predictions) > 1, "predictions should depend on the prompt"
 
 
 def test_flags_and_lambdas_set_the_choice(client: TestClient) -> None:
-    flagged = client.post("/v1/route", json={"prompt": "[Flag: smallest model] Translate 'cat' to German."}).json()
+    flagged = client.post("/v1/route", json={"prompt": "[Flag: smallest model] Translate 'cat' to German.",
+                                             "explore": False}).json()
     assert flagged["expert"] == "small"
     assert flagged["lambdas"] == {"size": 16.0}
     assert flagged["expert"] == min(flagged["objective"], key=flagged["objective"].get)
 
-    by_cost = client.post("/v1/route", json={"prompt": "Translate 'cat' to German.", "lambdas": {"cost": 1}}).json()
+    by_cost = client.post("/v1/route", json={"prompt": "Translate 'cat' to German.", "lambdas": {"cost": 1},
+                                             "explore": False}).json()
     assert by_cost["expert"] == "large"
 
     # Request λ override flags, key by key.
     both = client.post("/v1/route", json={"prompt": "[Flag: smallest model] Translate 'cat' to German.",
-                                          "lambdas": {"size": 0, "cost": 1}}).json()
+                                          "lambdas": {"size": 0, "cost": 1}, "explore": False}).json()
     assert both["lambdas"] == {"size": 0.0, "cost": 1.0}
     assert both["expert"] == "large"
 
@@ -65,7 +69,7 @@ def test_flags_and_lambdas_set_the_choice(client: TestClient) -> None:
 
 
 def test_default_lambdas_fill_the_rest(settings, served: int) -> None:  # type: ignore[no-untyped-def]
-    settings = settings.model_copy(update={"default_lambdas": {"cost": 1.0}})
+    settings = settings.model_copy(update={"default_lambdas": {"cost": 1.0}, "explore": "off"})
     with TestClient(create_app(settings, RouterHolder(settings, metrics=Metrics()))) as client:
         body = client.post("/v1/route", json={"prompt": "hello there"}).json()
         assert body["lambdas"] == {"cost": 1.0} and body["expert"] == "large"
@@ -89,7 +93,10 @@ def test_requests_are_logged_with_decision_propensity_and_sampling(client: TestC
         row = rows[request_id]
         assert row.prompt_hash == prompt_hash(prompt)
         assert row.router_version_id == served and row.expert == body["expert"] and row.app == "tests"
-        assert row.propensity == 1.0 and row.sampled == body["sampled"]
+        assert row.sampled == body["sampled"]
+        assert row.propensity == body["propensity"] == body["action_probs"][body["expert"]]
+        assert row.action_probs == body["action_probs"] and row.explored == body["explored"]
+        assert sum(row.action_probs.values()) == pytest.approx(1.0)
         assert row.predicted_losses == pytest.approx(body["predicted_losses"])
         sampled_by_prompt.setdefault(prompt, set()).add(row.sampled)
     assert all(len(values) == 1 for values in sampled_by_prompt.values()), "sampling is per prompt"
@@ -97,7 +104,8 @@ def test_requests_are_logged_with_decision_propensity_and_sampling(client: TestC
 
 
 def test_infer_runs_the_chosen_local_expert(client: TestClient) -> None:
-    response = client.post("/v1/infer", json={"prompt": "The capital of France is [MASK].", "lambdas": {"cost": 1}})
+    response = client.post("/v1/infer", json={"prompt": "The capital of France is [MASK].",
+                                              "lambdas": {"cost": 1}, "explore": False})
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["expert"] == "large"
@@ -109,8 +117,111 @@ def test_infer_runs_the_chosen_local_expert(client: TestClient) -> None:
 
 def test_infer_refuses_an_external_expert_and_writes_nothing(client: TestClient) -> None:
     before = row_counts(client.app.state.settings)
-    response = client.post("/v1/infer", json={"prompt": "Write a haiku about routers."})
+    response = client.post("/v1/infer", json={"prompt": "Write a haiku about routers.", "explore": False})
     assert response.status_code == 409
     assert "api" in response.json()["detail"] and "external" in response.json()["detail"]
     flush(client)
     assert row_counts(client.app.state.settings) == before
+
+
+def _explore_client(settings, **update) -> TestClient:  # type: ignore[no-untyped-def]
+    from tests.daemon.conftest import fresh_app
+
+    return TestClient(fresh_app(settings.model_copy(update=update)))
+
+
+def test_exploration_on_by_default_logs_the_policys_distribution(client: TestClient, served: int) -> None:
+    """The production default (epsilon:0.05, margin 0.25); with λ_cost = 1 bundle A's objective is
+    large 0.3 < small 0.51 < api 1.1, so small (gap 0.21 loss-scale units) is eligible and api is not."""
+    from router.exploration import action_probabilities, draw, explore_fraction, parse_policy
+
+    settings = client.app.state.settings
+    assert (settings.explore, settings.explore_margin) == ("epsilon:0.05", 0.25)
+    assert client.get("/v1/status").json()["explore"] == {
+        "policy": "epsilon:0.05", "kind": "epsilon", "value": 0.05, "margin": 0.25, "loss_scale": 1.0,
+        "opt_out_apps": []}
+    policy, names = parse_policy("epsilon:0.05", 0.25), list(EXPERTS)
+    bodies = [client.post("/v1/route", json={"prompt": f"question {i}", "lambdas": {"cost": 1}}).json()
+              for i in range(40)]
+    for body in bodies:
+        probs = action_probabilities(np.array([body["objective"][n] for n in names]), policy)
+        assert body["action_probs"] == pytest.approx(dict(zip(names, probs, strict=True)))
+        assert sum(body["action_probs"].values()) == pytest.approx(1.0)
+        assert body["action_probs"]["api"] == 0.0 and body["expert"] != "api", "outside the margin"
+        assert body["propensity"] == body["action_probs"][body["expert"]]
+        assert body["explored"] == (body["expert"] != "large")
+        # Replay: the same (prompt, request id) draws the same expert.
+        prompt = f"question {bodies.index(body)}"
+        assert names[draw(probs, explore_fraction(prompt, body["request_id"]))] == body["expert"]
+    # ε = 0.05 of 40 requests explore; how often is tested on 10,000 draws in tests/router/test_exploration.py.
+    assert [b["propensity"] for b in bodies] == pytest.approx([0.05 if b["explored"] else 0.95 for b in bodies])
+    flush(client)
+    with session_scope(settings) as session:
+        rows = {r.id: r for r in session.scalars(select(Request))}
+    for body in bodies:
+        row = rows[body["request_id"]]
+        assert (row.expert, row.propensity, row.explored) == (body["expert"], body["propensity"], body["explored"])
+        assert row.action_probs == body["action_probs"]
+
+
+def test_requests_and_apps_that_opt_out_never_explore(settings, served: int) -> None:  # type: ignore[no-untyped-def]
+    """With ε = 1 every request that may explore does (bundle A, no λ: api greedy, large within 0.25)."""
+    with _explore_client(settings, explore="epsilon:1", explore_opt_out_apps=["batch"]) as client:
+        for i in range(10):
+            prompt = f"opt-out {i}"
+            free = client.post("/v1/route", json={"prompt": prompt, "app": "chat"}).json()
+            assert free["explored"] is True and free["expert"] == "large" and free["propensity"] == 1.0
+            assert free["action_probs"] == {"large": 1.0, "small": 0.0, "api": 0.0}
+            for body in ({"prompt": prompt, "explore": False}, {"prompt": prompt, "app": "batch"},
+                         {"prompt": prompt, "app": "batch", "explore": True}):
+                answer = client.post("/v1/route", json=body).json()
+                assert (answer["expert"], answer["explored"], answer["propensity"]) == ("api", False, 1.0), body
+                assert answer["action_probs"] == {"api": 1.0, "large": 0.0, "small": 0.0}
+        assert client.get("/v1/status").json()["explore"]["opt_out_apps"] == ["batch"]
+        flush(client)
+        with session_scope(client.app.state.settings) as session:
+            rows = list(session.scalars(select(Request)))
+        assert len(rows) == 40
+        assert all(r.explored == (r.app == "chat") for r in rows)
+        assert all(r.propensity == 1.0 and r.action_probs[r.expert] == 1.0 for r in rows)
+
+
+def test_explore_off_serves_the_argmin(settings, served: int) -> None:  # type: ignore[no-untyped-def]
+    with _explore_client(settings, explore="off") as client:
+        bodies = [client.post("/v1/route", json={"prompt": f"p {i}"}).json() for i in range(10)]
+        assert {(b["expert"], b["explored"], b["propensity"]) for b in bodies} == {("api", False, 1.0)}
+        assert client.get("/v1/status").json()["explore"]["policy"] == "off"
+
+
+@pytest.mark.parametrize("value", ["no", 0, 1, None, [], {"x": 1}])
+def test_explore_of_a_wrong_type_is_422_and_writes_nothing(client: TestClient, value: object) -> None:
+    before = row_counts(client.app.state.settings)
+    response = client.post("/v1/route", json={"prompt": "hello", "explore": value})
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert "explore" in detail and "\n" not in detail
+    flush(client)
+    assert row_counts(client.app.state.settings) == before
+
+
+def test_logged_exploration_on_postgres(pg_daemon_settings, bundles) -> None:  # type: ignore[no-untyped-def]
+    """PostgreSQL keeps action_probs (JSON), explored and propensity as the response gave them."""
+    from tests.daemon.conftest import register_version
+
+    register_version(pg_daemon_settings, bundles["a"])
+    with _explore_client(pg_daemon_settings, explore="softmax:0.2", explore_margin=0.5) as client:
+        bodies = [client.post("/v1/route", json={"prompt": f"pg {i}", "app": "tests"}).json() for i in range(20)]
+        bodies.append(client.post("/v1/route", json={"prompt": "pg opt-out", "explore": False}).json())
+        flush(client)
+        with session_scope(client.app.state.settings) as session:
+            rows = {r.id: r for r in session.scalars(select(Request))}
+    assert len(rows) == 21
+    for body in bodies:
+        row = rows[body["request_id"]]
+        assert row.action_probs == pytest.approx(body["action_probs"]) and set(row.action_probs) == set(EXPERTS)
+        assert (row.explored, row.propensity, row.expert) == (body["explored"], body["propensity"], body["expert"])
+        assert sum(row.action_probs.values()) == pytest.approx(1.0)
+    # softmax:0.2 over gaps 0, 0.1 (large) and 0.4 (small) with margin 0.5: all three eligible.
+    assert all(0 < b["action_probs"]["small"] < b["action_probs"]["large"] < b["action_probs"]["api"]
+               for b in bodies[:-1])
+    assert any(b["explored"] for b in bodies) and bodies[-1]["action_probs"]["api"] == 1.0

@@ -1,0 +1,138 @@
+"""The promotion gate: is a candidate better or worse than the active router, by an interval?
+
+The basis is the off-policy doubly robust estimate of candidate − active on logged traffic
+(``metrics["off_policy"]``, jobs/evaluate_candidate.py) when at least
+``THALAMUS_GATE_MIN_LOGGED_ROWS`` logged requests back it, else the paired bootstrap interval of
+the per-prompt routed-loss difference on the training holdout (``metrics["holdout_difference"]``,
+jobs/train_router.py), else nothing. Numbers computed against another active version than the
+current one are not used. Losses: below 0 is better.
+
+* ``admin approve`` refuses a candidate whose interval lies above 0 (worse) unless forced with a reason.
+* The auto-approve policy promotes only when the interval lies below 0 (better), or when no router is active.
+
+Every verdict acted on is written to ``gate_decisions`` with its numbers (:func:`record`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from store.schema import GateDecision
+
+OFF_POLICY, HOLDOUT, NONE = "off-policy", "holdout", "none"
+PROMOTE, HOLD, REFUSE, FORCED = "promote", "hold", "refuse", "forced"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the gate says about a candidate now; ``difference`` is candidate − active with its 95 % interval."""
+
+    basis: str
+    difference: dict[str, float] | None
+    n_rows: int
+    active_version: int | None
+    estimator: str | None = None  # "dr" on the off-policy basis, "routed_loss" on the holdout
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def worse(self) -> bool:
+        return self.difference is not None and self.difference["low"] > 0
+
+    @property
+    def better(self) -> bool:
+        return self.difference is not None and self.difference["high"] < 0
+
+    @property
+    def word(self) -> str:
+        """worse, better, undecided (the interval holds 0) or unknown (no basis)."""
+        if self.difference is None:
+            return "unknown"
+        return "worse" if self.worse else "better" if self.better else "undecided"
+
+    def describe(self) -> str:
+        """One clause with the numbers, e.g. ``off-policy DR candidate − active on 812 logged requests:
+        +0.0412 [+0.0201, +0.0633]``."""
+        if self.difference is None:
+            return "no estimate of candidate − active" + (f" ({'; '.join(self.notes)})" if self.notes else "")
+        d = self.difference
+        what = (f"off-policy DR candidate − active on {self.n_rows} logged requests" if self.basis == OFF_POLICY
+                else f"holdout routed loss candidate − active on {self.n_rows} prompts")
+        return f"{what}: {d['value']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+
+    def numbers(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "verdict": self.word}
+
+
+def _interval(values: Mapping[str, Any] | None) -> dict[str, float] | None:
+    if not values or any(values.get(k) is None for k in ("value", "low", "high")):
+        return None
+    return {k: float(values[k]) for k in ("value", "low", "high")}
+
+
+def verdict(metrics: Mapping[str, Any], active_version: int | None, min_logged_rows: int) -> Verdict:
+    """The gate's verdict from a candidate's stored metrics, against ``active_version`` (None: nothing active)."""
+    if active_version is None:
+        return Verdict(NONE, None, 0, None, notes=["no router is active"])
+    notes: list[str] = []
+    off = metrics.get("off_policy") or {}
+    if not off:
+        notes.append("no off-policy estimate yet (job evaluate_candidate)")
+    elif off.get("active_version") != active_version:
+        notes.append(f"the off-policy estimate compares with version {off.get('active_version')}, "
+                     f"not the active {active_version}")
+    elif int(off.get("n_rows") or 0) < min_logged_rows:
+        notes.append(f"{int(off.get('n_rows') or 0)} logged requests, fewer than THALAMUS_GATE_MIN_LOGGED_ROWS "
+                     f"({min_logged_rows})")
+    else:
+        interval = _interval((off.get("difference") or {}).get("dr"))
+        if interval is not None:
+            return Verdict(OFF_POLICY, interval, int(off["n_rows"]), active_version, "dr", notes)
+        notes.append("the off-policy DR difference is undefined")
+    holdout = metrics.get("holdout_difference") or {}
+    interval = _interval(holdout)
+    if not holdout or interval is None:
+        notes.append("no holdout difference")
+    elif holdout.get("active_version") != active_version:
+        notes.append(f"the holdout difference compares with version {holdout.get('active_version')}, "
+                     f"not the active {active_version}")
+    else:
+        return Verdict(HOLDOUT, interval, int(holdout.get("n_rows") or 0), active_version, "routed_loss", notes)
+    return Verdict(NONE, None, 0, active_version, notes=notes)
+
+
+def policy(v: Verdict) -> tuple[str, str]:
+    """The auto-approve policy: (decision, reason). Promote only on an interval below 0, or with nothing active."""
+    if v.active_version is None:
+        return PROMOTE, "auto-approved: no router is active"
+    if v.better:
+        return PROMOTE, f"auto-approved: {v.describe()} lies below 0"
+    return HOLD, f"not auto-approved: {v.describe()} is not below 0"
+
+
+def refusal(version_id: int, v: Verdict) -> str:
+    """The one sentence ``admin approve`` answers when the gate refuses."""
+    return (f"router version {version_id} is worse than the active version {v.active_version} "
+            f"({v.describe()}, interval above 0), so it was not approved; "
+            "pass --force --reason TEXT to approve it anyway")
+
+
+def record(session: Session, version_id: int, v: Verdict, decision: str, actor: str,
+           reason: str | None) -> GateDecision:
+    """Append one ``gate_decisions`` row with the verdict's numbers."""
+    row = GateDecision(router_version_id=version_id, active_version_id=v.active_version, decision=decision,
+                       basis=v.basis, numbers=v.numbers(), actor=actor, reason=reason)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def decisions(session: Session, version_id: int) -> list[GateDecision]:
+    """Every recorded decision on a version, oldest first."""
+    return list(session.scalars(select(GateDecision).where(GateDecision.router_version_id == version_id)
+                                .order_by(GateDecision.id)))

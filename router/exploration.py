@@ -1,0 +1,179 @@
+"""The exploration policy: which expert serves a request, with what probability (pure numpy).
+
+A deterministic argmin never sends a prompt to an expert it believes is worse, so with bandit
+feedback (an application reports the loss of the expert that served it) a wrong belief is never
+corrected and no off-policy estimator can judge another router. The daemon therefore serves, with
+a small bounded probability, a *near-best* expert instead of the argmin, and logs the whole action
+distribution with the exact probability (propensity) of what it served.
+
+``THALAMUS_EXPLORE`` sets the policy, over the routing objective ``o_i = L̂_i + Σ λ_j C_j(i)``:
+
+* ``off``: the argmin, propensity 1.
+* ``epsilon:ε`` (ε in [0, 1]): the eligible experts other than the argmin share ε equally; the
+  argmin (the greedy choice) gets the remaining mass 1 − ε. With no other expert eligible the
+  argmin gets 1. So ε is exactly the share of requests that explore whenever an alternative exists.
+* ``softmax:τ`` (τ > 0): eligible experts get weights ``exp(−g_i / τ)`` of their standardised gap
+  ``g_i`` (below), normalised; the argmin gets the remaining mass.
+
+**Margin** (``THALAMUS_EXPLORE_MARGIN``, ``m``): only experts whose objective is within ``m`` of
+the best are eligible; any other has probability 0, so a request is never sent to an expert the
+router is confident is much worse. The margin, and τ, are in units of the router's **loss scale**
+``s`` — the mean over experts of the standard deviation of their training losses, which every
+router bundle carries for its normaliser (``Router.loss_std``): the standardised gap is
+``g_i = (o_i − min o) / s``, and expert ``i`` is eligible when ``g_i ≤ m``. An absolute margin
+would mean a different thing for scores in [0, 1] (loss = 1 − score, s ≈ 0.3–0.5) than for
+masked-LM losses in nats (≈ 2–8, s ≈ 1), and a margin relative to the best objective breaks down
+near a loss of 0; the loss scale makes one setting work for both. (A cold-start router has
+s = 1, so its margin is absolute: wide for scores, which is when exploring matters most.)
+
+**Default** ``epsilon:0.05`` with margin 0.25 (provisional; the loop benchmark measures it): with
+ε-greedy the expected regret per request, by the router's own predictions, is at most
+ε · m · s = 1.25 % of a loss standard deviation, a bound a softmax lacks (its exploration rate
+depends on the gaps); and every explored expert has propensity ≥ ε / (E − 1), which bounds the
+importance weights of the off-policy estimators.
+
+**Determinism**: the draw uses ``u = stable_fraction("request_id:prompt", salt=Salt.EXPLORE)``, so a
+replay of (prompt, request id, objective) reproduces the same choice and propensities.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from router.hashing import Salt, stable_fraction
+
+PolicyKind = Literal["off", "epsilon", "softmax"]
+
+DEFAULT_EXPLORE = "epsilon:0.05"
+DEFAULT_MARGIN = 0.25
+
+_SPEC = re.compile(r"^\s*(off|epsilon|softmax)\s*(?::\s*(\S+)\s*)?$", re.IGNORECASE)
+
+
+class ExploreError(ValueError):
+    """``THALAMUS_EXPLORE`` (or its margin) does not describe a policy; the message is one sentence."""
+
+
+@dataclass(frozen=True)
+class ExplorePolicy:
+    """A parsed exploration policy: ``kind``, its parameter (ε or τ; 0 for off) and the margin."""
+
+    kind: PolicyKind
+    value: float = 0.0
+    margin: float = DEFAULT_MARGIN
+
+    @property
+    def active(self) -> bool:
+        """False when the policy always serves the argmin (``off`` or ε = 0)."""
+        return self.kind != "off" and not (self.kind == "epsilon" and self.value == 0.0)
+
+    @property
+    def spec(self) -> str:
+        """The ``THALAMUS_EXPLORE`` string of this policy (``off``, ``epsilon:0.05``, ``softmax:0.1``)."""
+        return "off" if self.kind == "off" else f"{self.kind}:{self.value:g}"
+
+    def as_dict(self) -> dict[str, object]:
+        return {"policy": self.spec, "kind": self.kind, "value": self.value, "margin": self.margin}
+
+
+OFF = ExplorePolicy("off", 0.0, 0.0)
+
+
+@functools.lru_cache(maxsize=64)
+def parse_policy(text: str, margin: float = DEFAULT_MARGIN) -> ExplorePolicy:
+    """``off`` | ``epsilon:ε`` (0 ≤ ε ≤ 1) | ``softmax:τ`` (τ > 0); raises :class:`ExploreError`."""
+    if not isinstance(margin, (int, float)) or isinstance(margin, bool) or not math.isfinite(margin) or margin < 0:
+        raise ExploreError(f"THALAMUS_EXPLORE_MARGIN must be a finite number >= 0, got {margin!r}")
+    match = _SPEC.match(str(text))
+    if match is None:
+        raise ExploreError(f"THALAMUS_EXPLORE must be 'off', 'epsilon:ε' (0 <= ε <= 1) or 'softmax:τ' (τ > 0), "
+                           f"got {text!r}")
+    kind, raw = match.group(1).lower(), match.group(2)
+    if kind == "off":
+        if raw is not None:
+            raise ExploreError(f"THALAMUS_EXPLORE 'off' takes no parameter, got {text!r}")
+        return ExplorePolicy("off", 0.0, float(margin))
+    if raw is None:
+        raise ExploreError(f"THALAMUS_EXPLORE {kind!r} needs a parameter, e.g. "
+                           f"'{'epsilon:0.05' if kind == 'epsilon' else 'softmax:0.1'}', got {text!r}")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ExploreError(f"THALAMUS_EXPLORE parameter {raw!r} of {kind!r} is not a number") from None
+    if kind == "epsilon" and not (0.0 <= value <= 1.0):
+        raise ExploreError(f"THALAMUS_EXPLORE epsilon must lie in [0, 1], got {raw}")
+    if kind == "softmax" and not (math.isfinite(value) and value > 0.0):
+        raise ExploreError(f"THALAMUS_EXPLORE softmax temperature must be a finite number > 0, got {raw}")
+    return ExplorePolicy(kind, value, float(margin))  # type: ignore[arg-type]
+
+
+def action_probabilities(objective: np.ndarray, policy: ExplorePolicy, scale: float = 1.0) -> np.ndarray:
+    """The policy's distribution over experts, shape of ``objective`` ((E,) or (N, E)); rows sum to 1.
+
+    ``scale`` is the router's loss scale ``s`` (margin and τ are in its units). Ties for the best
+    objective go to the lower index, like :func:`router.constraints.choose`.
+    """
+    values = np.asarray(objective, dtype=np.float64)
+    flat = values.reshape(-1, values.shape[-1])
+    n, e = flat.shape
+    rows = np.arange(n)
+    greedy = np.argmin(flat, axis=1)
+    probs = np.zeros_like(flat)
+    probs[rows, greedy] = 1.0
+    if not policy.active or e < 2:
+        return probs.reshape(values.shape)
+    s = float(scale) if math.isfinite(scale) and scale > 0 else 1.0
+    gap = (flat - flat[rows, greedy][:, None]) / s
+    eligible = gap <= policy.margin
+    others = eligible.copy()
+    others[rows, greedy] = False
+    if policy.kind == "epsilon":
+        count = others.sum(axis=1, keepdims=True)
+        probs = np.where(others, policy.value / np.maximum(count, 1), 0.0)
+    else:
+        weights = np.where(eligible, np.exp(-np.where(eligible, gap, 0.0) / policy.value), 0.0)
+        probs = np.where(others, weights / weights.sum(axis=1, keepdims=True), 0.0)
+    probs[rows, greedy] = 1.0 - probs.sum(axis=1)
+    return probs.reshape(values.shape)
+
+
+def draw(probabilities: np.ndarray, fraction: float) -> int:
+    """The index whose cumulative interval holds ``fraction`` ∈ [0, 1); never one of probability 0."""
+    probs = np.asarray(probabilities, dtype=np.float64)
+    index = int(np.searchsorted(np.cumsum(probs), fraction, side="right"))
+    if index >= probs.size or probs[index] <= 0.0:  # rounding at the top end of the cumulative sum
+        index = int(np.flatnonzero(probs > 0.0)[-1])
+    return index
+
+
+def explore_fraction(prompt: str, request_id: str) -> float:
+    """The uniform draw of one request, fixed by (prompt, request id) so a replay reproduces it."""
+    return stable_fraction(f"{request_id}:{prompt}", salt=Salt.EXPLORE)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One request's choice under a policy: the index served, the argmin, and the distribution."""
+
+    index: int
+    greedy: int
+    probabilities: np.ndarray  # (E,), sums to 1
+    propensity: float  # probabilities[index]
+
+    @property
+    def explored(self) -> bool:
+        return self.index != self.greedy
+
+
+def choose(objective: np.ndarray, policy: ExplorePolicy, fraction: float, scale: float = 1.0) -> Choice:
+    """Draw one expert for an (E,) objective with the uniform ``fraction`` (see :func:`explore_fraction`)."""
+    values = np.asarray(objective, dtype=np.float64)
+    probs = action_probabilities(values, policy, scale)
+    index = draw(probs, fraction)
+    return Choice(index=index, greedy=int(np.argmin(values)), probabilities=probs, propensity=float(probs[index]))

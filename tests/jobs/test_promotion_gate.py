@@ -1,0 +1,56 @@
+"""The promotion gate's verdict and the auto-approve policy, from stored metrics (pure functions)."""
+
+from __future__ import annotations
+
+import pytest
+
+from jobs.promotion_gate import HOLD, PROMOTE, policy, refusal, verdict
+
+
+def _off(low: float, high: float, n_rows: int = 500, active: int = 1) -> dict:
+    return {"active_version": active, "n_rows": n_rows,
+            "difference": {"dr": {"value": (low + high) / 2, "low": low, "high": high}}}
+
+
+def _holdout(low: float, high: float, active: int = 1) -> dict:
+    return {"value": (low + high) / 2, "low": low, "high": high, "n_rows": 40, "active_version": active}
+
+
+@pytest.mark.parametrize(("metrics", "basis", "word", "decision"), [
+    ({"off_policy": _off(-0.05, -0.01)}, "off-policy", "better", PROMOTE),
+    ({"off_policy": _off(-0.05, 0.01)}, "off-policy", "undecided", HOLD),  # 0 inside: no promotion
+    ({"off_policy": _off(0.01, 0.05)}, "off-policy", "worse", HOLD),
+    # the off-policy basis wins over the holdout when it has enough rows ...
+    ({"off_policy": _off(0.01, 0.05), "holdout_difference": _holdout(-0.05, -0.01)}, "off-policy", "worse", HOLD),
+    # ... and gives way to it below THALAMUS_GATE_MIN_LOGGED_ROWS (200), or when it compares with another version
+    ({"off_policy": _off(0.01, 0.05, n_rows=199), "holdout_difference": _holdout(-0.05, -0.01)},
+     "holdout", "better", PROMOTE),
+    ({"off_policy": _off(-0.05, -0.01, active=7), "holdout_difference": _holdout(0.01, 0.05)},
+     "holdout", "worse", HOLD),
+    ({"holdout_difference": _holdout(-0.05, -0.01, active=7)}, "none", "unknown", HOLD),  # stale: not used
+    ({}, "none", "unknown", HOLD),  # nothing to judge by: never promoted by the policy
+])
+def test_the_verdict_and_the_policy(metrics: dict, basis: str, word: str, decision: str) -> None:
+    v = verdict(metrics, active_version=1, min_logged_rows=200)
+    assert (v.basis, v.word) == (basis, word)
+    assert policy(v)[0] == decision
+
+
+def test_with_nothing_active_the_policy_promotes_and_admin_is_never_refused() -> None:
+    v = verdict({"off_policy": _off(0.01, 0.05)}, active_version=None, min_logged_rows=200)
+    assert (v.basis, v.worse, policy(v)) == ("none", False, (PROMOTE, "auto-approved: no router is active"))
+
+
+def test_the_notes_say_why_a_basis_was_not_used() -> None:
+    v = verdict({"off_policy": _off(0.01, 0.05, n_rows=12)}, active_version=1, min_logged_rows=200)
+    assert v.notes == ["12 logged requests, fewer than THALAMUS_GATE_MIN_LOGGED_ROWS (200)", "no holdout difference"]
+    assert policy(v) == (HOLD, "not auto-approved: no estimate of candidate − active (12 logged requests, fewer than "
+                               "THALAMUS_GATE_MIN_LOGGED_ROWS (200); no holdout difference) is not below 0")
+
+
+def test_the_refusal_is_one_sentence_with_the_numbers() -> None:
+    v = verdict({"holdout_difference": _holdout(0.0123, 0.04567, active=3)}, active_version=3, min_logged_rows=200)
+    assert refusal(5, v) == ("router version 5 is worse than the active version 3 (holdout routed loss candidate − "
+                             "active on 40 prompts: +0.0290 [+0.0123, +0.0457], interval above 0), so it was not "
+                             "approved; pass --force --reason TEXT to approve it anyway")
+    assert v.numbers()["verdict"] == "worse" and v.numbers()["difference"]["low"] == 0.0123

@@ -1,0 +1,136 @@
+"""The exploration policy (router/exploration.py): parsing, distributions, margin, draws."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from router.exploration import (
+    OFF,
+    ExploreError,
+    ExplorePolicy,
+    action_probabilities,
+    choose,
+    draw,
+    explore_fraction,
+    parse_policy,
+)
+
+# χ² critical values at α = 0.01 by degrees of freedom (any table of the χ² distribution).
+CHI2_CRITICAL_01 = {1: 6.635, 2: 9.210, 3: 11.345, 4: 13.277, 5: 15.086, 6: 16.812, 7: 18.475, 8: 20.090}
+
+
+def _critical(df: int) -> float:
+    try:
+        from scipy.stats import chi2
+    except ImportError:
+        return CHI2_CRITICAL_01[df]
+    return float(chi2.ppf(0.99, df))
+
+
+def test_parse_accepts_the_three_forms() -> None:
+    assert parse_policy("off") == ExplorePolicy("off", 0.0, 0.25)
+    assert parse_policy("epsilon:0.05", 0.5) == ExplorePolicy("epsilon", 0.05, 0.5)
+    assert parse_policy(" Softmax : 0.2 ") == ExplorePolicy("softmax", 0.2, 0.25)
+    assert parse_policy("epsilon:1").spec == "epsilon:1" and parse_policy("epsilon:0").active is False
+    assert parse_policy("softmax:0.1").as_dict() == {"policy": "softmax:0.1", "kind": "softmax", "value": 0.1,
+                                                     "margin": 0.25}
+
+
+@pytest.mark.parametrize(("text", "margin", "words"), [
+    ("bogus", 0.25, "must be 'off', 'epsilon:ε'"),
+    ("", 0.25, "must be 'off'"),
+    ("epsilon:-0.1", 0.25, "epsilon must lie in [0, 1], got -0.1"),
+    ("epsilon:1.5", 0.25, "epsilon must lie in [0, 1]"),
+    ("epsilon:nan", 0.25, "epsilon must lie in [0, 1]"),
+    ("epsilon", 0.25, "needs a parameter"),
+    ("epsilon:abc", 0.25, "is not a number"),
+    ("softmax:0", 0.25, "temperature must be a finite number > 0, got 0"),
+    ("softmax:-1", 0.25, "temperature must be a finite number > 0"),
+    ("softmax:inf", 0.25, "temperature must be a finite number > 0"),
+    ("off:0.1", 0.25, "takes no parameter"),
+    ("epsilon:0.1", -1.0, "THALAMUS_EXPLORE_MARGIN must be a finite number >= 0"),
+])
+def test_parse_refuses_bad_input_with_one_sentence(text: str, margin: float, words: str) -> None:
+    with pytest.raises(ExploreError) as info:
+        parse_policy(text, margin)
+    message = str(info.value)
+    assert words in message and "\n" not in message and message.startswith("THALAMUS_EXPLORE")
+
+
+def test_epsilon_spreads_epsilon_over_the_eligible_alternatives() -> None:
+    objective = np.array([0.30, 0.20, 0.40, 0.90])  # best: index 1; gaps 0.1, 0.2, 0.7
+    probs = action_probabilities(objective, ExplorePolicy("epsilon", 0.1, 0.25))
+    assert probs == pytest.approx([0.05, 0.90, 0.05, 0.0])
+    assert probs.sum() == pytest.approx(1.0)
+    # The margin is in units of the loss scale: with s = 0.5 only the 0.1 gap (0.2 s) is eligible.
+    assert action_probabilities(objective, ExplorePolicy("epsilon", 0.1, 0.25), scale=0.5) == pytest.approx(
+        [0.1, 0.9, 0.0, 0.0])
+    # Nothing within the margin: the argmin gets everything; the same for off.
+    assert action_probabilities(objective, ExplorePolicy("epsilon", 0.1, 0.05)) == pytest.approx([0, 1, 0, 0])
+    assert action_probabilities(objective, OFF) == pytest.approx([0, 1, 0, 0])
+
+
+def test_softmax_weights_by_the_standardised_gap_within_the_margin() -> None:
+    objective = np.array([0.30, 0.20, 0.40, 0.90])
+    probs = action_probabilities(objective, ExplorePolicy("softmax", 0.1, 0.25), scale=2.0)
+    gaps = np.array([0.05, 0.0, 0.1])  # (o − min) / s; index 3's gap 0.35 > 0.25 is ineligible
+    weights = np.exp(-gaps / 0.1)
+    assert probs[:3] == pytest.approx(weights / weights.sum()) and probs[3] == 0.0
+    assert probs.sum() == pytest.approx(1.0)
+
+
+def test_batched_rows_match_single_rows_and_ties_go_to_the_lower_index() -> None:
+    rng = np.random.default_rng(0)
+    objective = rng.uniform(0, 1, size=(50, 5))
+    objective[0] = [0.2, 0.2, 0.9, 0.9, 0.9]
+    policy = ExplorePolicy("softmax", 0.2, 0.3)
+    batch = action_probabilities(objective, policy, scale=0.5)
+    for row, probs in zip(objective, batch, strict=True):
+        assert probs == pytest.approx(action_probabilities(row, policy, scale=0.5))
+    assert batch.sum(axis=1) == pytest.approx(np.ones(50))
+    assert choose(objective[0], OFF, 0.99).index == 0
+
+
+def test_margin_is_respected_by_every_draw() -> None:
+    """An expert outside the margin has probability 0 and is never drawn, whatever the uniform."""
+    objective = np.array([0.5, 0.1, 0.3, 0.2])
+    for policy in (ExplorePolicy("epsilon", 1.0, 0.15), ExplorePolicy("softmax", 10.0, 0.15)):
+        probs = action_probabilities(objective, policy)
+        assert probs[0] == 0.0 and probs[2] == 0.0
+        drawn = {draw(probs, u) for u in np.linspace(0, 1, 1001, endpoint=False)}
+        assert drawn == {1, 3} if policy.kind == "softmax" else drawn == {3}  # ε = 1: the argmin gets 0
+
+
+@pytest.mark.parametrize("policy", [ExplorePolicy("epsilon", 0.3, 0.5), ExplorePolicy("softmax", 0.15, 0.5)])
+def test_empirical_frequencies_of_10000_seeded_draws_match_the_distribution(policy: ExplorePolicy) -> None:
+    """The draw from (prompt, request id) follows the logged distribution: χ² test at α = 0.01."""
+    objective = np.array([0.42, 0.30, 0.55, 0.35, 1.20])
+    probs = action_probabilities(objective, policy)
+    counts = np.zeros(objective.size)
+    for i in range(10_000):
+        choice = choose(objective, policy, explore_fraction(f"prompt {i % 97}", f"request-{i}"))
+        assert choice.propensity == probs[choice.index]
+        assert choice.explored == (choice.index != 1)
+        counts[choice.index] += 1
+    support = probs > 0
+    assert counts[~support].sum() == 0, "never an expert of probability 0"
+    expected = 10_000 * probs[support]
+    statistic = float(((counts[support] - expected) ** 2 / expected).sum())
+    assert statistic < _critical(int(support.sum()) - 1), (counts, expected)
+
+
+def test_the_draw_is_fixed_by_prompt_and_request_id() -> None:
+    objective = np.array([0.2, 0.25, 0.3])
+    policy = ExplorePolicy("epsilon", 0.5, 1.0)
+    first = [choose(objective, policy, explore_fraction("same prompt", f"id-{i}")) for i in range(200)]
+    again = [choose(objective, policy, explore_fraction("same prompt", f"id-{i}")) for i in range(200)]
+    assert [(c.index, c.propensity) for c in first] == [(c.index, c.propensity) for c in again]
+    assert len({c.index for c in first}) == 3, "different request ids draw differently"
+    assert explore_fraction("a", "id") != explore_fraction("b", "id")
+    assert 0.0 <= explore_fraction("a", "id") < 1.0
+
+
+def test_draw_never_returns_a_zero_probability_index_at_the_top_end() -> None:
+    probs = np.array([0.3, 0.7 - 1e-17, 0.0])
+    assert draw(probs, 0.9999999999) == 1 and draw(probs, 0.0) == 0 and draw(probs, 0.3) == 1
