@@ -151,13 +151,16 @@ def test_admin_approve_over_http_hot_swaps_with_zero_failed_requests(live_pg_dae
     from sqlalchemy import select
 
     from store.db import session_scope
+    from store.keys import create_key
     from store.schema import Activation
 
     daemon = live_pg_daemon
     settings = daemon.settings
     # The fixture's daemon runs with the tests' auth off; its endpoints read the settings per request.
     daemon.app.state.settings = settings.model_copy(update={"auth": True})
-    keys = _keys(settings, admin=("release-bot", ["admin"]), app=("traffic", ["route"]))
+    keys = _keys(settings, admin=("release-bot", ["admin"]))
+    with session_scope(settings) as session:  # three threads as fast as they go: above the default 100/second
+        keys["app"] = create_key(session, "traffic", ["route"], rate_limit="100000/second").key
     candidate = register_version(settings, bundles["b"], status="candidate")
     admin = httpx.Client(base_url=daemon.base_url, headers=_auth(keys["admin"]), timeout=30)
     assert admin.get("/v1/admin/versions").json()[-1]["status"] == "candidate"
