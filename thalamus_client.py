@@ -132,9 +132,15 @@ class Client:
 
     # --- routing and feedback --------------------------------------------------------------------
 
-    def route(self, prompt: str, lambdas: Mapping[str, float] | None = None) -> Route:
-        """Choose the expert for ``prompt`` (call it yourself, then post feedback with ``request_id``)."""
-        body = self._call("POST", "/v1/route", {"prompt": prompt, **({"lambdas": dict(lambdas)} if lambdas else {})})
+    def route(self, prompt: str, lambdas: Mapping[str, float] | None = None, explore: bool | None = None) -> Route:
+        """Choose the expert for ``prompt`` (call it yourself, then post feedback with ``request_id``);
+        ``explore=False`` always serves the argmin."""
+        request: dict[str, Any] = {"prompt": prompt}
+        if lambdas:
+            request["lambdas"] = dict(lambdas)
+        if explore is not None:
+            request["explore"] = explore
+        body = self._call("POST", "/v1/route", request)
         return Route(**{name: body[name] for name in Route.__dataclass_fields__})
 
     def feedback(self, request_id: str, *, loss: float | None = None, score: float | None = None,

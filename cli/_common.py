@@ -90,6 +90,17 @@ def positive_int(raw: str) -> int:
     return value
 
 
+def unit_share(raw: str) -> float:
+    """A share in (0, 1]."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a number") from None
+    if not math.isfinite(value) or not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a share in (0, 1]")
+    return value
+
+
 def parse_pair(pair: str) -> tuple[str, Any]:
     """``KEY=VALUE``; a number becomes an int (written without ``.``/``e``) or a float, the rest stays a string."""
     key, sep, raw = pair.partition("=")

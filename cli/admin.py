@@ -1,4 +1,4 @@
-"""Router versions: list and show them, approve, activate, reject, roll back.
+"""Router versions: list and show them, approve, activate, reject, roll back, run them as shadows.
 
 Every change of the active version goes through ``jobs.promote`` (a load check of the bundle, one
 transaction, a NOTIFY the daemons act on). ``approve`` asks the promotion gate first
@@ -16,12 +16,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cli._common import CliError, Group, arg, positive_int, print_json, verb
+from cli._common import CliError, Group, arg, positive_int, print_json, unit_share, verb
 from store.schema import RouterVersion
 from store.settings import Settings
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
+
+    from jobs.shadows import ShadowChange
 
 
 @dataclass(frozen=True)
@@ -231,12 +233,21 @@ def _render_gate(data: dict[str, Any]) -> list[str]:
                             left=(0, 1, 2, 3, 5))]
 
 
+def _collect_shadow(session: Session, version: RouterVersion, settings: Settings) -> dict[str, Any] | None:
+    return _shadow_report(session, version)
+
+
+def _render_shadow(data: dict[str, Any] | None) -> list[str]:
+    return [] if data is None else shadow_lines(data)
+
+
 SECTIONS: list[Section] = [
     Section("holdout", _collect_holdout, _render_holdout),
     Section("off_policy", _collect_off_policy, _render_off_policy),
     Section("gate", _collect_gate, _render_gate),
+    Section("shadow", _collect_shadow, _render_shadow),
 ]
-"""The report's sections in order; another part of thalamus (shadow routers) appends its own."""
+"""The report's sections in order."""
 
 
 def _header(v: VersionInfo) -> list[str]:
@@ -258,6 +269,7 @@ def _show_report(report: VersionReport) -> None:
         return
     blocks = [_header(report.version)] + [s.render(report.sections[s.name]) for s in SECTIONS
                                            if s.name in report.sections]
+    blocks = [block for block in blocks if block]
     print("\n\n".join("\n".join(block) for block in blocks))
 
 
@@ -301,6 +313,101 @@ def rollback(settings: Settings, *, actor: str = "admin", reason: str | None = N
         return VersionChange(VersionInfo.of(roll_back(session, actor=actor, reason=reason)), reason)
 
 
+@dataclass(frozen=True)
+class ShadowOutcome:
+    """What ``admin shadow`` changed: the version it started (or re-shared), or the shadows it stopped."""
+
+    started: ShadowChange | None
+    stopped: list[ShadowChange]
+
+
+def shadow(settings: Settings, version_id: int | None = None, *, share: float | None = None, stop: bool = False,
+           actor: str = "admin", reason: str | None = None) -> ShadowOutcome:
+    """Make a candidate a shadow router: it routes a share of live requests off the response path and logs its choice.
+
+    ``--stop`` stops the shadow ID, or every shadow without an ID. The default share is
+    THALAMUS_SHADOW_SHARE. ``admin show ID`` reports a shadow's agreement with the served router and
+    its estimated loss.
+    """
+    from jobs.shadows import start_shadow, stop_shadows
+    from store.db import session_scope
+
+    if stop:
+        if share is not None:
+            raise CliError("--share does not go with --stop")
+        with session_scope(settings) as session:
+            return ShadowOutcome(None, stop_shadows(session, version_id, actor=actor, reason=reason))
+    if version_id is None:
+        raise CliError("give the router version ID to run as a shadow, or --stop")
+    with session_scope(settings) as session:
+        change = start_shadow(session, version_id, settings.shadow_share if share is None else share,
+                              actor=actor, reason=reason)
+        return ShadowOutcome(change, [])
+
+
+def _shadow_report(session: Any, version: RouterVersion) -> dict[str, Any] | None:
+    from jobs.shadows import shadow_summary
+
+    report = shadow_summary(session, version.id)
+    if report is not None:
+        report["share"] = version.shadow_share
+    return report
+
+
+def shadow_report(settings: Settings, version_id: int) -> dict[str, Any] | None:
+    """The shadow section of ``admin show``: agreement and loss (``jobs.shadows.shadow_summary``) plus the
+    current share (None: not a shadow now); None when the version has no shadow decisions."""
+    from store.db import session_scope
+
+    with session_scope(settings) as session:
+        version = session.get(RouterVersion, version_id)
+        if version is None:
+            raise CliError(f"router version {version_id} does not exist")
+        return _shadow_report(session, version)
+
+
+def shadow_lines(report: dict[str, Any]) -> list[str]:
+    """The shadow section for a person: rounded numbers with their 95 % intervals."""
+    share = report.get("share")
+    state = f"a shadow at share {share:g}" if share is not None else "not a shadow now"
+    lines = [f"Shadow routing (router version {report['version']}, {state})",
+             f"  decisions          {report['decisions']:,}  ({report['first_at'][:19]} to {report['last_at'][:19]})"]
+    agreement = report["agreement"]
+    lines.append(f"  agreement          {agreement['rate']:.3f}  [{agreement['low']:.3f}, {agreement['high']:.3f}]  "
+                 f"with the served router's choice, n={agreement['n']:,}")
+    loss = report["loss"]
+    if not loss["n"]:
+        lines.append("  loss               no labelled rows yet "
+                     "(no known loss for both choices of any shadowed prompt)")
+    else:
+        lines.append(f"  mean loss on {loss['n']:,} labelled rows:")
+        for label, key, sign in (("shadow", "shadow", ""), ("served", "served", ""),
+                                 ("shadow - served", "difference", "+")):
+            cell = loss[key]
+            lines.append(f"    {label:16} {cell['mean']:{sign}.4f}  "
+                         f"[{cell['low']:{sign}.4f}, {cell['high']:{sign}.4f}]")
+    chosen = ", ".join(f"{expert} {n:,}" for expert, n in report["chosen"].items())
+    lines.append(f"  shadow's choices   {chosen}")
+    return lines
+
+
+def print_shadow_report(report: dict[str, Any]) -> None:
+    """Print the shadow section (``shadow_lines``)."""
+    print("\n".join(shadow_lines(report)))
+
+
+def _show_shadow(outcome: ShadowOutcome) -> None:
+    if outcome.started is not None:
+        change = outcome.started
+        was = "" if change.previous_share is None else f" (was {change.previous_share:g})"
+        print(f"router version {change.version_id} is a shadow: it routes {change.share:g} of live requests{was}, "
+              "off the response path")
+    elif outcome.stopped:
+        print("stopped shadow router version(s) " + ", ".join(str(c.version_id) for c in outcome.stopped))
+    else:
+        print("no shadow router was running")
+
+
 def _show_versions(rows: list[VersionInfo]) -> None:
     print(f"{'id':>4}  {'status':10} {'parent':>6}  {'created':19}  {'routed loss':>11}  {'hit rate':>8}  "
           f"{'DR − active':>11}  gate")
@@ -321,7 +428,7 @@ def _said(template: str) -> Callable[[VersionChange], None]:
 ID = arg("version_id", metavar="ID", type=positive_int, help="router version id")
 ACTOR = arg("--actor", default="admin", help="who decides (recorded with the activation)")
 
-GROUP = Group("admin", "router versions (list, show, approve, activate, reject, roll back)", (
+GROUP = Group("admin", "router versions (list, show, approve, activate, reject, roll back, shadow)", (
     verb("versions", versions, show=_show_versions),
     verb("show", show, ID, arg("--json", dest="as_json", action="store_true", help="print the full data as JSON"),
          show=_show_report),
@@ -335,4 +442,10 @@ GROUP = Group("admin", "router versions (list, show, approve, activate, reject, 
          show=_said("router version {id} rejected: {reason}")),
     verb("rollback", rollback, ACTOR, arg("--reason", default=None),
          show=_said("rolled back: router version {id} is active again")),
+    verb("shadow", shadow, arg("version_id", metavar="ID", type=positive_int, nargs="?", default=None,
+                               help="router version id (a candidate or approved one)"),
+         arg("--share", type=unit_share, default=None,
+             help="share of live requests it routes, in (0, 1] (default THALAMUS_SHADOW_SHARE, 0.2)"),
+         arg("--stop", action="store_true", help="stop the shadow ID, or every shadow without an ID"),
+         ACTOR, arg("--reason", default=None), show=_show_shadow),
 ))

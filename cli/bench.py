@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from cli._common import CliError, Group, arg, percent_bar, positive_int, print_json, say, verb
+from cli._common import CliError, Group, arg, percent_bar, positive_int, print_json, say, unit_share, verb
 from store.settings import Settings
 
 RecipeChoice = Literal["bench", "product"]
@@ -104,10 +104,29 @@ def bandit_training(settings: Settings, *, dataset: Path, quick: bool = False, s
     return report
 
 
+def shadow(settings: Settings, *, rate: float = 10.0, seconds: float = 30.0, rounds: int = 2,
+           shares: list[float] | None = None, nice: list[int] | None = None, backbone: str = "minilm",
+           admin_url: str | None = None, json_out: Path | None = None) -> dict[str, Any]:
+    """Added response latency of shadow mode: the same open-loop load with no shadow and with one at each share."""
+    from benchmarks.shadow_latency import ADMIN_URL, run
+
+    if rate <= 0 or seconds <= 0:
+        raise CliError("--rate and --seconds must be positive")
+    if nice is not None and any(not 0 <= n <= 19 for n in nice):
+        raise CliError("--nice values must be in 0..19")
+    report = run(rate, seconds, rounds, shares or [0.2, 1.0], backbone, admin_url or ADMIN_URL, nice, log=say)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return report
+
+
 def _show_bandit(report: dict[str, Any]) -> None:
     from benchmarks.bandit_training import format_report
 
     print(format_report(report))
+
+
 def ope(settings: Settings, *, sizes: str = "1000,5000", epsilons: str = "0.05,0.1,0.2", repetitions: int = 40,
         seed: int = 0) -> list[Any]:
     """Off-policy interval widths and coverage on a seeded synthetic bandit, by logged rows and exploration ε."""
@@ -127,6 +146,43 @@ def _show_ope(rows: list[Any]) -> None:
     from benchmarks.offpolicy import table
 
     print(table(rows))
+
+
+def _show_shadow(report: dict[str, Any]) -> None:
+    from benchmarks.shadow_latency import table
+
+    print(table(report))
+
+
+def loop(settings: Settings, *, dataset: Path, scenario: str = "cold", feedback: str = "bandit",
+         requests: int | None = None, cycle: int = 500, window: int = 250, seed: int = 0,
+         explore: str | None = None, offline: bool = True, quick: bool = False, json_out: Path | None = None,
+         plot_out: Path | None = None, progress: bool = False) -> dict[str, Any]:
+    """Replay a dataset as a stream through the daemon and the production jobs: does the loop learn?"""
+    from benchmarks import loop_report
+    from benchmarks.loop import LoopPlan, run
+
+    dataset = Path(dataset)
+    if not dataset.exists():
+        raise CliError(f"dataset {dataset} does not exist")
+    try:
+        plan = LoopPlan(scenario=scenario, feedback=feedback, requests=requests, cycle=cycle, window=window,
+                        seed=seed, quick=quick, explore=explore, offline=offline)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    report = loop_report.build(run(dataset, plan, settings, say=say if progress else None))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    if plot_out is not None:
+        loop_report.plot(report, plot_out)
+    return report
+
+
+def _show_loop(report: dict[str, Any]) -> None:
+    from benchmarks.loop_report import format_report
+
+    print(format_report(report))
 
 
 def gateway(settings: Settings, *, rate: float = 20.0, seconds: float = 15.0, rounds: int = 2,
@@ -159,7 +215,7 @@ def _show_written(written: DatasetWritten) -> None:
 
 
 GROUP = Group("bench", "benchmarks (routing quality, the demo dataset, faults under load, bandit training, "
-                       "off-policy intervals, gateway latency)", (
+                       "off-policy intervals, shadow latency, the learning loop, gateway latency)", (
     verb("quality", quality,
          arg("--dataset", type=Path, required=True, help="directory with train.*/test.* [+ models.json], or one file"),
          arg("--json", dest="json_out", type=Path, help="write the full report here"),
@@ -201,6 +257,33 @@ GROUP = Group("bench", "benchmarks (routing quality, the demo dataset, faults un
          arg("--repetitions", type=positive_int, default=40),
          arg("--seed", type=int, default=0),
          show=_show_ope),
+    verb("shadow", shadow,
+         arg("--rate", type=float, default=10.0, help="/v1/route requests per second (default 10)"),
+         arg("--seconds", type=float, default=30.0, help="seconds of load per mode and round (default 30)"),
+         arg("--rounds", type=positive_int, default=2, help="rounds; the order of the modes rotates (default 2)"),
+         arg("--shares", type=unit_share, nargs="+", help="shadow shares to measure (default 0.2 1.0)"),
+         arg("--nice", type=int, nargs="+", help="THALAMUS_SHADOW_NICE values, one daemon each (default 10)"),
+         arg("--backbone", default="minilm", help="minilm (default, the product's), tiny, or a model directory"),
+         arg("--admin-url", help="PostgreSQL to create the benchmark's database from "
+                                 "(default postgresql+psycopg://postgres@127.0.0.1:5432/postgres)"),
+         arg("--json", dest="json_out", type=Path, help="also write the report here"),
+         show=_show_shadow),
+    verb("loop", loop,
+         arg("--dataset", type=Path, required=True, help="directory with train.*/test.* [+ models.json], or one file"),
+         arg("--scenario", choices=("cold", "drift", "new-expert", "degraded"), default="cold"),
+         arg("--feedback", choices=("bandit", "full"), default="bandit",
+             help="bandit: the served expert's loss only (default); full: every expert's"),
+         arg("--requests", type=positive_int, help="stream length (default: one pass over the pool)"),
+         arg("--cycle", type=positive_int, default=500, help="requests between runs of the jobs (default 500)"),
+         arg("--window", type=positive_int, default=250, help="requests per reported window (default 250)"),
+         arg("--seed", type=int, default=0),
+         arg("--explore", help="THALAMUS_EXPLORE for this run (default: the settings', i.e. the product's)"),
+         arg("--no-offline", dest="offline", action="store_false",
+             help="skip the offline full-information router baseline"),
+         arg("--quick", action="store_true", help="900 rows, 600 requests, jobs every 150 (about 2 min)"),
+         arg("--json", dest="json_out", type=Path, help="write the full report here"),
+         arg("--plot", dest="plot_out", type=Path, help="write the score-over-stream plot (PNG) here"),
+         show=_show_loop, fails=lambda report: bool(report["failures"]), cli={"progress": True}),
     verb("gateway", gateway,
          arg("--rate", type=float, default=20.0, help="requests per second on each path (default 20)"),
          arg("--seconds", type=float, default=15.0, help="seconds per path and round (default 15)"),

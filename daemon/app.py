@@ -32,6 +32,7 @@ from daemon.openai_errors import install_openai_errors
 from daemon.openapi import install_openapi
 from daemon.routes import admin, feedback, openai, routing, status
 from daemon.schemas import error_responses
+from daemon.shadow import ShadowRunner
 from daemon.spool import Spool
 from store.settings import Settings
 
@@ -40,7 +41,7 @@ ROUTERS: tuple[APIRouter, ...] = (routing.router, feedback.router, status.router
 
 
 def create_app(settings: Settings, holder: RouterHolder | None = None,
-               writer: RequestLogWriter | None = None) -> FastAPI:
+               writer: RequestLogWriter | None = None, shadows: ShadowRunner | None = None) -> FastAPI:
     """The daemon's ASGI app; its lifespan bootstraps a router, starts the watcher and the log writer."""
     from experts.local import ExpertCache
     from router.constraints import validate_lambdas
@@ -49,6 +50,7 @@ def create_app(settings: Settings, holder: RouterHolder | None = None,
     holder = holder or RouterHolder(settings)
     metrics = holder.metrics
     writer = writer or RequestLogWriter(settings, metrics=metrics, spool=_spool(settings, metrics))
+    shadows = shadows or ShadowRunner(settings, holder, metrics=metrics)
 
     from daemon.gateway import Gateway
 
@@ -60,6 +62,7 @@ def create_app(settings: Settings, holder: RouterHolder | None = None,
     state.probe, state.experts = DatabaseProbe(settings), ExpertCache()
     state.keys, state.rate_limits = KeyCache(settings), RateLimits(settings)
     state.gateway = Gateway(settings, holder, writer, metrics, state.experts)
+    state.shadows = shadows
 
     for router in ROUTERS:
         app.include_router(router)

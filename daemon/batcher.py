@@ -39,6 +39,11 @@ class MicroBatcher:
         self.batches = 0
         self.items = 0
 
+    @property
+    def busy(self) -> bool:
+        """A forward pass is running or a request waits for one (the shadow thread yields to it)."""
+        return self._model_lock.locked() or bool(self._waiting)
+
     def predict_many(self, texts: Sequence[str]) -> np.ndarray:
         """One serialised call for a caller that already has a batch."""
         with self._model_lock:

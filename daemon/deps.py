@@ -14,6 +14,7 @@ from daemon.health import DatabaseProbe
 from daemon.holder import RouterHolder
 from daemon.logwriter import RequestLogWriter
 from daemon.metrics import Metrics
+from daemon.shadow import ShadowRunner
 from store.settings import Settings
 
 if TYPE_CHECKING:  # experts.local imports torch: ``create_app`` imports it when it builds the cache
@@ -40,6 +41,11 @@ async def get_metrics(request: Request) -> Metrics:
     return metrics
 
 
+async def get_shadows(request: Request) -> ShadowRunner:
+    shadows: ShadowRunner = request.app.state.shadows
+    return shadows
+
+
 async def get_probe(request: Request) -> DatabaseProbe:
     probe: DatabaseProbe = request.app.state.probe
     return probe
@@ -55,6 +61,7 @@ HolderDep = Annotated[RouterHolder, Depends(get_holder)]
 WriterDep = Annotated[RequestLogWriter, Depends(get_writer)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 ProbeDep = Annotated[DatabaseProbe, Depends(get_probe)]
+ShadowsDep = Annotated[ShadowRunner, Depends(get_shadows)]
 if TYPE_CHECKING:
     ExpertsDep = Annotated[ExpertCache, Depends(get_experts)]
 else:  # FastAPI evaluates the annotation at import time, when ExpertCache is not imported

@@ -5,6 +5,10 @@ version every ``swap_poll_seconds`` and after every reconnect (NOTIFY is lost wh
 SQLite has none). A load that fails leaves the old bundle serving and records the error; with
 nothing served yet (a start-up), the newest loadable version that was once active serves instead,
 and ``fallback`` says so until the active version loads or another one is activated.
+
+The holder also loads the shadow routers (versions with ``shadow_share`` set) on every such read,
+verified like the active one; a shadow that fails to load is reported in ``shadow_errors`` and
+never affects serving. ``daemon/shadow.py`` routes the sampled requests with them.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, literal, select
 from sqlalchemy.orm import Session
 
 from daemon.batcher import MicroBatcher
@@ -27,7 +31,7 @@ from daemon.metrics import Metrics, default_metrics
 from router.exploration import OFF, ExplorePolicy, choose
 from store.db import normalize_url, session_scope
 from store.queries import ACTIVATION_CHANNEL, active_router_version
-from store.schema import Expert
+from store.schema import Expert, ExpertLoss
 from store.settings import Settings
 from store.states import VersionStatus
 
@@ -39,6 +43,7 @@ log = logging.getLogger(__name__)
 _RETRY_FAILED_SECONDS = 30.0
 _FALLBACK_TRIES = 5
 _FALLBACK_STATUSES = (VersionStatus.RETIRED, VersionStatus.APPROVED)
+_SHADOW_STATUSES = (VersionStatus.CANDIDATE, VersionStatus.APPROVED)  # as jobs.shadows.SHADOW_STATUSES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +56,7 @@ class ExpertInfo:
     version: int | None
     attributes: Mapping[str, Any]
     status: str | None
+    observed: int = 0  # loss rows at its current version, counted up to a cap (the warm-up threshold)
 
     @property
     def registered(self) -> bool:
@@ -112,7 +118,9 @@ class LoadedRouter:
         from router.constraints import objective
 
         values = objective(predicted, self.constraints, lambdas)
-        choice = choose(values, policy, fraction, self.loss_scale)
+        unproven = (np.array([info.observed < policy.warmup_rows for info in self.experts])
+                    if policy.warmup_share > 0 else None)
+        choice = choose(values, policy, fraction, self.loss_scale, unproven)
         names = self.expert_names
         return Decision(index=choice.index, expert=names[choice.index],
                         predicted={n: float(v) for n, v in zip(names, predicted, strict=True)},
@@ -130,6 +138,14 @@ class LoadedRouter:
             if info.name == name:
                 return info
         return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Shadow:
+    """A loaded shadow router and the share of live requests it routes (it serves none of them)."""
+
+    loaded: LoadedRouter
+    share: float
 
 
 class RouterHolder:
@@ -151,26 +167,98 @@ class RouterHolder:
         self.failures = 0
         self.listening = False
         self.fallback: Fallback | None = None  # set while serving another version than the unloadable active one
+        self._shadows: Mapping[int, Shadow] = {}  # replaced whole, never mutated: readers take it once
+        self._shadow_lock = threading.Lock()
+        self._shadow_failed: dict[int, tuple[str, float]] = {}  # version id -> (sha, when) of its last failed load
+        self.shadow_errors: Mapping[int, str] = {}  # shadows that should be loaded but are not, and why
 
     @property
     def current(self) -> LoadedRouter | None:
         """The bundle to serve; take it once per request and keep using that object."""
         return self._current
 
+    @property
+    def shadows(self) -> Mapping[int, Shadow]:
+        """The loaded shadow routers by version id; take it once and keep using that mapping."""
+        return self._shadows
+
     # -- loading -------------------------------------------------------------------------------
 
     def load_active(self) -> bool:
         """Swap in the active version if it differs from the current one. True when a new bundle went live.
 
-        Never raises: a failed read or load is logged, counted and kept in ``last_error``.
+        Never raises: a failed read or load is logged, counted and kept in ``last_error``. The shadow
+        routers are refreshed after it (see :meth:`load_shadows`).
         """
         with self._load_lock:
             try:
-                return self._load_active()
+                changed = self._load_active()
             except Exception as exc:  # the DB may be down; the old bundle keeps serving
                 self._record_error(f"could not read the active router version: {exc}", count=False)
                 self._read_failed = True
+                changed = False
+        self.load_shadows()
+        return changed
+
+    def load_shadows(self) -> bool:
+        """Load the shadow versions the database names, unload the others. True when the set changed.
+
+        Never raises: a shadow that fails to load is left out and reported in ``shadow_errors`` (retried
+        after 30 s or when its bundle changes); a failed read keeps the shadows as they are.
+        """
+        with self._shadow_lock:
+            try:
+                return self._load_shadows()
+            except Exception as exc:
+                log.warning("could not read the shadow router versions: %s", exc)
                 return False
+
+    def _load_shadows(self) -> bool:
+        from store.schema import RouterVersion
+
+        with session_scope(self.settings) as session:
+            rows = session.scalars(
+                select(RouterVersion)
+                .where(RouterVersion.shadow_share.is_not(None), RouterVersion.status.in_(_SHADOW_STATUSES))
+                .order_by(RouterVersion.id)
+            ).all()
+            wanted = []
+            for row in rows:
+                order = tuple(str(name) for name in row.expert_order)
+                wanted.append((row.id, row.checkpoint_uri, row.checkpoint_sha256, order,
+                               _expert_infos(session, order), float(row.shadow_share or 0.0)))
+        before = self._shadows
+        shadows: dict[int, Shadow] = {}
+        errors: dict[int, str] = {}
+        for version_id, uri, sha, order, experts, share in wanted:
+            have = before.get(version_id)
+            if have is not None and have.loaded.sha256 == sha:
+                loaded = have.loaded
+                if loaded.experts != experts:
+                    loaded = dataclasses.replace(loaded, experts=experts, constraints=_constraints(experts))
+                shadows[version_id] = Shadow(loaded, share)
+                continue
+            failed = self._shadow_failed.get(version_id)
+            if failed is not None and failed[0] == sha and time.monotonic() - failed[1] < _RETRY_FAILED_SECONDS:
+                errors[version_id] = self.shadow_errors.get(version_id, "failed to load")
+                continue
+            try:
+                loaded = self._load(version_id, uri, sha, order, experts, observe=False)
+            except Exception as exc:
+                message = f"shadow router version {version_id} failed to load from {uri}: {exc}"
+                log.error("%s", message)
+                self._shadow_failed[version_id] = (sha, time.monotonic())
+                errors[version_id] = message
+                continue
+            self._shadow_failed.pop(version_id, None)
+            log.info("shadow router version %s loaded (share %g)", version_id, share)
+            shadows[version_id] = Shadow(loaded, share)
+        for version_id in before.keys() - shadows.keys():
+            log.info("shadow router version %s unloaded", version_id)
+        self._shadow_failed = {k: v for k, v in self._shadow_failed.items() if k in errors}
+        changed = before.keys() != shadows.keys() or any(before[k].loaded is not shadows[k].loaded for k in shadows)
+        self._shadows, self.shadow_errors = shadows, errors
+        return changed
 
     def _load_active(self) -> bool:
         with session_scope(self.settings) as session:
@@ -181,7 +269,7 @@ class RouterHolder:
                 return False
             version_id, uri, sha = version.id, version.checkpoint_uri, version.checkpoint_sha256
             order = tuple(str(name) for name in version.expert_order)
-            experts = _expert_infos(session, order)
+            experts = _expert_infos(session, order, self._warmup_rows())
         self._recovered()
         self.last_checked_at = _now()
         current = self._current
@@ -210,6 +298,11 @@ class RouterHolder:
         self._clear_fallback()
         return True
 
+    def _warmup_rows(self) -> int:
+        """How far to count each expert's loss rows: the warm-up threshold while exploration is on."""
+        policy = self.settings.explore_policy
+        return policy.warmup_rows if policy.active and policy.warmup_share > 0 else 0
+
     def _go_live(self, loaded: LoadedRouter) -> None:
         previous = self._current
         self._current = loaded
@@ -231,7 +324,7 @@ class RouterHolder:
             options = []
             for row in rows:
                 order = tuple(str(name) for name in row.expert_order)
-                infos = _expert_infos(session, order)
+                infos = _expert_infos(session, order, self._warmup_rows())
                 options.append((row.id, row.checkpoint_uri, row.checkpoint_sha256, order, infos))
         for option in options:
             try:
@@ -253,11 +346,11 @@ class RouterHolder:
         self.metrics.router_fallback.set(0)
 
     def _load(self, version_id: int, uri: str, sha: str, order: tuple[str, ...],
-              experts: tuple[ExpertInfo, ...]) -> LoadedRouter:
+              experts: tuple[ExpertInfo, ...], observe: bool = True) -> LoadedRouter:
         from router.serving import load_for_serving
 
         router, constraints = load_for_serving(Path(uri), sha, order, [e.attributes for e in experts])
-        batcher = MicroBatcher(router.predict, on_batch=self.metrics.route_batch_size.observe)
+        batcher = MicroBatcher(router.predict, on_batch=self.metrics.route_batch_size.observe if observe else None)
         return LoadedRouter(version_id=version_id, sha256=sha, router=router, expert_names=order,
                             experts=experts, constraints=constraints, loaded_at=_now(), batcher=batcher,
                             loss_scale=loss_scale(router))
@@ -342,15 +435,22 @@ def _conninfo(url: str) -> str:
     return make_url(normalize_url(url)).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def _expert_infos(session: Session, order: Sequence[str]) -> tuple[ExpertInfo, ...]:
+def _expert_infos(session: Session, order: Sequence[str], count_up_to: int = 0) -> tuple[ExpertInfo, ...]:
+    """The registered experts of a head, in its order; ``observed`` counts each one's loss rows at its
+    current version up to ``count_up_to`` (a bounded query per expert: cheap on every poll)."""
     rows = {e.name: e for e in session.scalars(select(Expert).where(Expert.name.in_(list(order))))}
     infos = []
     for name in order:
         row = rows.get(name)
         if row is None:
             infos.append(ExpertInfo(name, None, None, None, {}, None))
-        else:
-            infos.append(ExpertInfo(name, row.kind, row.uri, row.version, dict(row.attributes or {}), row.status))
+            continue
+        observed = 0
+        if count_up_to > 0:
+            capped = (select(literal(1)).where(ExpertLoss.expert == name, ExpertLoss.expert_version == row.version)
+                      .limit(count_up_to).subquery())
+            observed = int(session.scalar(select(func.count()).select_from(capped)) or 0)
+        infos.append(ExpertInfo(name, row.kind, row.uri, row.version, dict(row.attributes or {}), row.status, observed))
     return tuple(infos)
 
 

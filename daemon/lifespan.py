@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from daemon.health import DatabaseProbe
 from daemon.holder import RouterHolder
 from daemon.logwriter import RequestLogWriter
+from daemon.shadow import ShadowRunner
 from store.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,13 +31,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     holder: RouterHolder = app.state.holder
     writer: RequestLogWriter = app.state.writer
     probe: DatabaseProbe = app.state.probe
+    shadows: ShadowRunner = app.state.shadows
     writer.start()
     await run_in_threadpool(bootstrap, settings, holder)
     holder.start()
+    shadows.start()
     try:
         yield
     finally:
         await app.state.gateway.aclose()
+        shadows.close()
         holder.stop()
         probe.close()
         await run_in_threadpool(writer.close)

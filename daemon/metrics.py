@@ -46,6 +46,9 @@ class Metrics:
                                      buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.spool_depth = Gauge("thalamus_spool_depth", "Spooled request rows not yet in the database",
                                  registry=r)
+        self.shadow_decisions = Counter("thalamus_shadow_decisions",
+                                        "Shadow routings by outcome (routed and written, dropped on a full queue, "
+                                        "failed)", ["outcome"], registry=r)
         self.log_failures = Counter("thalamus_log_batch_failures", "Request log batch writes that failed", registry=r)
         # API keys, rate limits and the OpenAI-compatible gateway (daemon/auth.py, daemon/gateway.py)
         self.auth_failures = Counter("thalamus_auth_failures",

@@ -175,6 +175,19 @@ class ExploreStatus(BaseModel):
     margin: float = Field(description="THALAMUS_EXPLORE_MARGIN, in units of the router's loss scale")
     loss_scale: float | None = Field(description="the served router's loss scale (mean per-expert loss std)")
     opt_out_apps: list[str]
+class ShadowStatus(BaseModel):
+    """A shadow router this daemon runs (or fails to load), with its counts since the daemon started."""
+
+    version: int
+    share: float | None = Field(description="share of live requests it routes; null while it is not loaded")
+    loaded: bool
+    sha256: str | None
+    loaded_at: str | None
+    load_error: str | None = Field(description="why it is not loaded; serving is not affected")
+    routed: int = Field(description="shadow decisions made and written")
+    dropped: int = Field(description="sampled requests dropped: the shadow queue was full, or serving never "
+                                     "paused for 1 s")
+    failed: int = Field(description="sampled requests whose shadow decision failed (prediction or write)")
 
 
 class StatusResponse(BaseModel):
@@ -197,3 +210,5 @@ class StatusResponse(BaseModel):
     label_share: float
     explore: ExploreStatus
 
+    shadows: list[ShadowStatus]
+    shadow_queue: dict[str, Any]

@@ -46,6 +46,7 @@ def activate(session: Session, version: RouterVersion, actor: str, reason: str) 
         previous.status = VersionStatus.RETIRED
     version.status = VersionStatus.ACTIVE
     version.decided_by, version.decided_at = actor, utcnow()
+    version.shadow_share = None  # an active version is no longer a shadow
     session.flush()
     session.add(Activation(router_version_id=version.id, previous_version_id=previous.id if previous else None,
                            actor=actor, reason=reason))
@@ -122,6 +123,7 @@ def reject(session: Session, version_id: int, actor: str, reason: str) -> Router
     if version.status not in _UNDECIDED:
         raise JobInputError(f"router version {version_id} is {version.status}; only a candidate can be rejected")
     version.status, version.reason = VersionStatus.REJECTED, reason
+    version.shadow_share = None  # nor is a rejected one
     version.decided_by, version.decided_at = actor, utcnow()
     return version
 

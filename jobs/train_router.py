@@ -75,6 +75,7 @@ def train_router(settings: Settings, progress: Progress | None = None, params: d
     params = dict(params or {})
     recipe = recipe or TrainRecipe.from_settings(settings)
     report(0.01, "reading the loss table")
+    shifts = _stale_regressions(settings)
     with session_scope(settings) as session:
         experts = active_experts(session)
         table = load_loss_table(session, experts, settings.max_loss)
@@ -124,6 +125,7 @@ def train_router(settings: Settings, progress: Progress | None = None, params: d
         "train_seconds": round(seconds, 3),
         "examples_per_second": getattr(history, "examples_per_second", None),
         "best_epoch": getattr(history, "best_epoch", None), "best_single_expert": names[best_single],
+        "regressions": shifts,
     }
     with session_scope(settings) as session:
         version = save_version(
@@ -145,6 +147,19 @@ def train_router(settings: Settings, progress: Progress | None = None, params: d
                           "skipped_by_expert": table.skipped}}
 
 
+def _stale_regressions(settings: Settings) -> list[dict[str, Any]]:
+    """Experts whose losses shifted silently get a new version first (jobs/regressions.py)."""
+    if not settings.regression_check:
+        return []
+    from jobs.regressions import detect, make_stale
+
+    with session_scope(settings) as session:
+        shifts = detect(session, min_rows=settings.regression_min_rows, p_value=settings.regression_p_value,
+                        min_shift=settings.regression_min_shift)
+        make_stale(session, shifts)
+    return [shift.as_dict() for shift in shifts]
+
+
 def _auto_approve(settings: Settings, version_id: int) -> str:
     """The policy (``THALAMUS_AUTO_APPROVE``): ask the promotion gate, record its decision, activate on
     ``promote``. Returns the activation's reason, or "" when the candidate stays a candidate."""
@@ -157,7 +172,12 @@ def _auto_approve(settings: Settings, version_id: int) -> str:
         active = active_router_version(session)
         verdict = gate.verdict(version.metrics or {}, active.id if active is not None else None,
                                settings.gate_min_logged_rows)
-        decision, reason = gate.policy(verdict)
+        if (active.metrics or {}).get("cold_start") if active is not None else False:
+            # A cold start was trained on nothing: there is no belief to protect, and with bandit
+            # feedback no estimator can beat it until a trained router has served (and explored).
+            decision, reason = gate.PROMOTE, "auto-approved: the active router is a cold start, trained on no data"
+        else:
+            decision, reason = gate.policy(verdict)
         gate.record(session, version_id, verdict, decision, "policy", reason)
         if decision != gate.PROMOTE:
             return ""

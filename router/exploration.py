@@ -67,6 +67,11 @@ class ExplorePolicy:
     kind: PolicyKind
     value: float = 0.0
     margin: float = DEFAULT_MARGIN
+    # Warm-up: an expert with fewer than ``warmup_rows`` loss rows at its version is *unproven* (new,
+    # or everything at a cold start); whatever its predicted objective, the unproven experts other
+    # than the argmin share ``warmup_share`` of the requests, so the router learns about them.
+    warmup_share: float = 0.0
+    warmup_rows: int = 0
 
     @property
     def active(self) -> bool:
@@ -113,12 +118,30 @@ def parse_policy(text: str, margin: float = DEFAULT_MARGIN) -> ExplorePolicy:
     return ExplorePolicy(kind, value, float(margin))  # type: ignore[arg-type]
 
 
-def action_probabilities(objective: np.ndarray, policy: ExplorePolicy, scale: float = 1.0) -> np.ndarray:
+def action_probabilities(objective: np.ndarray, policy: ExplorePolicy, scale: float = 1.0,
+                         unproven: np.ndarray | None = None) -> np.ndarray:
     """The policy's distribution over experts, shape of ``objective`` ((E,) or (N, E)); rows sum to 1.
 
     ``scale`` is the router's loss scale ``s`` (margin and τ are in its units). Ties for the best
-    objective go to the lower index, like :func:`router.constraints.choose`.
+    objective go to the lower index, like :func:`router.constraints.choose`. ``unproven`` (an (E,)
+    bool mask) marks experts in warm-up: the policy's distribution is mixed with a uniform one over
+    the unproven experts other than the argmin, with weight ``policy.warmup_share``.
     """
+    probs = _policy_probabilities(objective, policy, scale)
+    if unproven is None or not policy.active or policy.warmup_share <= 0:
+        return probs
+    values = np.asarray(objective, dtype=np.float64)
+    flat, mixed = values.reshape(-1, values.shape[-1]), probs.reshape(-1, values.shape[-1]).copy()
+    mask = np.asarray(unproven, dtype=bool)
+    for row in range(flat.shape[0]):
+        others = mask.copy()
+        others[int(np.argmin(flat[row]))] = False
+        if others.any():
+            mixed[row] = (1.0 - policy.warmup_share) * mixed[row] + policy.warmup_share * others / others.sum()
+    return mixed.reshape(values.shape)
+
+
+def _policy_probabilities(objective: np.ndarray, policy: ExplorePolicy, scale: float) -> np.ndarray:
     values = np.asarray(objective, dtype=np.float64)
     flat = values.reshape(-1, values.shape[-1])
     n, e = flat.shape
@@ -171,9 +194,10 @@ class Choice:
         return self.index != self.greedy
 
 
-def choose(objective: np.ndarray, policy: ExplorePolicy, fraction: float, scale: float = 1.0) -> Choice:
+def choose(objective: np.ndarray, policy: ExplorePolicy, fraction: float, scale: float = 1.0,
+           unproven: np.ndarray | None = None) -> Choice:
     """Draw one expert for an (E,) objective with the uniform ``fraction`` (see :func:`explore_fraction`)."""
     values = np.asarray(objective, dtype=np.float64)
-    probs = action_probabilities(values, policy, scale)
+    probs = action_probabilities(values, policy, scale, unproven)
     index = draw(probs, fraction)
     return Choice(index=index, greedy=int(np.argmin(values)), probabilities=probs, propensity=float(probs[index]))

@@ -25,6 +25,7 @@ class Salt(enum.StrEnum):
     CORPUS_KEEP = "keep"  # demo corpus: which snippets of a domain are kept under the cap
     EXPLORE = "explore"  # daemon: the exploration policy's draw for one request (keyed by request id and prompt)
     OPE_FOLD = "ope-fold"  # off-policy evaluation: the cross-fitting fold of a logged prompt (by prompt hash)
+    SHADOW = "shadow"  # daemon: which live requests the shadow routers also route (keyed by request id)
 
 
 def stable_fraction(text: str, *, salt: Salt) -> float:

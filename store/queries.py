@@ -86,6 +86,12 @@ REQUEST_DEFAULTS: dict[str, Any] = {"propensity": 1.0, "action_probs": None, "ex
 served by the argmin (propensity 1, no distribution logged). SQLAlchemy's multi-row VALUES takes
 its columns from the first row and silently drops other rows' extra keys (tested: an old row first
 lost the next row's action_probs), so every row carries every one of these keys."""
+def notify_shadows(session: Session, version_id: int) -> None:
+    """Tell every listening daemon that the shadow routers changed (on the activation channel, which
+    makes the daemons re-read both the active version and the shadows)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_notify(:channel, :payload)"),
+                        {"channel": ACTIVATION_CHANNEL, "payload": f"shadow:{version_id}"})
 
 
 def insert_requests(session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
@@ -101,6 +107,16 @@ def insert_requests(session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
         stmt = _insert(session, Request).values(values[start : start + 500])
         session.execute(stmt.on_conflict_do_nothing(index_elements=["id"]))
     return len(values)
+
+
+def insert_shadow_decisions(session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Log shadow routers' decisions in batched INSERTs; one already logged (same request and version) is kept."""
+    from store.schema import ShadowDecision
+
+    for start in range(0, len(rows), 500):
+        stmt = _insert(session, ShadowDecision).values(list(rows[start : start + 500]))
+        session.execute(stmt.on_conflict_do_nothing(index_elements=["request_id", "router_version_id"]))
+    return len(rows)
 
 
 def insert_feedback(session: Session, idempotency_key: str, app: str | None, request_id: str | None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -91,6 +92,18 @@ class Settings(BaseSettings):
     explore: str = DEFAULT_EXPLORE
     explore_margin: float = Field(DEFAULT_MARGIN, ge=0, allow_inf_nan=False)
     explore_opt_out_apps: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Warm-up (router/exploration.py): experts with fewer than explore_warmup_rows loss rows at their
+    # version (a new expert; every expert at a cold start) share explore_warmup_share of the requests,
+    # whatever the router predicts for them, until they have that many. Only while exploration is on.
+    explore_warmup_share: float = Field(0.2, ge=0, le=1)
+    explore_warmup_rows: int = Field(30, ge=0)
+    # Silent regressions of external experts (jobs/regressions.py): checked before each training; a
+    # residual shift this significant and this large (in residual standard deviations, net of the other
+    # experts' shift) bumps the expert's version so its older loss rows stop training the router.
+    regression_check: bool = True
+    regression_min_rows: int = Field(30, ge=5)
+    regression_p_value: float = Field(1e-4, gt=0, lt=1)
+    regression_min_shift: float = Field(0.5, ge=0)
 
     auto_approve: bool = False
     # Promotion gate (issue 9, jobs/promotion_gate.py): the off-policy DR estimate decides when at
@@ -101,6 +114,14 @@ class Settings(BaseSettings):
     # read, and the intervals are percentile bootstraps of this many resamples.
     ope_max_rows: int = Field(20_000, gt=0)
     ope_bootstrap_samples: int = Field(1000, ge=50)
+    # Shadow routers (`thalamus admin shadow ID`): the share of live requests a new shadow routes by
+    # default, and the daemon's bounded queue and batch size for them (a full queue drops, never blocks).
+    shadow_share: float = Field(0.2, gt=0, le=1)
+    shadow_queue_size: int = Field(1000, gt=0)
+    shadow_batch_size: int = Field(8, gt=0)
+    # Added to the shadow thread's nice value (Linux). At 10 no added latency was measurable; at 0 a
+    # share of 1.0 added 40-70 % at p50 on the loaded 2-core dev box (docs/benchmarks.md).
+    shadow_nice: int = Field(10, ge=0, le=19)
     job_timeout_seconds: int = Field(6 * 3600, gt=0)
     # A running job writes a heartbeat this often; one silent for job_lost_after_seconds is marked
     # lost and re-run (at most job_max_attempts attempts in all). See docs/architecture.md, Celery.
@@ -147,7 +168,7 @@ class Settings(BaseSettings):
     @property
     def explore_policy(self) -> ExplorePolicy:
         """The parsed exploration policy (cached by value, so cheap on the request path)."""
-        return parse_policy(self.explore, self.explore_margin)
+        return _explore_policy(self.explore, self.explore_margin, self.explore_warmup_share, self.explore_warmup_rows)
 
     @property
     def db_url(self) -> str:
@@ -201,6 +222,11 @@ def settings_problem(exc: ValidationError) -> str:
             message = f"THALAMUS_{name.upper()}: {message}" if name else message
         sentences.append(message.rstrip("."))
     return "; ".join(sentences) + "."
+
+
+@functools.lru_cache(maxsize=32)
+def _explore_policy(text: str, margin: float, warmup_share: float, warmup_rows: int) -> ExplorePolicy:
+    return dataclasses.replace(parse_policy(text, margin), warmup_share=warmup_share, warmup_rows=warmup_rows)
 
 
 @functools.lru_cache(maxsize=1)

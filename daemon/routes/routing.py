@@ -14,11 +14,12 @@ from typing import Any
 from fastapi import APIRouter, HTTPException
 
 from daemon.auth import PrincipalDep
-from daemon.deps import ExpertsDep, HolderDep, MetricsDep, SettingsDep, WriterDep
+from daemon.deps import ExpertsDep, HolderDep, MetricsDep, SettingsDep, ShadowsDep, WriterDep
 from daemon.holder import Decision, LoadedRouter, RouterHolder
 from daemon.logwriter import RequestLogWriter
 from daemon.metrics import Metrics
 from daemon.schemas import InferRequest, InferResponse, RouteRequest, RouteResponse, error_responses
+from daemon.shadow import ShadowRunner
 from router.exploration import OFF, ExplorePolicy, explore_fraction
 from router.hashing import Salt, stable_fraction
 from store.schema import utcnow
@@ -29,17 +30,17 @@ router = APIRouter()
 
 @router.post("/v1/route", response_model=RouteResponse, responses=error_responses(400, 422, 503))
 def route(body: RouteRequest, settings: SettingsDep, holder: HolderDep, writer: WriterDep,
-          metrics: MetricsDep, principal: PrincipalDep) -> dict[str, Any]:
+          metrics: MetricsDep, shadows: ShadowsDep, principal: PrincipalDep) -> dict[str, Any]:
     """Choose the expert: argmin of predicted loss + Σ λ·constraint, or, when the exploration policy
     explores, a near-best expert; ``propensity`` and ``action_probs`` say with what probability."""
     body.app = principal.app_or(body.app)  # the application id comes from the API key
     routed = _route(settings, holder, metrics, body)
-    return _answer(settings, writer, metrics, body, routed)
+    return _answer(settings, writer, metrics, body, routed, shadows)
 
 
 @router.post("/v1/infer", response_model=InferResponse, responses=error_responses(400, 409, 422, 503))
 def infer(body: InferRequest, settings: SettingsDep, holder: HolderDep, writer: WriterDep, metrics: MetricsDep,
-          experts: ExpertsDep, principal: PrincipalDep) -> dict[str, Any]:
+          experts: ExpertsDep, shadows: ShadowsDep, principal: PrincipalDep) -> dict[str, Any]:
     """Route, then run the chosen local expert (fill-mask or generation)."""
     body.app = principal.app_or(body.app)  # the application id comes from the API key
     from experts.local import LOCAL_KINDS, ExpertError
@@ -57,7 +58,7 @@ def infer(body: InferRequest, settings: SettingsDep, holder: HolderDep, writer: 
             prompt, max_new_tokens=body.max_new_tokens)
     except ExpertError as exc:
         raise HTTPException(422, f"expert {decision.expert!r} cannot answer: {exc}") from None
-    return {**_answer(settings, writer, metrics, body, routed), "output": output}
+    return {**_answer(settings, writer, metrics, body, routed, shadows), "output": output}
 
 
 _Routed = tuple[LoadedRouter, str, str, dict[str, float], Decision, float]
@@ -87,7 +88,7 @@ def _policy(settings: Settings, body: RouteRequest) -> ExplorePolicy:
 
 
 def _answer(settings: Settings, writer: RequestLogWriter, metrics: Metrics, body: RouteRequest,
-            routed: _Routed) -> dict[str, Any]:
+            routed: _Routed, shadows: ShadowRunner) -> dict[str, Any]:
     """Log the decision (asynchronously) and build the response body."""
     loaded, request_id, prompt, lambdas, decision, latency_ms = routed
     sampled = _sampled(prompt, settings.label_share)
@@ -99,6 +100,9 @@ def _answer(settings: Settings, writer: RequestLogWriter, metrics: Metrics, body
         "explored": decision.explored,
     })
     metrics.chosen.labels(decision.expert).inc()
+    # Off the response path (queues or drops). Shadows are compared with the active router's own choice
+    # (its argmin), not with an expert the exploration policy drew instead.
+    shadows.offer(request_id, prompt, lambdas, decision.greedy or decision.expert)
     return {"request_id": request_id, "expert": decision.expert, "predicted_losses": decision.predicted,
             "objective": decision.objective, "router_version": loaded.version_id, "lambdas": lambdas,
             "sampled": sampled, "propensity": decision.propensity, "explored": decision.explored,

@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlalchemy import func, select
 
-from daemon.deps import HolderDep, MetricsDep, ProbeDep, SettingsDep, WriterDep
+from daemon.deps import HolderDep, MetricsDep, ProbeDep, SettingsDep, ShadowsDep, WriterDep
 from daemon.metrics import CONTENT_TYPE_LATEST
 from daemon.schemas import ExpertStatus, HealthResponse, StatusResponse, error_responses
 from store.db import session_scope
@@ -21,7 +21,7 @@ router = APIRouter()
 
 
 @router.get("/v1/status", response_model=StatusResponse, responses=error_responses(503))
-def status(settings: SettingsDep, holder: HolderDep, writer: WriterDep) -> dict[str, Any]:
+def status(settings: SettingsDep, holder: HolderDep, writer: WriterDep, shadows: ShadowsDep) -> dict[str, Any]:
     """What is served, what the database says is active, counts, and the log writer's state."""
     loaded, fallback = holder.current, holder.fallback
     with session_scope(settings) as session:
@@ -59,6 +59,8 @@ def status(settings: SettingsDep, holder: HolderDep, writer: WriterDep) -> dict[
         "default_lambdas": dict(settings.default_lambdas), "label_share": settings.label_share,
         "explore": {**settings.explore_policy.as_dict(), "loss_scale": loaded.loss_scale if loaded else None,
                     "opt_out_apps": list(settings.explore_opt_out_apps)},
+        "shadows": shadows.status(),
+        "shadow_queue": {"depth": shadows.depth, "capacity": shadows.capacity, "last_error": shadows.last_error},
     }
 
 

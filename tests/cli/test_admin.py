@@ -189,7 +189,7 @@ def test_show_is_a_report_with_rounded_numbers_and_json_has_them_all(sqlite_sett
 
     main(["admin", "show", str(candidate), "--json"])
     data = json.loads(capsys.readouterr().out)
-    assert set(data) == {"version", "holdout", "off_policy", "gate"}
+    assert set(data) == {"version", "holdout", "off_policy", "gate", "shadow"} and data["shadow"] is None
     assert data["version"]["metrics"]["candidate"]["routed_loss"] == 0.41234567890123456
     assert data["off_policy"]["difference"]["dr"]["value"] == 0.04123456789012345
     assert data["gate"]["now"]["verdict"] == "worse" and [d["decision"] for d in data["gate"]["decisions"]] == ["refuse"]

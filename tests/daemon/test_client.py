@@ -21,7 +21,7 @@ def test_client_routes_reports_and_administers(settings, bundles) -> None:  # ty
         admin_key = create_key(session, "ops", ["admin"]).key
     with TestClient(fresh_app(settings)) as http:
         app = Client(api_key=app_key, http=http)
-        route = app.route("def add(a, b): return a + b", lambdas={"cost": 1.0})
+        route = app.route("def add(a, b): return a + b", lambdas={"cost": 1.0}, explore=False)
         assert route.expert == "large" and route.router_version == 1
         assert app.feedback(route.request_id, score=0.75).loss == pytest.approx(0.25)
         assert app.feedback(route.request_id, score=0.75).status == "duplicate"

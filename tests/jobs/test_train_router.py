@@ -215,6 +215,16 @@ def test_a_candidate_no_better_than_the_active_router_stays_a_candidate(small_be
     version = _version(small_best, result["version_id"])
     assert (version.status, version.parent_id) == ("candidate", cold)
     assert _activations(small_best) == [(cold, None, "system", "cold start")]
+    # The policy's decision is recorded with its numbers: no logged traffic, so the holdout decided.
+    from store.schema import GateDecision
+
+    with session_scope(small_best) as session:
+        decision = session.scalars(select(GateDecision)).one()
+    assert (decision.router_version_id, decision.active_version_id, decision.decision, decision.basis,
+            decision.actor) == (result["version_id"], cold, "hold", "holdout", "policy")
+    assert decision.numbers["difference"] == {k: metrics["holdout_difference"][k] for k in ("value", "low", "high")}
+    assert decision.numbers["difference"]["high"] >= 0 and metrics["off_policy"]["n_rows"] == 0
+    assert decision.reason.startswith("not auto-approved: holdout routed loss candidate − active on ")
 
 
 def test_a_new_expert_joins_the_parents_head(small_best) -> None:  # type: ignore[no-untyped-def]

@@ -134,3 +134,23 @@ def test_the_draw_is_fixed_by_prompt_and_request_id() -> None:
 def test_draw_never_returns_a_zero_probability_index_at_the_top_end() -> None:
     probs = np.array([0.3, 0.7 - 1e-17, 0.0])
     assert draw(probs, 0.9999999999) == 1 and draw(probs, 0.0) == 0 and draw(probs, 0.3) == 1
+
+
+def test_unproven_experts_share_the_warm_up_whatever_their_objective() -> None:
+    """A new expert (or every expert at a cold start) is tried even outside the margin; the mixture is exact."""
+    from dataclasses import replace
+
+    from router.exploration import action_probabilities, choose, parse_policy
+
+    policy = replace(parse_policy("epsilon:0.1", 0.25), warmup_share=0.2, warmup_rows=30)
+    objective = np.array([0.1, 0.2, 5.0, 9.0])  # 1 within the margin; 2 and 3 far outside it
+    unproven = np.array([False, False, True, True])
+    probs = action_probabilities(objective, policy, 1.0, unproven)
+    assert probs.sum() == pytest.approx(1.0)
+    assert probs[2] == pytest.approx(0.1) and probs[3] == pytest.approx(0.1)  # 0.2 shared by the two
+    assert probs[1] == pytest.approx(0.8 * 0.1) and probs[0] == pytest.approx(0.8 * 0.9)
+    # The argmin in warm-up is not "explored"; no warm-up with the policy off or every expert proven.
+    assert action_probabilities(objective, policy, 1.0, np.array([True, False, False, False]))[2] == 0.0
+    assert action_probabilities(objective, replace(policy, kind="off", value=0.0), 1.0, unproven)[0] == 1.0
+    picks = [choose(objective, policy, u, 1.0, unproven).index for u in np.linspace(0, 0.999, 1000)]
+    assert 0.15 < np.mean(np.isin(picks, [2, 3])) < 0.25

@@ -1,0 +1,267 @@
+"""The loop benchmark's report: windows, promotions, the final held-out score, the targets, a plot.
+
+Scores are ``1 − loss`` (the datasets' own score when they hold scores). "Best single" is the
+expert with the best mean on the pool among those registered at the start, kept fixed (so it
+suffers a degradation like any fixed choice); "best remaining" excludes the scenario's expert.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.loop import LoopRun
+from router.metrics import paired_bootstrap
+
+
+def _fixed(loop: LoopRun, exclude: str | None = None) -> str:
+    """The best single expert on the pool among those registered at the start (minus ``exclude``)."""
+    pool = loop.stream.pool
+    means = np.nanmean(pool.losses, axis=0)
+    names = [n for n in loop.stream.available(0) if n != exclude]
+    return min(names, key=lambda n: float(means[pool.experts.index(n)]))
+
+
+def windows(loop: LoopRun) -> list[dict[str, Any]]:
+    """Per window of ``plan.window`` requests: served, baselines, regret, traffic and exploration shares."""
+    stream, records = loop.stream, loop.records
+    single = _fixed(loop)
+    remaining = _fixed(loop, exclude=stream.event_expert) if stream.scenario == "degraded" else None
+    names = stream.pool.experts
+    out = []
+    for start in range(0, len(stream), loop.plan.window):
+        part = [r for r in records if start <= r.t < start + loop.plan.window]
+        if not part:
+            continue
+        served = np.array([r.loss for r in part])
+        row: dict[str, Any] = {
+            "start": start, "end": start + len(part), "n": len(part),
+            "score": float(1 - served.mean()),
+            "oracle": float(1 - np.mean([r.oracle for r in part])),
+            "best_single": float(1 - np.mean([stream.loss(r.t, single) for r in part])),
+            "regret": float(np.mean([r.loss - r.oracle for r in part])),
+            "explored": float(np.mean([r.explored for r in part])),
+            "share": {n: c / len(part) for n, c in sorted(Counter(r.expert for r in part).items())},
+            "version": part[-1].version,
+        }
+        if remaining is not None:
+            row["best_remaining"] = float(1 - np.mean([stream.loss(r.t, remaining) for r in part]))
+        if loop.offline_choice is not None:
+            chosen = [names[int(loop.offline_choice[int(stream.order[r.t])])] for r in part]
+            row["offline"] = float(1 - np.mean([stream.loss(r.t, c) for r, c in zip(part, chosen, strict=True)]))
+            row["offline_share"] = {n: c / len(part) for n, c in sorted(Counter(chosen).items())}
+        out.append(row)
+    return out
+
+
+def _estimate(off_policy: dict[str, Any] | None) -> dict[str, float] | None:
+    """The candidate's doubly robust estimate of its expected loss, with its 95 % interval."""
+    if not off_policy:
+        return None
+    candidate = off_policy.get("candidate") or {}
+    dr = candidate.get("dr") or {}
+    if "value" not in dr:
+        return None
+    return {"loss": float(dr["value"]), "low": float(dr["low"]), "high": float(dr["high"]),
+            "n": int(off_policy.get("n_rows", candidate.get("n_rows", 0)) or 0)}
+
+
+def promotions(loop: LoopRun) -> list[dict[str, Any]]:
+    """Each promotion: the off-policy estimate the gate used and the loss realised in the next window."""
+    out = []
+    by_t = {r.t: r for r in loop.records}
+    for cycle in loop.cycles:
+        if not cycle.promoted:
+            continue
+        end = cycle.t + loop.plan.window
+        after = [by_t[t] for t in range(cycle.t, end) if t in by_t]
+        before = [by_t[t] for t in range(cycle.t - loop.plan.window, cycle.t) if t in by_t]
+        estimate = _estimate(cycle.off_policy)
+        realised = float(np.mean([r.loss for r in after])) if after else None
+        row: dict[str, Any] = {"t": cycle.t, "version": cycle.version, "estimate": estimate,
+                               "realised_loss": realised,
+                               "previous_window_loss": float(np.mean([r.loss for r in before])) if before else None}
+        if estimate is not None and realised is not None:
+            row["inside"] = estimate["low"] <= realised <= estimate["high"]
+        out.append(row)
+    return out
+
+
+def heldout(loop: LoopRun) -> dict[str, Any]:
+    """The final router on the held-out prompts (never streamed) against best single, offline, oracle."""
+    stream = loop.stream
+    if loop.online_heldout is None:
+        return {}
+    last = len(stream) - 1
+    names = stream.pool.experts
+    rows = range(len(stream.heldout.prompts))
+
+    def losses_of(choice: np.ndarray) -> np.ndarray:
+        return np.array([stream.loss(last, names[int(c)], stream.heldout, i) for i, c in zip(rows, choice,
+                                                                                           strict=True)])
+
+    online = losses_of(loop.online_heldout)
+    available = [names.index(n) for n in stream.available(last)]
+    single = names.index(_fixed(loop))
+    fixed = losses_of(np.full(len(online), single))
+    world = np.array([[stream.loss(last, names[j], stream.heldout, i) if j in available else np.nan
+                       for j in range(len(names))] for i in rows])
+    out: dict[str, Any] = {"n": len(online), "online": float(1 - online.mean()), "best_single": float(1 - fixed.mean()),
+                           "oracle": float(1 - np.nanmin(world, axis=1).mean())}
+    diff = paired_bootstrap(fixed, online, n=2000, seed=0)  # single loss − online loss: > 0 = online better
+    out["online_minus_single"] = {"mean": diff[0], "low": diff[1], "high": diff[2]}
+    if loop.offline_heldout is not None:
+        offline = losses_of(loop.offline_heldout)
+        out["offline"] = float(1 - offline.mean())
+        gain = out["offline"] - out["best_single"]
+        out["gap_captured"] = (out["online"] - out["best_single"]) / gain if gain > 1e-12 else None
+    return out
+
+
+def targets(loop: LoopRun, wins: list[dict[str, Any]], proms: list[dict[str, Any]],
+            final: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The issue's targets that this run can check, each with its numbers and a verdict."""
+    stream, plan = loop.stream, loop.plan
+    out: dict[str, dict[str, Any]] = {}
+    if plan.scenario == "cold" and final.get("gap_captured") is not None:
+        out["cold_at_or_above_best_single"] = {"value": final["online"] - final["best_single"],
+                                               "passed": final["online"] >= final["best_single"]}
+        out["cold_gap_captured_at_least_0.8"] = {"value": final["gap_captured"],
+                                                 "passed": final["gap_captured"] >= 0.8}
+    if plan.scenario == "degraded" and stream.event_at is not None:
+        first = next((c for c in loop.cycles if c.t > stream.event_at and c.version is not None), None)
+        if first is not None:
+            horizon = first.t + plan.cycle
+            after = [r for r in loop.records if first.t <= r.t < horizon]
+            share = float(np.mean([r.expert == stream.event_expert for r in after])) if after else None
+            out["degraded_share_below_10pct_within_one_cycle"] = {
+                "value": share, "window": [first.t, horizon], "passed": share is not None and share < 0.10}
+            tail = [w for w in wins if w["start"] >= horizon]
+            if tail:
+                gap = tail[-1]["best_remaining"] - tail[-1]["score"]
+                out["degraded_score_within_0.01_of_best_remaining"] = {"value": gap, "passed": gap <= 0.01}
+    if plan.scenario == "new-expert" and stream.event_at is not None and loop.offline_choice is not None:
+        start = stream.event_at + 2 * plan.cycle
+        part = [r for r in loop.records if start <= r.t < start + plan.window] or \
+            [r for r in loop.records if r.t >= stream.event_at + plan.cycle]
+        names = stream.pool.experts
+        new = stream.event_expert
+        online = float(np.mean([r.expert == new for r in part])) if part else 0.0
+        offline = float(np.mean([names[int(loop.offline_choice[int(stream.order[r.t])])] == new for r in part])) \
+            if part else 0.0
+        out["new_expert_share_at_least_0.8_of_offline"] = {
+            "value": online / offline if offline > 0 else None, "online_share": online, "offline_share": offline,
+            "passed": offline == 0 or online >= 0.8 * offline}
+    judged = [p for p in proms if "inside" in p]
+    if judged:
+        inside = float(np.mean([p["inside"] for p in judged]))
+        out["gate_intervals_cover_90pct"] = {"value": inside, "n": len(judged), "passed": inside >= 0.9}
+    regressions = [p["realised_loss"] - p["previous_window_loss"] for p in proms
+                   if p["realised_loss"] is not None and p["previous_window_loss"] is not None]
+    if regressions:
+        worst = float(max(regressions))
+        out["no_promotion_worse_by_0.01"] = {"value": worst, "passed": worst <= 0.01}
+    out["zero_failed_requests"] = {"value": len(loop.failures), "passed": not loop.failures}
+    return out
+
+
+def build(loop: LoopRun) -> dict[str, Any]:
+    """The JSON-able report of a run."""
+    from dataclasses import asdict
+
+    wins, proms, final = windows(loop), promotions(loop), heldout(loop)
+    records = loop.records
+    return {
+        "plan": asdict(loop.plan), "scenario": loop.stream.scenario, "experts": loop.stream.pool.experts,
+        "n_pool": len(loop.stream.pool.prompts), "n_heldout": len(loop.stream.heldout.prompts),
+        "event": {"at": loop.stream.event_at, "expert": loop.stream.event_expert},
+        "stream": {"n": len(records), "score": float(1 - np.mean([r.loss for r in records])) if records else None,
+                   "explored": float(np.mean([r.explored for r in records])) if records else None},
+        "windows": wins, "promotions": proms, "heldout": final,
+        "cycles": [asdict(c) for c in loop.cycles], "failures": loop.failures[:20],
+        "targets": targets(loop, wins, proms, final), "seconds": {k: round(v, 1) for k, v in loop.seconds.items()},
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """Plain-text tables for a person."""
+    plan = report["plan"]
+    lines = [f"scenario {report['scenario']} · {plan['feedback']} feedback · {report['stream']['n']} requests · "
+             f"jobs every {plan['cycle']} · seed {plan['seed']} · explore {plan['explore'] or 'product default'}"]
+    if report["event"]["at"] is not None:
+        lines.append(f"event at request {report['event']['at']}: {report['event']['expert']}")
+    has_offline = any("offline" in w for w in report["windows"])
+    has_remaining = any("best_remaining" in w for w in report["windows"])
+    head = "| requests | score | best single |" + (" best remaining |" if has_remaining else "") + \
+        (" offline |" if has_offline else "") + " oracle | regret | explored | top expert (share) | version |"
+    lines += ["", head, "|" + "---|" * (head.count("|") - 1)]
+    for w in report["windows"]:
+        top, share = max(w["share"].items(), key=lambda kv: kv[1])
+        cells = [f"{w['start']}–{w['end']}", f"{w['score']:.3f}", f"{w['best_single']:.3f}"]
+        if has_remaining:
+            cells.append(f"{w.get('best_remaining', float('nan')):.3f}")
+        if has_offline:
+            cells.append(f"{w.get('offline', float('nan')):.3f}")
+        cells += [f"{w['oracle']:.3f}", f"{w['regret']:.3f}", f"{w['explored']:.1%}", f"{top} ({share:.0%})",
+                  str(w["version"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    if report["promotions"]:
+        lines += ["", "| promoted at | version | off-policy loss [95 % CI] | realised next window | inside |",
+                  "|---|---|---|---|---|"]
+        for p in report["promotions"]:
+            e = p["estimate"]
+            est = f"{e['loss']:.3f} [{e['low']:.3f}, {e['high']:.3f}]" if e else "–"
+            real = f"{p['realised_loss']:.3f}" if p["realised_loss"] is not None else "–"
+            lines.append(f"| {p['t']} | {p['version']} | {est} | {real} | {p.get('inside', '–')} |")
+    final = report["heldout"]
+    if final:
+        offline = f" · offline {final['offline']:.4f}" if "offline" in final else ""
+        lines += ["", f"held-out ({final['n']} prompts never streamed): online {final['online']:.4f} · best single "
+                      f"{final['best_single']:.4f}{offline} · oracle {final['oracle']:.4f}"]
+        d = final["online_minus_single"]
+        captured = f" · gap captured {final['gap_captured']:.2f}" if final.get("gap_captured") is not None else ""
+        lines.append(f"online − best single = {d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]{captured}")
+    lines += ["", "| target | value | passed |", "|---|---|---|"]
+    for name, t in report["targets"].items():
+        value = t["value"]
+        lines.append(f"| {name} | {value:.4g} |" if isinstance(value, float) else f"| {name} | {value} |")
+        lines[-1] += f" {'yes' if t['passed'] else 'NO'} |"
+    s = report["seconds"]
+    lines.append("\n" + " · ".join(f"{k} {v:.0f} s" for k, v in s.items()))
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], out: Path) -> None:
+    """Windowed score over the stream with the baselines and the promotion points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    wins = report["windows"]
+    x = [w["end"] for w in wins]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    ax.plot(x, [w["score"] for w in wins], "o-", label="thalamus (online)", color="C0", linewidth=2)
+    ax.plot(x, [w["best_single"] for w in wins], "--", label="best single (fixed)", color="C1")
+    if any("best_remaining" in w for w in wins):
+        ax.plot(x, [w.get("best_remaining") for w in wins], ":", label="best remaining single", color="C4")
+    if any("offline" in w for w in wins):
+        ax.plot(x, [w.get("offline") for w in wins], "-.", label="offline full-information router", color="C2")
+    ax.plot(x, [w["oracle"] for w in wins], ":", label="oracle", color="C3")
+    for p in report["promotions"]:
+        ax.axvline(p["t"], color="grey", alpha=0.4)
+    if report["event"]["at"] is not None:
+        ax.axvline(report["event"]["at"], color="black", linestyle="--", alpha=0.6,
+                   label=f"{report['scenario']}: {report['event']['expert']}")
+    ax.set_xlabel("requests served (grey lines: promotions)")
+    ax.set_ylabel(f"mean score per window of {report['plan']['window']}")
+    ax.set_title(f"thalamus bench loop · {report['scenario']} · {report['plan']['feedback']} feedback")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)

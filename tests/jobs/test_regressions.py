@@ -1,0 +1,100 @@
+"""Silent regressions: a residual change point on one expert bumps its version; prompt drift does not."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from jobs.regressions import change_point, detect, make_stale
+from store.db import session_scope
+from store.queries import ensure_prompts, insert_feedback, insert_requests, upsert_losses
+from store.schema import Expert, ExpertLoss
+
+START = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+
+
+def test_change_point_finds_the_jump() -> None:
+    rng = np.random.default_rng(0)
+    series = np.r_[rng.normal(0.0, 0.1, 120), rng.normal(0.4, 0.1, 80)]
+    k, z = change_point(series, 30)
+    assert abs(k - 120) <= 3 and z > 10
+    assert change_point(series[:50], 30) is None  # too short for 30 rows on each side
+
+
+def _log(settings, rows: list[tuple[str, float, float]], kinds: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    """Requests served in order, each with its feedback: (expert, predicted loss, observed loss)."""
+    with session_scope(settings) as session:
+        for name, kind in kinds.items():
+            session.add(Expert(name=name, kind=kind, uri=None, version=1, attributes={}, status="active"))
+    requests, feedback = [], []
+    for i, (expert, predicted, observed) in enumerate(rows):
+        rid = str(uuid.uuid4())
+        prompt = f"prompt {i}"
+        requests.append({"id": rid, "created_at": START + dt.timedelta(seconds=i), "prompt": prompt, "lambdas": {},
+                         "router_version_id": None, "expert": expert, "predicted_losses": {expert: predicted},
+                         "propensity": 1.0, "sampled": False, "latency_ms": 1.0, "app": None})
+        feedback.append((rid, prompt, expert, observed, START + dt.timedelta(seconds=i, milliseconds=500)))
+    with session_scope(settings) as session:
+        insert_requests(session, requests)
+        for rid, prompt, expert, observed, at in feedback:
+            insert_feedback(session, f"{rid}:{expert}", None, rid,
+                            {"expert": expert, "expert_version": 1, "loss": observed})
+            [key] = ensure_prompts(session, [prompt])
+            upsert_losses(session, [{"prompt_hash": key, "expert": expert, "expert_version": 1, "loss": observed,
+                                     "source": "reported", "created_at": at}])
+
+
+def _stream(rng: np.random.Generator, n: int, expert_shift: float, all_shift: float) -> list[tuple[str, float, float]]:
+    """'big' serves 90 %, 'other' 10 %; from the middle on, big's losses rise by expert_shift and
+    everyone's by all_shift (new kinds of prompts)."""
+    rows = []
+    for i in range(n):
+        expert = "big" if rng.random() < 0.9 else "other"
+        late = i >= n // 2
+        shift = (expert_shift if expert == "big" else 0.0) + all_shift if late else 0.0
+        rows.append((expert, 0.4, float(np.clip(0.4 + shift + rng.normal(0, 0.1), 0, 1))))
+    return rows
+
+
+@pytest.mark.parametrize("backend", ["sqlite_settings", "pg_settings"])
+def test_a_silent_regression_bumps_the_version_and_keeps_the_new_rows(request, backend: str) -> None:  # type: ignore[no-untyped-def]
+    settings = request.getfixturevalue(backend)
+    _log(settings, _stream(np.random.default_rng(1), 600, expert_shift=0.35, all_shift=0.0),
+         {"big": "external", "other": "external"})
+    with session_scope(settings) as session:
+        shifts = detect(session, min_rows=30, p_value=1e-4, min_shift=0.5)
+        assert [s.expert for s in shifts] == ["big"]
+        [shift] = shifts
+        assert shift.after - shift.before == pytest.approx(0.35, abs=0.05)
+        assert abs((shift.at - START).total_seconds() - 300) <= 20  # the change is found where it happened
+        make_stale(session, shifts)
+    with session_scope(settings) as session:
+        big = session.scalars(select(Expert).where(Expert.name == "big")).one()
+        assert big.version == 2
+        rows = session.execute(select(ExpertLoss.expert_version, ExpertLoss.loss)
+                               .where(ExpertLoss.expert == "big")).all()
+        new = [loss for version, loss in rows if version == 2]
+        old = [loss for version, loss in rows if version == 1]
+        assert len(new) + len(old) == len(rows) and len(new) >= 0.4 * len(rows)
+        assert np.mean(new) > np.mean(old) + 0.25  # the rows moved to version 2 are the regressed regime
+        # The residual series restarts at the new version: nothing more to find.
+        assert detect(session, min_rows=30, p_value=1e-4, min_shift=0.5) == []
+        assert session.scalars(select(Expert.version).where(Expert.name == "other")).one() == 1
+
+
+def test_new_kinds_of_prompts_moving_every_expert_are_not_a_regression(sqlite_settings) -> None:  # type: ignore[no-untyped-def]
+    _log(sqlite_settings, _stream(np.random.default_rng(2), 2000, expert_shift=0.0, all_shift=0.3),
+         {"big": "external", "other": "external"})
+    with session_scope(sqlite_settings) as session:
+        assert detect(session, min_rows=30, p_value=1e-4, min_shift=0.5) == []
+
+
+def test_local_experts_are_never_bumped(sqlite_settings) -> None:  # type: ignore[no-untyped-def]
+    _log(sqlite_settings, _stream(np.random.default_rng(3), 600, expert_shift=0.35, all_shift=0.0),
+         {"big": "masked-lm", "other": "external"})
+    with session_scope(sqlite_settings) as session:
+        assert detect(session, min_rows=30, p_value=1e-4, min_shift=0.5) == []
