@@ -174,7 +174,7 @@ def swap(plan: Plan, setup: Setup) -> list[FaultRow]:
         stack.serve()
         first, second = stack.versions
         swaps_before = stack.status()["swaps"]
-        load = SteadyLoad(stack.base, route_bodies(), plan.rate, FEEDBACK_EVERY).start()
+        load = SteadyLoad(stack.base, route_bodies(), plan.rate, FEEDBACK_EVERY, headers=stack.headers).start()
         time.sleep(plan.steady_s)
         latencies = []
         for k in range(2 * plan.swap_cycles):
@@ -215,7 +215,7 @@ def swap(plan: Plan, setup: Setup) -> list[FaultRow]:
 def _database_fault(stack: Stack, proxy: ProxyProcess, plan: Plan, name: str, fault: str, gap: float,
                     log: Callable[[str], None]) -> FaultRow:
     row = FaultRow(name, fault)
-    load = SteadyLoad(stack.base, route_bodies(), plan.rate, FEEDBACK_EVERY).start()
+    load = SteadyLoad(stack.base, route_bodies(), plan.rate, FEEDBACK_EVERY, headers=stack.headers).start()
     time.sleep(plan.steady_s)
     down_at = time.monotonic()
     proxy.kill()
@@ -278,7 +278,7 @@ def worker_kill(plan: Plan, setup: Setup) -> list[FaultRow]:
                    job_lost_after_seconds=4) as stack:
             settings = stack.settings
             stack.serve()
-            load = SteadyLoad(stack.base, route_bodies(), plan.rate, FEEDBACK_EVERY).start()
+            load = SteadyLoad(stack.base, route_bodies(), plan.rate, FEEDBACK_EVERY, headers=stack.headers).start()
             worker_args = ["worker", "--pool", "prefork", "--concurrency", "1"]
             first = stack.spawn(worker_args, "worker-a.log", stack.env())
             if _until(lambda: "ready" in stack.log_tail("worker-a.log", 100_000), 180, 0.2) is None:
@@ -326,7 +326,7 @@ def daemon_kill(plan: Plan, setup: Setup) -> list[FaultRow]:
             daemon = stack.serve(spool=spool)
             recoveries = []
             for _ in range(plan.kills):
-                load = SteadyLoad(stack.base, route_bodies(), plan.rate, FEEDBACK_EVERY).start()
+                load = SteadyLoad(stack.base, route_bodies(), plan.rate, FEEDBACK_EVERY, headers=stack.headers).start()
                 time.sleep(plan.steady_s)
                 killed_at = time.monotonic()
                 kill(daemon)

@@ -42,8 +42,10 @@ class LoadResult:
 
 def open_loop(base_url: str, path: str, bodies: Sequence[dict[str, Any]], rate: float, seconds: float,
               workers: int = 64, timeout: float = 30.0,
-              on_response: Callable[[httpx.Response], None] | None = None) -> LoadResult:
-    """POST ``bodies`` (cycled) to ``base_url + path`` at ``rate`` per second for ``seconds``."""
+              on_response: Callable[[httpx.Response], None] | None = None,
+              headers: dict[str, str] | None = None) -> LoadResult:
+    """POST ``bodies`` (cycled) to ``base_url + path`` at ``rate`` per second for ``seconds``
+    (``headers``: e.g. the API key's ``Authorization``)."""
     local = threading.local()
     lock = threading.Lock()
     latencies: list[float] = []
@@ -54,7 +56,7 @@ def open_loop(base_url: str, path: str, bodies: Sequence[dict[str, Any]], rate: 
         nonlocal errors
         client = getattr(local, "client", None)
         if client is None:
-            client = local.client = httpx.Client(base_url=base_url, timeout=timeout)
+            client = local.client = httpx.Client(base_url=base_url, timeout=timeout, headers=headers)
         try:
             response = client.post(path, json=body)
         except httpx.HTTPError:
@@ -103,8 +105,8 @@ class SteadyLoad:
     """
 
     def __init__(self, base_url: str, bodies: Sequence[dict[str, Any]], rate: float, feedback_every: int = 0,
-                 workers: int = 64, timeout: float = 10.0) -> None:
-        self.base_url, self.bodies, self.rate = base_url, bodies, rate
+                 workers: int = 64, timeout: float = 10.0, headers: dict[str, str] | None = None) -> None:
+        self.base_url, self.bodies, self.rate, self.headers = base_url, bodies, rate, headers
         self.feedback_every, self.workers, self.timeout = feedback_every, workers, timeout
         self.sent: list[Sent] = []
         self._lock = threading.Lock()
@@ -115,7 +117,8 @@ class SteadyLoad:
     def _client(self) -> httpx.Client:
         client = getattr(self._local, "client", None)
         if client is None:
-            client = self._local.client = httpx.Client(base_url=self.base_url, timeout=self.timeout)
+            client = self._local.client = httpx.Client(base_url=self.base_url, timeout=self.timeout,
+                                                       headers=self.headers)
         return client
 
     def _one(self, i: int, scheduled: float) -> None:

@@ -124,8 +124,9 @@ class LoopRun:
 def _loop_settings(base: Settings, home: Path, plan: LoopPlan) -> Settings:
     """The product's settings with a throw-away home (SQLite), the auto-approve gate on, and no
     watcher polling (the benchmark swaps right after each cycle, as a NOTIFY would)."""
+    # Auth off: the app is driven in process (no socket); keys and scopes are not what this measures.
     overrides: dict[str, Any] = {"home": home, "database_url": None, "broker_url": None, "auto_approve": True,
-                                 "swap_poll_seconds": 3600.0}
+                                 "swap_poll_seconds": 3600.0, "auth": False}
     if plan.explore is not None:
         overrides["explore"] = plan.explore
     return Settings(**{**base.model_dump(), **overrides})

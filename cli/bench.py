@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from cli._common import CliError, Group, arg, percent_bar, positive_int, say, unit_share, verb
+from cli._common import CliError, Group, arg, percent_bar, positive_int, print_json, say, unit_share, verb
 from store.settings import Settings
 
 RecipeChoice = Literal["bench", "product"]
@@ -221,6 +221,18 @@ def _show_finetune(report: dict[str, Any]) -> None:
     print(format_report(report))
 
 
+def gateway(settings: Settings, *, rate: float = 20.0, seconds: float = 15.0, rounds: int = 2,
+            backbone: str | None = None, json_out: Path | None = None) -> dict[str, Any]:
+    """The latency the OpenAI-compatible gateway adds over a direct upstream call (p50/p95, open-loop load)."""
+    from benchmarks.gateway_latency import run as run_gateway
+
+    report = run_gateway(rate=rate, seconds=seconds, rounds=rounds, backbone=backbone, log=say)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return report
+
+
 def _show_faults(rows: list[Any]) -> None:
     from benchmarks.faults import table
 
@@ -245,7 +257,8 @@ def _show_written(written: DatasetWritten) -> None:
 
 
 GROUP = Group("bench", "benchmarks (routing quality, the demo dataset, faults under load, bandit training, "
-                       "off-policy intervals, shadow latency, the learning loop, expert fine-tuning)", (
+                       "off-policy intervals, shadow latency, the learning loop, expert fine-tuning, "
+                       "gateway latency)", (
     verb("quality", quality,
          arg("--dataset", type=Path, help="directory with train.*/test.* [+ models.json], or one file"),
          arg("--datasets", type=Path, nargs="+", help="several datasets in one command, with one summary table"),
@@ -329,4 +342,11 @@ GROUP = Group("bench", "benchmarks (routing quality, the demo dataset, faults un
              help="an expert the router sent fewer prompts is reported as skipped (default 10)"),
          arg("--json", dest="json_out", type=Path, help="also write the report here"),
          show=_show_finetune, cli={"progress": True}),
+    verb("gateway", gateway,
+         arg("--rate", type=float, default=20.0, help="requests per second on each path (default 20)"),
+         arg("--seconds", type=float, default=15.0, help="seconds per path and round (default 15)"),
+         arg("--rounds", type=positive_int, default=2),
+         arg("--backbone", default=None, help="the router's encoder directory (default: MiniLM)"),
+         arg("--json", dest="json_out", type=Path, help="also write the report here"),
+         show=print_json, fails=lambda report: any(report[p]["failed"] for p in ("direct", "passthrough", "routed"))),
 ))

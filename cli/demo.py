@@ -40,6 +40,8 @@ def demo_settings(settings: Settings) -> Settings:
         "refresh_interval_minutes": 0.0,
         "train_interval_minutes": 0.0,
         "swap_poll_seconds": 1.0,
+        # The production default: callers need a key, which the demo creates for itself.
+        "auth": True,
     })
 
 
@@ -59,8 +61,8 @@ def _cli(args: Sequence[str], env: dict[str, str]) -> str:
 class Traffic:
     """Sends prompts from a few threads; counts failures and keeps latencies."""
 
-    def __init__(self, base: str, prompts: Sequence[str], threads: int = 4) -> None:
-        self.base, self.prompts, self.threads = base, list(prompts), threads
+    def __init__(self, base: str, prompts: Sequence[str], headers: dict[str, str], threads: int = 4) -> None:
+        self.base, self.prompts, self.threads, self.headers = base, list(prompts), threads, headers
         self.latencies_ms: list[float] = []
         self.server_ms: list[float] = []
         self.failures: list[str] = []
@@ -95,7 +97,7 @@ class Traffic:
         bar = tqdm(total=len(self.prompts), desc="requests", unit="req", file=sys.stderr, disable=not progress)
 
         def worker(chunk: Sequence[str]) -> None:
-            with httpx.Client(timeout=30) as client:
+            with httpx.Client(timeout=30, headers=self.headers) as client:
                 for prompt in chunk:
                     self._send(client, prompt)
                     bar.update(1)
@@ -112,7 +114,7 @@ class Traffic:
         """Keep sending (cycling through the prompts) until ``stop``: load during the swap."""
 
         def worker(offset: int) -> None:
-            with httpx.Client(timeout=30) as client:
+            with httpx.Client(timeout=30, headers=self.headers) as client:
                 index = offset
                 while not self._stop.is_set():
                     self._send(client, self.prompts[index % len(self.prompts)])
@@ -129,8 +131,8 @@ class Traffic:
             thread.join(30)
 
 
-def _active_version(base: str) -> int | None:
-    version = httpx.get(f"{base}/v1/status", timeout=5).json().get("router_version")
+def _active_version(base: str, headers: dict[str, str]) -> int | None:
+    version = httpx.get(f"{base}/v1/status", timeout=5, headers=headers).json().get("router_version")
     return None if version is None else int(version)
 
 
@@ -167,7 +169,7 @@ def _interleaved(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def send_feedback(base: str, served: Sequence[tuple[str, str, str]], experts: Sequence[dict[str, Any]],
-                  threads: int = 4) -> tuple[int, list[str]]:
+                  headers: dict[str, str], threads: int = 4) -> tuple[int, list[str]]:
     """The application's side of the loop: it used the served expert's answer and reports its loss.
 
     The demo application measures that loss as the library scores it (the served expert's loss on
@@ -192,7 +194,7 @@ def send_feedback(base: str, served: Sequence[tuple[str, str, str]], experts: Se
 
     def worker(chunk: Sequence[tuple[str, str, str]]) -> None:
         nonlocal accepted
-        with httpx.Client(timeout=30) as client:
+        with httpx.Client(timeout=30, headers=headers) as client:
             for _, request_id, _ in chunk:
                 try:
                     response = client.post(f"{base}/v1/feedback", json={
@@ -292,6 +294,10 @@ def run_demo(settings: Settings, *, prompts: int = 900, after: int = 300) -> dic
     _say("step 1/8: database schema and demo expert library")
     _cli(["db", "upgrade"], env)
     _cli(["experts", "build-demo"], env)
+    # The daemon authenticates its callers (THALAMUS_AUTH=on by default): the demo makes its own key.
+    api_key = _cli(["admin", "keys", "create", "--app", "demo", "--scope", "route,feedback,admin",
+                    "--rate-limit", "1000/second"], env).strip()
+    headers = {"Authorization": f"Bearer {api_key}"}
     from experts.demo import format_matrix, load_demo_library, specialisation_problems
 
     library = load_demo_library(settings.experts_dir / "demo")
@@ -308,15 +314,15 @@ def run_demo(settings: Settings, *, prompts: int = 900, after: int = 300) -> dic
                                   stderr=subprocess.STDOUT)
     try:
         wait_healthy(base, daemon, timeout=300, poll=0.5)
-        first_version = _active_version(base)
+        first_version = _active_version(base, headers)
         _say(f"daemon healthy, serving router version {first_version}; label share {settings.label_share}")
 
         _say(f"step 3/8: sending {len(traffic_prompts)} prompts through POST /v1/route; "
              "the application reports each served expert's loss with POST /v1/feedback")
-        traffic = Traffic(base, traffic_prompts)
+        traffic = Traffic(base, traffic_prompts, headers)
         traffic.run_all()
         before = _shares(traffic.served, names)
-        accepted, feedback_failures = send_feedback(base, traffic.served, library.experts)
+        accepted, feedback_failures = send_feedback(base, traffic.served, library.experts, headers)
         p50 = statistics.median(traffic.latencies_ms)
         _say(f"sent {traffic.sent}, failed {len(traffic.failures)}, client latency p50 {p50:.1f} ms; "
              f"feedback accepted {accepted}, failed {len(feedback_failures)}; served share {before}")
@@ -343,22 +349,22 @@ def run_demo(settings: Settings, *, prompts: int = 900, after: int = 300) -> dic
             _cli(["admin", "approve", str(candidate), "--actor", "demo"], env)
         swapped = None
         while time.perf_counter() - approved_at < 60:
-            if _active_version(base) == candidate:
+            if _active_version(base, headers) == candidate:
                 swapped = time.perf_counter() - approved_at
                 break
             time.sleep(0.1)
         time.sleep(1.0)
         traffic.stop(loop)
-        promoted = _active_version(base)
+        promoted = _active_version(base, headers)
         _say(f"daemon now serves version {promoted}; swap took {swapped if swapped is None else round(swapped, 2)} s")
 
         _say(f"step 7/8: sending {min(after, len(traffic_prompts))} prompts again to the promoted router")
-        again = Traffic(base, traffic_prompts[:after])
+        again = Traffic(base, traffic_prompts[:after], headers)
         again.run_all()
         after_shares = _shares(again.served, names)
         _say(f"served share {after_shares}")
 
-        status = httpx.get(f"{base}/v1/status", timeout=5).json()
+        status = httpx.get(f"{base}/v1/status", timeout=5, headers=headers).json()
         counts = status.get("counts", {})
         failures = traffic.failures + again.failures + feedback_failures
         report = {

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from cli import admin, bench, db, demo, experts, ingest, jobs, services
+from cli import admin, bench, db, demo, experts, ingest, jobs, keys, services
 from cli._common import CliError, Group, Verb
 from store.settings import get_settings, settings_problem
 
@@ -24,6 +24,8 @@ EXIT_FAILED = 1
 
 GROUPS: tuple[Group, ...] = (services.GROUP, db.GROUP, experts.GROUP, ingest.GROUP, jobs.GROUP, admin.GROUP,
                              demo.GROUP, bench.GROUP)
+SUBGROUPS: dict[str, tuple[Group, ...]] = {"admin": (keys.GROUP,)}
+"""Groups nested in a group: ``thalamus admin keys create``."""
 
 DESCRIPTION = """\
 thalamus is a continual-learning routing daemon: it sends every prompt to the expert model that
@@ -81,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
                                             metavar="COMMAND")
         for verb in group.verbs:
             _add_verb(group_commands, verb)
+        for nested in SUBGROUPS.get(group.name, ()):
+            assert nested.name is not None, "a nested group has a name"
+            inner = group_commands.add_parser(nested.name, help=nested.help, description=nested.help,
+                                              formatter_class=_formatter)
+            inner_commands = inner.add_subparsers(title="commands", dest=f"{group.name}_{nested.name}_command",
+                                                  required=True, metavar="COMMAND")
+            for verb in nested.verbs:
+                _add_verb(inner_commands, verb)
     return parser
 
 

@@ -39,6 +39,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await app.state.gateway.aclose()
         shadows.close()
         holder.stop()
         probe.close()

@@ -50,6 +50,17 @@ class Metrics:
                                         "Shadow routings by outcome (routed and written, dropped on a full queue, "
                                         "failed)", ["outcome"], registry=r)
         self.log_failures = Counter("thalamus_log_batch_failures", "Request log batch writes that failed", registry=r)
+        # API keys, rate limits and the OpenAI-compatible gateway (daemon/auth.py, daemon/gateway.py)
+        self.auth_failures = Counter("thalamus_auth_failures",
+                                     "Requests refused by authentication (401) or authorisation (403), by reason",
+                                     ["reason"], registry=r)
+        self.rate_limited = Counter("thalamus_rate_limited", "Requests refused with 429 by a key's rate limit",
+                                    registry=r)
+        self.upstream = Counter("thalamus_upstream_calls", "Calls to an expert by the gateway, by outcome",
+                                ["expert", "outcome"], registry=r)
+        self.upstream_latency = Histogram("thalamus_upstream_seconds", "Time an expert took to answer the gateway",
+                                          buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+                                          registry=r)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -29,5 +29,8 @@ def openapi_document(app: FastAPI, settings: Settings) -> dict[str, Any]:
             prompt = schema.get("components", {}).get("schemas", {}).get(name, {}).get("properties", {}).get("prompt")
             if prompt is not None:
                 prompt["maxLength"] = settings.max_prompt_chars
+        from daemon.auth import document_open_paths
+
+        document_open_paths(schema, settings)
         app.openapi_schema = schema
     return app.openapi_schema

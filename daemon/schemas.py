@@ -131,8 +131,11 @@ class ErrorResponse(BaseModel):
 
 _ERROR_DESCRIPTIONS = {
     400: "Malformed JSON.",
-    404: "Unknown request id.",
-    409: "The chosen expert cannot run in the daemon.",
+    401: "No API key, or one that is not valid, revoked or expired (``WWW-Authenticate: Bearer``).",
+    403: "The API key lacks the scope this endpoint needs, or the request belongs to another application.",
+    404: "Unknown request id, router version or job.",
+    409: "The chosen expert cannot run in the daemon, or the router version is not in a state that allows it.",
+    429: "The API key's rate limit is exceeded; ``Retry-After`` says when to retry.",
     422: "The request is well-formed JSON but invalid; ``detail`` says why in one sentence.",
     503: "Not ready: no router is loaded yet, or the database is unreachable.",
 }
@@ -140,7 +143,13 @@ _ERROR_DESCRIPTIONS = {
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for these status codes, all with the ErrorResponse body."""
-    return {code: {"model": ErrorResponse, "description": _ERROR_DESCRIPTIONS[code]} for code in codes}
+    responses: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        responses[code] = {"model": ErrorResponse, "description": _ERROR_DESCRIPTIONS[code]}
+        if code == 429:
+            responses[code]["headers"] = {"Retry-After": {"schema": {"type": "integer"},
+                                                          "description": "seconds to wait"}}
+    return responses
 
 
 class HealthResponse(BaseModel):

@@ -70,6 +70,29 @@ def _text(value: Any) -> str:
     return value.strip()
 
 
+def _base_url(value: Any) -> str:
+    from urllib.parse import urlsplit
+
+    text = _text(value).rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"must be an http(s) URL such as https://api.example.com/v1, not {value!r}")
+    if parts.username or parts.password:
+        raise ValueError("must not carry a credential; name it with api_key_env or api_key_file")
+    return text
+
+
+def _env_name(value: Any) -> str:
+    text = _text(value)
+    if not text.replace("_", "").isalnum() or text[0].isdigit():
+        raise ValueError(f"must be the name of an environment variable, not {value!r}")
+    return text
+
+
+CREDENTIAL_NAMES = frozenset({"api_key", "apikey", "key", "token", "secret", "password", "authorization",
+                              "bearer", "access_token"})
+"""Attribute names that would hold a credential in clear: refused (the database is not a secret store)."""
+
 PositiveNumber = Annotated[int | float, PlainValidator(_positive)]
 NonNegativeNumber = Annotated[int | float, PlainValidator(_non_negative)]
 IsoDate = Annotated[str, PlainValidator(_iso_date)]
@@ -87,10 +110,21 @@ class ExpertAttributes(BaseModel):
     release_date: IsoDate | None = None
     license: Text | None = None
     max_loss: PositiveNumber | None = None  # the largest loss accepted for this expert (store/loss_bounds.py)
+    # An OpenAI-compatible endpoint the gateway forwards to (daemon/gateway.py): its base URL, the model name
+    # it knows the expert by (default: the expert's name), where its credential is read from (an environment
+    # variable or a file of the daemon's machine, never the database), and its own timeout.
+    base_url: Annotated[str, PlainValidator(_base_url)] | None = None
+    model: Text | None = None
+    api_key_env: Annotated[str, PlainValidator(_env_name)] | None = None
+    api_key_file: Text | None = None
+    timeout_seconds: PositiveNumber | None = None
 
     @model_validator(mode="after")
     def _plain_json_extras(self) -> ExpertAttributes:
         for key, value in (self.model_extra or {}).items():
+            if key.strip().lower().replace("-", "_") in CREDENTIAL_NAMES:
+                raise ValueError(f"attribute {key} would store a credential in clear; put it in an environment "
+                                 "variable or a file and name that with api_key_env or api_key_file")
             try:
                 json.dumps(value, allow_nan=False)
             except (TypeError, ValueError):

@@ -6,7 +6,8 @@ import contextlib
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -137,6 +138,54 @@ class LocalExpert:
             return token[2:]
         return str(self.tokenizer.decode([token_id])).strip()
 
+    def stream(self, prompt: str, max_new_tokens: int) -> tuple[Iterator[str], Generated]:
+        """Greedy generation as an iterator of text pieces (transformers' ``TextIteratorStreamer``).
+
+        The returned ``Generated`` is complete once the iterator is exhausted. The expert's lock is held
+        from the first ``next`` until the generation thread ends (also when the consumer stops early).
+        """
+        from transformers import GenerationMixin, TextIteratorStreamer
+
+        if self.kind != "causal-lm" or not isinstance(self.model, GenerationMixin):
+            raise ExpertError(f"expert {self.name!r} is a {self.kind} model; only causal-LM experts generate text")
+        if not prompt.strip():
+            raise ExpertError("the prompt is empty")
+        batch = self.tokenizer(prompt, truncation=True, max_length=self._window(), return_tensors="pt")
+        budget = max(1, min(max_new_tokens, self._window()))
+        result = Generated(prompt_tokens=int(batch["input_ids"].shape[1]), max_new_tokens=budget)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+
+        def pieces() -> Iterator[str]:
+            with self._lock:
+                streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+                outputs: list[torch.Tensor] = []
+
+                def run() -> None:
+                    with torch.no_grad():
+                        outputs.append(self.model.generate(  # type: ignore[operator]
+                            **batch, max_new_tokens=budget, do_sample=False, pad_token_id=pad, streamer=streamer))
+
+                thread = threading.Thread(target=run, name=f"generate-{self.name}", daemon=True)
+                thread.start()
+                try:
+                    for piece in streamer:
+                        if piece:
+                            result.text += piece
+                            yield piece
+                finally:
+                    thread.join()
+                if outputs:
+                    result.completion_tokens = int(outputs[0].shape[1] - batch["input_ids"].shape[1])
+
+        return pieces(), result
+
+    def complete(self, prompt: str, max_new_tokens: int) -> Generated:
+        """Greedy generation of up to ``max_new_tokens`` tokens after ``prompt`` (causal-LM only)."""
+        iterator, result = self.stream(prompt, max_new_tokens)
+        for _ in iterator:
+            pass
+        return result
+
     def _generate(self, prompt: str, max_new_tokens: int) -> dict[str, Any]:
         from transformers import GenerationMixin
 
@@ -151,6 +200,32 @@ class LocalExpert:
         new = out[0, batch["input_ids"].shape[1] :]
         return {"kind": "generation", "text": self.tokenizer.decode(new, skip_special_tokens=True),
                 "tokens": int(new.numel())}
+
+
+@dataclass
+class Generated:
+    """What a causal-LM generation produced: its text (filled in as it streams) and token counts."""
+
+    text: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    max_new_tokens: int = 0
+
+    @property
+    def finish_reason(self) -> str:
+        """OpenAI's: ``length`` when the token budget ran out, else ``stop``."""
+        return "length" if self.completion_tokens >= self.max_new_tokens else "stop"
+
+
+def chat_prompt(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Mapping[str, str]]) -> str:
+    """The model's chat template applied to ``messages``, or ``role: content`` lines ending in ``assistant:``."""
+    if getattr(tokenizer, "chat_template", None):
+        rendered = tokenizer.apply_chat_template([dict(m) for m in messages], tokenize=False,
+                                                 add_generation_prompt=True)
+        if isinstance(rendered, str):
+            return rendered
+    lines = [f"{m['role']}: {m['content']}" for m in messages]
+    return "\n".join([*lines, "assistant:"])
 
 
 class ExpertCache:

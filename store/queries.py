@@ -77,7 +77,11 @@ def notify_activation(session: Session, version_id: int) -> None:
                         {"channel": ACTIVATION_CHANNEL, "payload": str(version_id)})
 
 
-REQUEST_DEFAULTS: dict[str, Any] = {"propensity": 1.0, "action_probs": None, "explored": False, "app": None}
+USAGE_COLUMNS = ("prompt_tokens", "completion_tokens", "upstream_ms", "served_by", "attempts")
+"""Columns only gateway requests fill (NULL in other rows)."""
+
+REQUEST_DEFAULTS: dict[str, Any] = {"propensity": 1.0, "action_probs": None, "explored": False, "app": None,
+                                    **dict.fromkeys(USAGE_COLUMNS)}
 """Values for keys a logged row may lack: a row spooled by a daemon older than exploration was
 served by the argmin (propensity 1, no distribution logged). SQLAlchemy's multi-row VALUES takes
 its columns from the first row and silently drops other rows' extra keys (tested: an old row first

@@ -134,6 +134,13 @@ class Request(Base):
     # which were served deterministically (propensity 1).
     action_probs: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     explored: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Requests answered by the OpenAI-compatible gateway: the upstream's token usage, the time the expert
+    # took to answer, which expert answered (``expert`` unless a retry moved it) and how many were tried.
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    upstream_ms: Mapped[float | None] = mapped_column(Float)
+    served_by: Mapped[str | None] = mapped_column(String(200))
+    attempts: Mapped[int | None] = mapped_column(Integer)
 
 
 class ExpertLoss(Base):
@@ -270,3 +277,23 @@ class ExpertActivation(Base):
     actor: Mapped[str] = mapped_column(String(200))
     reason: Mapped[str | None] = mapped_column(Text)
     at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key: shown once, stored as the sha256 of its secret (a 256-bit random token, so no KDF is needed).
+
+    ``key_id`` is the public part of the key (``thk_<key_id>_<secret>``), used to find the row.
+    """
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(32), unique=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    app: Mapped[str] = mapped_column(String(200), index=True)
+    scopes: Mapped[list[Any]] = mapped_column()
+    rate_limit: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

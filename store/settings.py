@@ -80,6 +80,25 @@ class Settings(BaseSettings):
     train_holdout_share: float = Field(0.2, gt=0, lt=1)
     train_seed: int = 0
 
+    # Callers authenticate with API keys (``thalamus admin keys create``); off only for loopback development:
+    # ``thalamus serve`` refuses to start with auth off on a non-loopback host.
+    auth: bool = True
+    metrics_public: bool = True  # /metrics answers without a key (Prometheus scrapers); /healthz always does
+    # A key's state (revoked, expired) is re-read from the database at most this often; during a database
+    # outage the last state read keeps serving, so routing still needs no database.
+    auth_cache_seconds: float = Field(5.0, ge=0)
+    # Per-key limit in the ``limits`` notation ("100/second", "10/second;1000/hour"); "" means none. A key's
+    # own ``rate_limit`` overrides it. Counted per daemon (memory://) unless rate_limit_storage is shared (redis://).
+    rate_limit: str = "100/second"
+    rate_limit_storage: str = "memory://"
+
+    # The OpenAI-compatible gateway: ``model: "thalamus:<preset>"`` uses these λ (named prompt flags such as
+    # ``smallest`` or ``cost=2`` work too); upstream calls time out after upstream_timeout_seconds.
+    model_presets: dict[str, dict[str, float]] = Field(default_factory=dict)
+    upstream_timeout_seconds: float = Field(60.0, gt=0)
+    upstream_connect_seconds: float = Field(5.0, gt=0)
+    max_new_tokens: int = Field(256, gt=0)  # the cap on max_tokens for local causal-LM generation
+
     # Exploration (router/exploration.py): 'off' | 'epsilon:ε' | 'softmax:τ'; only experts whose objective is
     # within margin × the router's loss scale of the best may be served instead of the argmin. Requests of
     # an app in explore_opt_out_apps (comma-separated or a JSON list) never explore, nor do requests with
@@ -148,6 +167,15 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _limits_notation(cls, value: str) -> str:
+        if value.strip():
+            from limits import parse_many
+
+            parse_many(value)  # ValueError: "couldn't parse rate limit string ..."
+        return value.strip()
 
     @field_validator("explore")
     @classmethod

@@ -20,9 +20,15 @@ REDIS_URL = os.environ.get("THALAMUS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"
 
 
 def make_settings(home: Path, **env: str):  # type: ignore[no-untyped-def]
-    """Settings for a test, also exported to the environment so child processes see the same."""
+    """Settings for a test, also exported to the environment so child processes see the same.
+
+    Auth is off (every test daemon listens on loopback) unless the test passes ``auth="on"``: the
+    tests of keys, scopes and rate limits (tests/daemon/test_auth.py, tests/daemon/test_gateway.py)
+    run with the production default.
+    """
     from store.settings import Settings, get_settings
 
+    env = {"auth": "off", **env}
     os.environ["THALAMUS_HOME"] = str(home)
     for key, value in env.items():
         os.environ[f"THALAMUS_{key.upper()}"] = value
@@ -176,3 +182,18 @@ def mini_demo(tmp_path_factory: pytest.TempPathFactory) -> BuiltDemo:
     library = build_demo_library(tmp_path_factory.mktemp("demo") / "lib", seed=0, spec=mini_demo_spec(),
                                  progress=lambda f, m: calls.append((f, m)), verbose=False)
     return BuiltDemo(library, calls)
+
+
+def make_gpt2_expert(path: Path, tokenizer_dir: str, seed: int = 0) -> str:
+    """A tiny random GPT-2 causal-LM (a real local expert that generates text) saved at ``path``."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=32, n_layer=1, n_head=2, n_positions=256,
+                        bos_token_id=None, eos_token_id=None,  # no end token: every answer is non-empty
+                        pad_token_id=tokenizer.pad_token_id)
+    GPT2LMHeadModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)

@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException
 
+from daemon.auth import PrincipalDep
 from daemon.deps import ExpertsDep, HolderDep, MetricsDep, SettingsDep, ShadowsDep, WriterDep
 from daemon.holder import Decision, LoadedRouter, RouterHolder
 from daemon.logwriter import RequestLogWriter
@@ -29,17 +30,19 @@ router = APIRouter()
 
 @router.post("/v1/route", response_model=RouteResponse, responses=error_responses(400, 422, 503))
 def route(body: RouteRequest, settings: SettingsDep, holder: HolderDep, writer: WriterDep,
-          metrics: MetricsDep, shadows: ShadowsDep) -> dict[str, Any]:
+          metrics: MetricsDep, shadows: ShadowsDep, principal: PrincipalDep) -> dict[str, Any]:
     """Choose the expert: argmin of predicted loss + Σ λ·constraint, or, when the exploration policy
     explores, a near-best expert; ``propensity`` and ``action_probs`` say with what probability."""
+    body.app = principal.app_or(body.app)  # the application id comes from the API key
     routed = _route(settings, holder, metrics, body)
     return _answer(settings, writer, metrics, body, routed, shadows)
 
 
 @router.post("/v1/infer", response_model=InferResponse, responses=error_responses(400, 409, 422, 503))
 def infer(body: InferRequest, settings: SettingsDep, holder: HolderDep, writer: WriterDep, metrics: MetricsDep,
-          experts: ExpertsDep, shadows: ShadowsDep) -> dict[str, Any]:
+          experts: ExpertsDep, shadows: ShadowsDep, principal: PrincipalDep) -> dict[str, Any]:
     """Route, then run the chosen local expert (fill-mask or generation)."""
+    body.app = principal.app_or(body.app)  # the application id comes from the API key
     from experts.local import LOCAL_KINDS, ExpertError
 
     routed = _route(settings, holder, metrics, body)

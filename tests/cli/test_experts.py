@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from cli import experts
 from cli.main import main
 
@@ -23,3 +25,29 @@ def test_add_and_list_on_the_command_line(sqlite_settings, capsys) -> None:  # t
     main(["experts", "list"])
     (line,) = capsys.readouterr().out.splitlines()
     assert line.split()[:3] == ["api", "external", "v1"] and '"license": "MIT"' in line
+
+
+def test_usage_reports_and_applies_the_gateways_observations(sqlite_settings, capsys) -> None:  # type: ignore[no-untyped-def]
+    import uuid
+
+    from cli.experts import add, usage
+    from store.db import session_scope
+    from store.queries import expert_by_name, insert_requests
+    from store.schema import utcnow
+
+    add(sqlite_settings, "gpt-up", kind="external", attributes={"base_url": "http://127.0.0.1:9/v1", "cost": 1})
+    rows = [{"id": str(uuid.uuid4()), "created_at": utcnow(), "prompt": f"p{i}", "expert": "gpt-up",
+             "served_by": "gpt-up", "upstream_ms": ms, "prompt_tokens": 10, "completion_tokens": 4 + i % 2,
+             "attempts": 1} for i, ms in enumerate((100.0, 120.0, 80.0, 300.0, 110.0))]
+    rows.append({"id": str(uuid.uuid4()), "created_at": utcnow(), "prompt": "routed only", "expert": "gpt-up"})
+    with session_scope(sqlite_settings) as session:
+        insert_requests(session, rows)
+    (seen,) = usage(sqlite_settings)
+    assert (seen.name, seen.answers, seen.latency_ms_p50, seen.prompt_tokens_mean, seen.applied) == (
+        "gpt-up", 5, 110.0, 10.0, False)
+    assert seen.completion_tokens_mean == pytest.approx(4.4)
+    main(["experts", "usage", "--apply"])
+    assert "gpt-up" in capsys.readouterr().out
+    with session_scope(sqlite_settings) as session:
+        expert = expert_by_name(session, "gpt-up")
+        assert expert.attributes["latency_ms"] == 110.0 and expert.version == 1

@@ -208,3 +208,18 @@ def test_serve_refuses_a_bad_explore_setting_before_starting(seeded, capsys, mon
     get_settings.cache_clear()
     assert code == 2 and err == f"thalamus: error: {sentence}\n" and out == ""
     assert row_counts(seeded) == before
+
+
+def test_serve_refuses_auth_off_on_a_non_loopback_address(sqlite_settings, capsys) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    import pytest
+
+    from cli.main import main
+    from store.settings import get_settings
+
+    os.environ.update({"THALAMUS_AUTH": "off", "THALAMUS_HOST": "0.0.0.0"})  # restored by thalamus_env
+    get_settings.cache_clear()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve"])
+    assert exit_info.value.code == 2 and "loopback-only" in capsys.readouterr().err
