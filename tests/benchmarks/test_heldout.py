@@ -12,16 +12,16 @@ from tests.conftest import BuiltDemo, make_settings
 
 
 def test_summary_and_baselines_on_a_known_matrix() -> None:
-    losses = np.array([[1.0, 3.0], [1.0, 3.0], [4.0, 2.0], [4.0, 2.0]])
-    heldout = HeldOut(["a", "b", "c", "d"], ["big", "small"], losses, np.array([100.0, 10.0]))
+    losses = np.tile([[1.0, 3.0], [1.0, 3.0], [4.0, 1.5], [4.0, 1.5]], (4, 1))
+    heldout = HeldOut([f"p{i}" for i in range(16)], ["big", "small"], losses, np.array([100.0, 10.0]))
     base = baselines(heldout)
-    assert base == {"n_prompts": 4, "best_single_expert": "small", "best_single_loss": 2.5,
-                    "best_single_params": 10, "oracle_loss": 1.5}
-    oracle = routed_summary(heldout, np.array([0, 0, 1, 1]))
-    assert oracle["routed_loss"] == 1.5 and oracle["mean_params"] == 55
+    assert base == {"n_prompts": 16, "best_single_expert": "small", "best_single_loss": 2.25,
+                    "best_single_params": 10, "oracle_loss": 1.25}
+    oracle = routed_summary(heldout, np.tile([0, 0, 1, 1], 4))
+    assert oracle["routed_loss"] == 1.25 and oracle["mean_params"] == 55
     assert oracle["gain_over_best_single"] == 1.0 and oracle["gain_ci95"][0] > 0
     assert oracle["share"] == {"big": 0.5, "small": 0.5}
-    single = routed_summary(heldout, np.array([1, 1, 1, 1]))
+    single = routed_summary(heldout, np.ones(16, dtype=int))
     assert single["gain_over_best_single"] == 0.0 and single["gain_ci95"] == [0.0, 0.0]
 
 
@@ -42,7 +42,7 @@ def test_a_stored_version_routes_the_heldout_prompts_as_the_daemon_would(
 
     prompts = [r["prompt"] for r in library.prompts(split="heldout")][:12]
     heldout = score_heldout(prompts, library.experts)
-    assert heldout.losses.shape == (12, 4) and np.isfinite(heldout.losses).all()
+    assert heldout.losses.shape == (12, 5) and np.isfinite(heldout.losses).all()
     chosen = route_heldout(settings, version, heldout)
     assert (chosen == heldout.column("general-large")).all()
     _, smallest = parse_flags("[Flag: smallest model] x")
