@@ -45,7 +45,7 @@ def infer(body: InferRequest, settings: SettingsDep, holder: HolderDep, writer: 
     body.app = principal.app_or(body.app)  # the application id comes from the API key
     from experts.local import LOCAL_KINDS, ExpertError
 
-    routed = _route(settings, holder, metrics, body)
+    routed = _route(settings, holder, metrics, body, explore=False)
     loaded, _, prompt, _, decision, _ = routed
     info = loaded.expert(decision.expert)
     if info is None or not info.registered:
@@ -67,13 +67,16 @@ _Routed = tuple[LoadedRouter, str, str, dict[str, float], Decision, float]
 and its latency in ms."""
 
 
-def _route(settings: Settings, holder: RouterHolder, metrics: Metrics, body: RouteRequest) -> _Routed:
+def _route(settings: Settings, holder: RouterHolder, metrics: Metrics, body: RouteRequest,
+           explore: bool = True) -> _Routed:
+    """``explore=False`` (``/v1/infer``): the argmin, propensity 1. An explored expert may be external and
+    could not answer here, so inference never explores; its rows still log the (degenerate) distribution."""
     prompt, lambdas = _prompt_and_lambdas(settings, body)
     loaded = holder.current
     if loaded is None:
         raise HTTPException(503, f"no router is loaded yet: {holder.last_error or 'starting up'}")
     request_id = str(uuid.uuid4())  # before the draw: (prompt, request id) fix it, so a replay reproduces it
-    policy = _policy(settings, body)
+    policy = _policy(settings, body) if explore else OFF
     started = time.perf_counter()
     decision = loaded.route(prompt, lambdas, policy, explore_fraction(prompt, request_id) if policy.active else 0.0)
     seconds = time.perf_counter() - started

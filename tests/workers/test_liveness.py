@@ -28,8 +28,9 @@ from workers.dispatch import submit, wait
 pytestmark = pytest.mark.integration
 
 # Long enough to be caught mid-training even on an idle machine, where an epoch of the tiny backbone
-# takes well under 0.1 s (30 epochs once finished between two polls): ~5-15 s of real training.
-SLOW_TRAINING = {"epochs": 150, "patience": 150}
+# takes well under 0.03 s since the head-selection speed-ups (150 epochs once finished in 3.7 s, before
+# the first progress report): ~10-20 s of real training.
+SLOW_TRAINING = {"epochs": 600, "patience": 600}
 WORKER = ["worker", "--pool", "prefork", "--concurrency", "1"]
 
 
