@@ -63,14 +63,22 @@ def feedback(body: FeedbackRequest, settings: SettingsDep, writer: WriterDep, me
 
 
 def _find_request(settings: Settings, writer: RequestLogWriter, request_id: str) -> dict[str, Any] | None:
-    """The logged request, waiting for the log writer if it still holds it."""
-    for attempt in range(2):
-        with session_scope(settings) as session:
-            row = session.get(RequestRow, request_id)
-            if row is not None:
-                return {"expert": row.expert, "prompt_hash": row.prompt_hash, "app": row.app,
-                        "served_by": row.served_by}
-        if attempt == 0 and writer.pending(request_id) is None:
-            return None
+    """The logged request, waiting for the log writer if it still holds it.
+
+    Read, then (if the writer still holds it) flush, then read again: the second read also finds a row
+    the writer committed between the first read and the pending check, which a 404 would have denied.
+    """
+    found = _read_request(settings, request_id)
+    if found is not None:
+        return found
+    if writer.pending(request_id) is not None:
         writer.flush(timeout=10.0)
-    return None
+    return _read_request(settings, request_id)
+
+
+def _read_request(settings: Settings, request_id: str) -> dict[str, Any] | None:
+    with session_scope(settings) as session:
+        row = session.get(RequestRow, request_id)
+        if row is None:
+            return None
+        return {"expert": row.expert, "prompt_hash": row.prompt_hash, "app": row.app, "served_by": row.served_by}
