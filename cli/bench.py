@@ -23,6 +23,13 @@ class DatasetWritten:
     problems: list[str] = dataclasses.field(default_factory=list)  # where it fails the specialisation premise
 
 
+def _write_json(path: Path | None, data: Any, default: Any = None) -> None:
+    """Write a benchmark's report as JSON where ``--json`` asked for it (nothing without a path)."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2, default=default), encoding="utf-8")
+
+
 def quality(settings: Settings, *, dataset: Path | None = None, datasets: list[Path] | None = None,
             json_out: Path | None = None, plot_out: Path | None = None, quick: bool = False, seeds: int = 3,
             recipe: RecipeChoice = "bench", progress: bool = False) -> dict[str, Any]:
@@ -47,9 +54,7 @@ def quality(settings: Settings, *, dataset: Path | None = None, datasets: list[P
     else:
         assert dataset is not None
         report = run(Path(dataset), train_recipe, seeds=seeds, quick=quick, progress=say_)
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    _write_json(json_out, report, default=str)
     if plot_out is not None:
         plot(report, plot_out)
     return report
@@ -83,10 +88,7 @@ def faults(settings: Settings, *, scenarios: str = "swap,outage,worker-kill,daem
     except ValueError as exc:
         raise CliError(str(exc)) from None
     rows = run(names, plan, backbone=backbone, admin_url=admin_url or ADMIN_URL, broker_url=broker_url, log=say)
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps({"plan": dataclasses.asdict(plan), "backbone": backbone,
-                                        "rows": [r.as_dict() for r in rows]}, indent=2), encoding="utf-8")
+    _write_json(json_out, {"plan": dataclasses.asdict(plan), "backbone": backbone, "rows": [r.as_dict() for r in rows]})
     return rows
 
 
@@ -111,9 +113,7 @@ def bandit_training(settings: Settings, *, dataset: Path, quick: bool = False, s
                        ) from None
     report = run(dataset, settings.backbone_path, quick=quick, seeds=seeds, seed_prompts=seed_prompts,
                  policies=names, margin=margin, progress=say if progress else None)
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    _write_json(json_out, report)
     return report
 
 
@@ -128,9 +128,7 @@ def shadow(settings: Settings, *, rate: float = 10.0, seconds: float = 30.0, rou
     if nice is not None and any(not 0 <= n <= 19 for n in nice):
         raise CliError("--nice values must be in 0..19")
     report = run(rate, seconds, rounds, shares or [0.2, 1.0], backbone, admin_url or ADMIN_URL, nice, log=say)
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    _write_json(json_out, report)
     return report
 
 
@@ -184,9 +182,7 @@ def loop(settings: Settings, *, dataset: Path, scenario: str = "cold", feedback:
     except ValueError as exc:
         raise CliError(str(exc)) from None
     report = loop_report.build(run(dataset, plan, settings, say=say if progress else None))
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    _write_json(json_out, report, default=str)
     if plot_out is not None:
         loop_report.plot(report, plot_out)
     return report
@@ -209,9 +205,7 @@ def finetune(settings: Settings, *, traffic: int = 600, heldout: int = 300, epoc
                  library_steps=library_steps, library=library, work=work, experts=experts,
                  min_routed_prompts=min_routed_prompts,
                  progress=(lambda f, m: say(m)) if progress else None)
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    _write_json(json_out, report)
     return report
 
 
@@ -227,9 +221,7 @@ def gateway(settings: Settings, *, rate: float = 20.0, seconds: float = 15.0, ro
     from benchmarks.gateway_latency import run as run_gateway
 
     report = run_gateway(rate=rate, seconds=seconds, rounds=rounds, backbone=backbone, log=say)
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    _write_json(json_out, report)
     return report
 
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from experts.local import ExpertError
+from router.checkpoint import fsync_dir
 from router.layer import pad_token_ids
 
 if TYPE_CHECKING:
@@ -194,16 +195,8 @@ def _fsync_tree(directory: Path) -> None:
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
     for path in sorted((p for p in directory.rglob("*") if p.is_dir()), reverse=True):
-        _fsync_dir(path)
-    _fsync_dir(directory)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(path)
+    fsync_dir(directory)
 
 
 def save_version_dir(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, root: Path,
@@ -233,5 +226,5 @@ def save_version_dir(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
 
         shutil.rmtree(temporary, ignore_errors=True)
         raise
-    _fsync_dir(root)
+    fsync_dir(root)
     return final, digest
