@@ -123,15 +123,16 @@ class LoadedRouter:
         return stacked[:, :n], stacked[:, n:]
 
     def decide(self, predicted: np.ndarray, lambdas: Mapping[str, float], policy: ExplorePolicy = OFF,
-               fraction: float = 0.0) -> Decision:
+               fraction: float = 0.0, spread: np.ndarray | None = None) -> Decision:
         """Choose among the experts for one row of predicted losses, drawing with ``fraction`` ∈ [0, 1)
-        from ``policy`` (see :mod:`router.exploration`); with the policy off this is the argmin."""
+        from ``policy`` (see :mod:`router.exploration`); with the policy off this is the argmin.
+        ``spread`` (the row's calibrated half-widths, NaN where unknown) serves the ``overlap`` scope."""
         from router.constraints import objective
 
         values = objective(predicted, self.constraints, lambdas)
         unproven = (np.array([info.observed < policy.warmup_rows for info in self.experts])
                     if policy.warmup_share > 0 else None)
-        choice = choose(values, policy, fraction, self.loss_scale, unproven)
+        choice = choose(values, policy, fraction, self.loss_scale, unproven, spread)
         names = self.expert_names
         return Decision(index=choice.index, expert=names[choice.index],
                         predicted={n: float(v) for n, v in zip(names, predicted, strict=True)},
@@ -143,7 +144,7 @@ class LoadedRouter:
     def route(self, prompt: str, lambdas: Mapping[str, float], policy: ExplorePolicy = OFF,
               fraction: float = 0.0) -> Decision:
         predicted, spread = self.predict_with_spread([prompt])
-        decision = self.decide(predicted[0], lambdas, policy, fraction)
+        decision = self.decide(predicted[0], lambdas, policy, fraction, spread[0])
         if not np.isfinite(spread[0]).any():
             return decision
         return dataclasses.replace(decision, spread={n: float(v) if np.isfinite(v) else None

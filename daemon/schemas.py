@@ -176,6 +176,7 @@ class ExploreStatus(BaseModel):
     kind: str
     value: float
     margin: float = Field(description="THALAMUS_EXPLORE_MARGIN, in units of the router's loss scale")
+    scope: str = Field("margin", description="THALAMUS_EXPLORE_SCOPE: margin, or overlap (calibrated intervals)")
     loss_scale: float | None = Field(description="the served router's loss scale (mean per-expert loss std)")
     opt_out_apps: list[str]
 class ShadowStatus(BaseModel):

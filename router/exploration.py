@@ -32,6 +32,14 @@ s = 1, so its margin is absolute: wide for scores, which is when exploring matte
 depends on the gaps); and every explored expert has propensity ≥ ε / (E − 1), which bounds the
 importance weights of the off-policy estimators.
 
+**Scope** (``THALAMUS_EXPLORE_SCOPE``): ``margin`` (default) makes every expert within the margin
+eligible on every request. ``overlap`` uses the router's calibrated spreads (router/selection.py:
+the half-width of a nominal 80 % interval per predicted loss) and, within the margin, keeps only
+the experts whose interval ``[o_i − w_i, o_i + w_i]`` overlaps the argmin's: the router explores
+where it cannot tell the experts apart and serves the argmin where it can. An expert without a
+calibrated spread (a router trained without one, or no calibration data for that expert) counts
+as uncertain, so ``overlap`` falls back to ``margin`` for it.
+
 **Determinism**: the draw uses ``u = stable_fraction("request_id:prompt", salt=Salt.EXPLORE)``, so a
 replay of (prompt, request id, objective) reproduces the same choice and propensities.
 """
@@ -49,6 +57,8 @@ import numpy as np
 from router.hashing import Salt, stable_fraction
 
 PolicyKind = Literal["off", "epsilon", "softmax"]
+Scope = Literal["margin", "overlap"]
+SCOPES: tuple[Scope, ...] = ("margin", "overlap")
 
 DEFAULT_EXPLORE = "epsilon:0.05"
 DEFAULT_MARGIN = 0.25
@@ -72,6 +82,7 @@ class ExplorePolicy:
     # than the argmin share ``warmup_share`` of the requests, so the router learns about them.
     warmup_share: float = 0.0
     warmup_rows: int = 0
+    scope: Scope = "margin"  # "overlap": only experts whose calibrated interval overlaps the argmin's
 
     @property
     def active(self) -> bool:
@@ -84,7 +95,8 @@ class ExplorePolicy:
         return "off" if self.kind == "off" else f"{self.kind}:{self.value:g}"
 
     def as_dict(self) -> dict[str, object]:
-        return {"policy": self.spec, "kind": self.kind, "value": self.value, "margin": self.margin}
+        return {"policy": self.spec, "kind": self.kind, "value": self.value, "margin": self.margin,
+                "scope": self.scope}
 
 
 OFF = ExplorePolicy("off", 0.0, 0.0)
@@ -118,16 +130,25 @@ def parse_policy(text: str, margin: float = DEFAULT_MARGIN) -> ExplorePolicy:
     return ExplorePolicy(kind, value, float(margin))  # type: ignore[arg-type]
 
 
+def parse_scope(text: str) -> Scope:
+    """``margin`` | ``overlap``; raises :class:`ExploreError`."""
+    value = str(text).strip().lower()
+    if value not in SCOPES:
+        raise ExploreError(f"THALAMUS_EXPLORE_SCOPE must be 'margin' or 'overlap', got {text!r}")
+    return value
+
+
 def action_probabilities(objective: np.ndarray, policy: ExplorePolicy, scale: float = 1.0,
-                         unproven: np.ndarray | None = None) -> np.ndarray:
+                         unproven: np.ndarray | None = None, spread: np.ndarray | None = None) -> np.ndarray:
     """The policy's distribution over experts, shape of ``objective`` ((E,) or (N, E)); rows sum to 1.
 
     ``scale`` is the router's loss scale ``s`` (margin and τ are in its units). Ties for the best
     objective go to the lower index, like :func:`router.constraints.choose`. ``unproven`` (an (E,)
     bool mask) marks experts in warm-up: the policy's distribution is mixed with a uniform one over
-    the unproven experts other than the argmin, with weight ``policy.warmup_share``.
+    the unproven experts other than the argmin, with weight ``policy.warmup_share``. ``spread`` (the
+    shape of ``objective``, NaN where unknown) is used by the ``overlap`` scope only.
     """
-    probs = _policy_probabilities(objective, policy, scale)
+    probs = _policy_probabilities(objective, policy, scale, spread)
     if unproven is None or not policy.active or policy.warmup_share <= 0:
         return probs
     values = np.asarray(objective, dtype=np.float64)
@@ -141,7 +162,8 @@ def action_probabilities(objective: np.ndarray, policy: ExplorePolicy, scale: fl
     return mixed.reshape(values.shape)
 
 
-def _policy_probabilities(objective: np.ndarray, policy: ExplorePolicy, scale: float) -> np.ndarray:
+def _policy_probabilities(objective: np.ndarray, policy: ExplorePolicy, scale: float,
+                          spread: np.ndarray | None = None) -> np.ndarray:
     values = np.asarray(objective, dtype=np.float64)
     flat = values.reshape(-1, values.shape[-1])
     n, e = flat.shape
@@ -154,6 +176,8 @@ def _policy_probabilities(objective: np.ndarray, policy: ExplorePolicy, scale: f
     s = float(scale) if math.isfinite(scale) and scale > 0 else 1.0
     gap = (flat - flat[rows, greedy][:, None]) / s
     eligible = gap <= policy.margin
+    if policy.scope == "overlap" and spread is not None:
+        eligible &= _overlaps_best(flat, np.asarray(spread, dtype=np.float64).reshape(flat.shape), greedy)
     others = eligible.copy()
     others[rows, greedy] = False
     if policy.kind == "epsilon":
@@ -164,6 +188,17 @@ def _policy_probabilities(objective: np.ndarray, policy: ExplorePolicy, scale: f
         probs = np.where(others, weights / weights.sum(axis=1, keepdims=True), 0.0)
     probs[rows, greedy] = 1.0 - probs.sum(axis=1)
     return probs.reshape(values.shape)
+
+
+def _overlaps_best(values: np.ndarray, spread: np.ndarray, greedy: np.ndarray) -> np.ndarray:
+    """(N, E) True where expert i's interval overlaps the argmin's (unknown spreads count as overlapping)."""
+    rows = np.arange(values.shape[0])
+    known = np.isfinite(spread)
+    width = np.where(known, spread, 0.0)
+    best_known = known[rows, greedy][:, None]
+    best_top = (values[rows, greedy] + width[rows, greedy])[:, None]
+    overlap = values - width <= best_top
+    return overlap | ~known | ~best_known
 
 
 def draw(probabilities: np.ndarray, fraction: float) -> int:
@@ -195,9 +230,9 @@ class Choice:
 
 
 def choose(objective: np.ndarray, policy: ExplorePolicy, fraction: float, scale: float = 1.0,
-           unproven: np.ndarray | None = None) -> Choice:
+           unproven: np.ndarray | None = None, spread: np.ndarray | None = None) -> Choice:
     """Draw one expert for an (E,) objective with the uniform ``fraction`` (see :func:`explore_fraction`)."""
     values = np.asarray(objective, dtype=np.float64)
-    probs = action_probabilities(values, policy, scale, unproven)
+    probs = action_probabilities(values, policy, scale, unproven, spread)
     index = draw(probs, fraction)
     return Choice(index=index, greedy=int(np.argmin(values)), probabilities=probs, propensity=float(probs[index]))

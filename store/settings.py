@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from router.exploration import DEFAULT_EXPLORE, DEFAULT_MARGIN, ExplorePolicy, parse_policy
+from router.exploration import DEFAULT_EXPLORE, DEFAULT_MARGIN, ExplorePolicy, parse_policy, parse_scope
 
 
 def default_backbone() -> str:
@@ -111,6 +111,10 @@ class Settings(BaseSettings):
     # whatever the router predicts for them, until they have that many. Only while exploration is on.
     explore_warmup_share: float = Field(0.2, ge=0, le=1)
     explore_warmup_rows: int = Field(30, ge=0)
+    # 'margin': every expert within the margin is eligible; 'overlap': only those whose calibrated 80 %
+    # interval (the router's spread, router/selection.py) overlaps the argmin's, so the router explores
+    # where it cannot tell the experts apart.
+    explore_scope: str = "margin"
     # Silent regressions of external experts (jobs/regressions.py): checked before each training; a
     # residual shift this significant and this large (in residual standard deviations, net of the other
     # experts' shift) bumps the expert's version so its older loss rows stop training the router.
@@ -182,6 +186,11 @@ class Settings(BaseSettings):
     def _explore_policy(cls, value: str) -> str:
         return parse_policy(value).spec  # raises ExploreError (a ValueError) with one sentence
 
+    @field_validator("explore_scope")
+    @classmethod
+    def _explore_scope(cls, value: str) -> str:
+        return parse_scope(value)  # raises ExploreError (a ValueError) with one sentence
+
     @field_validator("explore_opt_out_apps", mode="before")
     @classmethod
     def _app_list(cls, value: Any) -> Any:
@@ -212,7 +221,8 @@ class Settings(BaseSettings):
     @property
     def explore_policy(self) -> ExplorePolicy:
         """The parsed exploration policy (cached by value, so cheap on the request path)."""
-        return _explore_policy(self.explore, self.explore_margin, self.explore_warmup_share, self.explore_warmup_rows)
+        return _explore_policy(self.explore, self.explore_margin, self.explore_warmup_share, self.explore_warmup_rows,
+                               self.explore_scope)
 
     @property
     def db_url(self) -> str:
@@ -269,8 +279,10 @@ def settings_problem(exc: ValidationError) -> str:
 
 
 @functools.lru_cache(maxsize=32)
-def _explore_policy(text: str, margin: float, warmup_share: float, warmup_rows: int) -> ExplorePolicy:
-    return dataclasses.replace(parse_policy(text, margin), warmup_share=warmup_share, warmup_rows=warmup_rows)
+def _explore_policy(text: str, margin: float, warmup_share: float, warmup_rows: int,
+                    scope: str = "margin") -> ExplorePolicy:
+    return dataclasses.replace(parse_policy(text, margin), warmup_share=warmup_share, warmup_rows=warmup_rows,
+                               scope=parse_scope(scope))
 
 
 @functools.lru_cache(maxsize=1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -14,6 +16,7 @@ from router.exploration import (
     draw,
     explore_fraction,
     parse_policy,
+    parse_scope,
 )
 
 # χ² critical values at α = 0.01 by degrees of freedom (any table of the χ² distribution).
@@ -34,7 +37,7 @@ def test_parse_accepts_the_three_forms() -> None:
     assert parse_policy(" Softmax : 0.2 ") == ExplorePolicy("softmax", 0.2, 0.25)
     assert parse_policy("epsilon:1").spec == "epsilon:1" and parse_policy("epsilon:0").active is False
     assert parse_policy("softmax:0.1").as_dict() == {"policy": "softmax:0.1", "kind": "softmax", "value": 0.1,
-                                                     "margin": 0.25}
+                                                     "margin": 0.25, "scope": "margin"}
 
 
 @pytest.mark.parametrize(("text", "margin", "words"), [
@@ -154,3 +157,42 @@ def test_unproven_experts_share_the_warm_up_whatever_their_objective() -> None:
     assert action_probabilities(objective, replace(policy, kind="off", value=0.0), 1.0, unproven)[0] == 1.0
     picks = [choose(objective, policy, u, 1.0, unproven).index for u in np.linspace(0, 0.999, 1000)]
     assert 0.15 < np.mean(np.isin(picks, [2, 3])) < 0.25
+
+
+def test_overlap_scope_explores_only_where_the_intervals_overlap_the_argmins() -> None:
+    # Objectives 0.0 / 0.1 / 0.2, all within the margin 0.5 (scale 1). Spreads 0.05: the argmin's
+    # interval [−0.05, 0.05] meets expert 1's [0.05, 0.15] at its edge, not expert 2's [0.15, 0.25].
+    objective = np.array([0.0, 0.1, 0.2])
+    policy = ExplorePolicy("epsilon", 0.2, 0.5, scope="overlap")
+    probs = action_probabilities(objective, policy, spread=np.array([0.05, 0.05, 0.05]))
+    assert probs.tolist() == pytest.approx([0.8, 0.2, 0.0])
+    # Narrow intervals: nothing overlaps, so the argmin gets every request (no exploration at all).
+    narrow = action_probabilities(objective, policy, spread=np.array([0.01, 0.01, 0.01]))
+    assert narrow.tolist() == pytest.approx([1.0, 0.0, 0.0])
+    # Wide intervals: every expert within the margin overlaps, as in the margin scope.
+    wide = action_probabilities(objective, policy, spread=np.array([0.2, 0.2, 0.2]))
+    margin_only = action_probabilities(objective, dataclasses.replace(policy, scope="margin"))
+    assert np.allclose(wide, margin_only) and np.allclose(wide, [0.8, 0.1, 0.1])
+    # The margin still bounds the overlap scope: wide intervals do not admit an expert beyond it.
+    far = action_probabilities(np.array([0.0, 0.1, 0.9]), policy, spread=np.array([1.0, 1.0, 1.0]))
+    assert far.tolist() == pytest.approx([0.8, 0.2, 0.0])
+
+
+def test_overlap_scope_treats_an_unknown_spread_as_uncertain() -> None:
+    objective = np.array([[0.0, 0.1, 0.2], [0.0, 0.1, 0.2]])
+    policy = ExplorePolicy("epsilon", 0.2, 0.5, scope="overlap")
+    spread = np.array([[0.01, np.nan, 0.01],  # expert 1 unknown: eligible; expert 2 separated
+                       [np.nan, 0.01, 0.01]])  # the argmin's spread unknown: every expert eligible
+    probs = action_probabilities(objective, policy, spread=spread)
+    assert probs[0].tolist() == pytest.approx([0.8, 0.2, 0.0])
+    assert probs[1].tolist() == pytest.approx([0.8, 0.1, 0.1])
+    # Without any spread the overlap scope is the margin scope.
+    assert np.allclose(action_probabilities(objective, policy), [[0.8, 0.1, 0.1]] * 2)
+    choice = choose(objective[0], policy, 0.9, spread=spread[0])
+    assert (choice.index, choice.propensity, choice.explored) == (1, pytest.approx(0.2), True)
+
+
+def test_parse_scope_accepts_the_two_scopes_and_refuses_others_in_one_sentence() -> None:
+    assert (parse_scope(" Overlap "), parse_scope("margin")) == ("overlap", "margin")
+    with pytest.raises(ExploreError, match=r"^THALAMUS_EXPLORE_SCOPE must be 'margin' or 'overlap', got 'both'$"):
+        parse_scope("both")

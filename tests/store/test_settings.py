@@ -110,12 +110,14 @@ def test_explore_defaults_and_opt_out_apps_from_the_environment(clean_env: pytes
     settings = Settings()
     assert (settings.explore, settings.explore_margin, settings.explore_opt_out_apps) == ("epsilon:0.05", 0.25, [])
     assert settings.explore_policy.as_dict() == {"policy": "epsilon:0.05", "kind": "epsilon", "value": 0.05,
-                                                 "margin": 0.25}
+                                                 "margin": 0.25, "scope": "margin"}
     clean_env.setenv("THALAMUS_EXPLORE", " Softmax:0.20 ")
     clean_env.setenv("THALAMUS_EXPLORE_MARGIN", "0.5")
     clean_env.setenv("THALAMUS_EXPLORE_OPT_OUT_APPS", "batch, billing")
+    clean_env.setenv("THALAMUS_EXPLORE_SCOPE", "overlap")
     settings = Settings()
     assert (settings.explore, settings.explore_policy.margin) == ("softmax:0.2", 0.5)
+    assert settings.explore_policy.scope == "overlap"
     assert settings.explore_opt_out_apps == ["batch", "billing"]
     assert Settings(**{k.removeprefix("THALAMUS_").lower(): v for k, v in settings.as_env().items()
                        if k.startswith("THALAMUS_EXPLORE")}).explore_opt_out_apps == ["batch", "billing"]
@@ -129,6 +131,7 @@ def test_explore_defaults_and_opt_out_apps_from_the_environment(clean_env: pytes
     ("EXPLORE", "epsilon:-0.1", "THALAMUS_EXPLORE epsilon must lie in [0, 1], got -0.1."),
     ("EXPLORE", "softmax:0", "THALAMUS_EXPLORE softmax temperature must be a finite number > 0, got 0."),
     ("EXPLORE_MARGIN", "-1", "THALAMUS_EXPLORE_MARGIN: Input should be greater than or equal to 0."),
+    ("EXPLORE_SCOPE", "both", "THALAMUS_EXPLORE_SCOPE must be 'margin' or 'overlap', got 'both'."),
 ])
 def test_a_bad_explore_setting_fails_with_one_sentence(clean_env: pytest.MonkeyPatch, name: str, value: str,
                                                        sentence: str) -> None:
