@@ -323,10 +323,13 @@ class Gateway:
 
     @staticmethod
     def _take_usage(served: Served, usage: Any) -> None:
+        """The upstream's token counts, kept only when they are counts (they become cost data and an INTEGER column)."""
+        def count(value: Any) -> int | None:
+            return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31 else None
+
         if isinstance(usage, dict):
-            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-            served.prompt_tokens = prompt if isinstance(prompt, int) else None
-            served.completion_tokens = completion if isinstance(completion, int) else None
+            served.prompt_tokens = count(usage.get("prompt_tokens"))
+            served.completion_tokens = count(usage.get("completion_tokens"))
 
     async def _relay(self, response: httpx.Response, served: Served, started: float,
                      strip_usage: bool) -> AsyncIterator[str]:

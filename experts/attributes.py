@@ -110,6 +110,10 @@ class ExpertAttributes(BaseModel):
     release_date: IsoDate | None = None
     license: Text | None = None
     max_loss: PositiveNumber | None = None  # the largest loss accepted for this expert (store/loss_bounds.py)
+    # What an upstream charges per 1000 tokens, in any one currency used for every expert: `thalamus experts
+    # usage --apply` turns them and the observed token counts into ``cost`` (mean cost of an answer).
+    price_per_1k_prompt_tokens: NonNegativeNumber | None = None
+    price_per_1k_completion_tokens: NonNegativeNumber | None = None
     # An OpenAI-compatible endpoint the gateway forwards to (daemon/gateway.py): its base URL, the model name
     # it knows the expert by (default: the expert's name), where its credential is read from (an environment
     # variable or a file of the daemon's machine, never the database), and its own timeout.

@@ -96,3 +96,22 @@ def register_experts(session: Session, specs: Sequence[Mapping[str, Any]]) -> li
         session.flush()  # a repeated name later in ``specs`` finds this row
         experts.append(expert)
     return experts
+
+
+def update_attributes(session: Session, changes: Mapping[str, Mapping[str, Any]]) -> list[Expert]:
+    """Merge measured attributes (``{name: {key: value}}``) into registered experts; all validated first.
+
+    Unlike registration this neither bumps a version (the model is the same) nor reactivates a
+    retired expert. Daemons see the new attributes at their next poll of the active version
+    (``THALAMUS_SWAP_POLL_SECONDS``), which rebuilds the constraint matrix without reloading the router.
+    """
+    merged: dict[str, tuple[Expert, dict[str, Any]]] = {}
+    for name, values in changes.items():
+        expert = expert_by_name(session, name)
+        if expert is None:
+            raise ExpertError(f"expert {name!r} is not registered")
+        merged[name] = (expert, validate_attributes(name, {**(expert.attributes or {}), **values}))
+    for expert, attributes in merged.values():
+        expert.attributes = attributes
+    session.flush()
+    return [expert for expert, _ in merged.values()]

@@ -44,7 +44,7 @@ def test_usage_reports_and_applies_the_gateways_observations(sqlite_settings, ca
         insert_requests(session, rows)
     (seen,) = usage(sqlite_settings)
     assert (seen.name, seen.answers, seen.latency_ms_p50, seen.prompt_tokens_mean, seen.applied) == (
-        "gpt-up", 5, 110.0, 10.0, False)
+        "gpt-up", 5, 110.0, 10.0, ())
     assert seen.completion_tokens_mean == pytest.approx(4.4)
     main(["experts", "usage", "--apply"])
     assert "gpt-up" in capsys.readouterr().out

@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from experts.local import ExpertError
-from experts.registry import register_experts
+from experts.registry import register_experts, update_attributes
 from store.schema import Base, Expert
 
 
@@ -123,3 +123,17 @@ def test_max_loss_attribute_is_typed() -> None:
     for bad in (0, -1, "wide", float("inf")):
         with pytest.raises(ExpertError, match="attribute max_loss must be"):
             validate_attributes("e", {"max_loss": bad})
+
+
+def test_update_attributes_validates_every_change_first_and_keeps_version_and_status(session: Session) -> None:
+    a, b = register_experts(session, [{"name": "a", "kind": "external", "attributes": {"cost": 1}},
+                                      {"name": "b", "kind": "external"}])
+    b.status = "retired"
+    with pytest.raises(ExpertError, match="'b': attribute cost must be a number >= 0"):
+        update_attributes(session, {"a": {"cost": 0.5}, "b": {"cost": -1}})
+    assert a.attributes == {"cost": 1}
+    with pytest.raises(ExpertError, match="'c' is not registered"):
+        update_attributes(session, {"c": {"cost": 1}})
+    update_attributes(session, {"a": {"cost": 0.5, "latency_ms": 20}, "b": {"cost": 2}})
+    assert a.attributes == {"cost": 0.5, "latency_ms": 20} and (a.version, a.status) == (1, "active")
+    assert b.attributes == {"cost": 2} and (b.version, b.status) == (1, "retired")
