@@ -9,6 +9,12 @@ current one are not used. Losses: below 0 is better.
 
 * ``admin approve`` refuses a candidate whose interval lies above 0 (worse) unless forced with a reason.
 * The auto-approve policy promotes only when the interval lies below 0 (better), or when no router is active.
+  One exception: a **stale** active router, trained on expert versions that are no longer served (an
+  expert changed: a detected regression bumped its version, a fine-tuned version was approved, or an
+  expert joined that it cannot route to). Its beliefs describe experts that no longer exist, and the
+  logged rows that could show it (rows at the current versions) are few right after the change, so
+  the burden of proof flips: a candidate trained on the current versions is promoted unless its
+  interval says it is worse.
 
 Every verdict acted on is written to ``gate_decisions`` with its numbers (:func:`record`).
 """
@@ -16,7 +22,7 @@ Every verdict acted on is written to ``gate_decisions`` with its numbers (:func:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,12 +112,33 @@ def verdict(metrics: Mapping[str, Any], active_version: int | None, min_logged_r
     return Verdict(NONE, None, 0, active_version, notes=notes)
 
 
-def policy(v: Verdict) -> tuple[str, str]:
-    """The auto-approve policy: (decision, reason). Promote only on an interval below 0, or with nothing active."""
+def stale_experts(active_trained_on: Mapping[str, int] | None, current: Mapping[str, int]) -> list[str]:
+    """What changed since the active router was trained, e.g. ``["api v1 → v2", "fresh (new)"]``.
+
+    ``active_trained_on`` is its ``metrics["expert_versions"]`` (None for a router trained before they were
+    recorded: never called stale). An expert retired since is not a change the candidate fixes."""
+    if active_trained_on is None:
+        return []
+    changes = []
+    for name, version in sorted(current.items()):
+        before = active_trained_on.get(name)
+        if before is None:
+            changes.append(f"{name} (new)")
+        elif int(before) != int(version):
+            changes.append(f"{name} v{before} → v{version}")
+    return changes
+
+
+def policy(v: Verdict, stale: Sequence[str] = ()) -> tuple[str, str]:
+    """The auto-approve policy: (decision, reason). Promote only on an interval below 0, or with nothing
+    active, or over a stale active router (``stale``: :func:`stale_experts`) unless the interval is above 0."""
     if v.active_version is None:
         return PROMOTE, "auto-approved: no router is active"
     if v.better:
         return PROMOTE, f"auto-approved: {v.describe()} lies below 0"
+    if stale and not v.worse:
+        return PROMOTE, (f"auto-approved: the active router was trained before {', '.join(stale)}, "
+                         f"and {v.describe()} is not above 0")
     return HOLD, f"not auto-approved: {v.describe()} is not below 0"
 
 

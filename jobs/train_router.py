@@ -134,6 +134,8 @@ def train_router(settings: Settings, progress: Progress | None = None, params: d
         "examples_per_second": getattr(history, "examples_per_second", None),
         "best_epoch": getattr(history, "best_epoch", None), "best_single_expert": names[best_single],
         "regressions": shifts,
+        # what the router learnt about: the promotion gate calls it stale once one of these changes
+        "expert_versions": {e.name: int(e.version) for e in experts},
     }
     if getattr(history, "selection", None) is not None:
         metrics["head_selection"] = history.selection
@@ -190,7 +192,9 @@ def _auto_approve(settings: Settings, version_id: int) -> str:
             # feedback no estimator can beat it until a trained router has served (and explored).
             decision, reason = gate.PROMOTE, "auto-approved: the active router is a cold start, trained on no data"
         else:
-            decision, reason = gate.policy(verdict)
+            current = {e.name: int(e.version) for e in active_experts(session)}
+            stale = gate.stale_experts((active.metrics or {}).get("expert_versions") if active else None, current)
+            decision, reason = gate.policy(verdict, stale)
         gate.record(session, version_id, verdict, decision, "policy", reason)
         if decision != gate.PROMOTE:
             return ""

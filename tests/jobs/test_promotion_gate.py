@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.promotion_gate import HOLD, PROMOTE, policy, refusal, verdict
+from jobs.promotion_gate import HOLD, PROMOTE, policy, refusal, stale_experts, verdict
 
 
 def _off(low: float, high: float, n_rows: int = 500, active: int = 1) -> dict:
@@ -54,3 +54,24 @@ def test_the_refusal_is_one_sentence_with_the_numbers() -> None:
                              "active on 40 prompts: +0.0290 [+0.0123, +0.0457], interval above 0), so it was not "
                              "approved; pass --force --reason TEXT to approve it anyway")
     assert v.numbers()["verdict"] == "worse" and v.numbers()["difference"]["low"] == 0.0123
+
+
+def test_stale_experts_names_every_changed_or_new_expert() -> None:
+    assert stale_experts({"api": 1, "small": 2}, {"api": 2, "small": 2, "fresh": 1}) == ["api v1 → v2", "fresh (new)"]
+    assert stale_experts({"api": 1, "gone": 3}, {"api": 1}) == []  # a retired expert is not a change to learn
+    assert stale_experts(None, {"api": 5}) == []  # trained before versions were recorded: never called stale
+
+
+@pytest.mark.parametrize(("metrics", "decision"), [
+    ({}, PROMOTE),  # no estimate at all: the stale active router has no claim to keep traffic
+    ({"off_policy": _off(-0.05, 0.01)}, PROMOTE),  # undecided
+    ({"off_policy": _off(-0.05, -0.01)}, PROMOTE),  # better: promoted for that reason
+    ({"off_policy": _off(0.01, 0.05)}, HOLD),  # worse by its interval: never promoted
+])
+def test_over_a_stale_active_router_the_candidate_is_promoted_unless_worse(metrics: dict, decision: str) -> None:
+    v = verdict(metrics, active_version=1, min_logged_rows=200)
+    assert policy(v, ["api v1 → v2"])[0] == decision
+    assert policy(v)[0] == (PROMOTE if v.better else HOLD)  # the same verdict over a current active router
+    if decision == PROMOTE and not v.better:
+        assert policy(v, ["api v1 → v2"])[1].startswith("auto-approved: the active router was trained before "
+                                                        "api v1 → v2, and ")

@@ -222,6 +222,41 @@ def test_a_candidate_over_a_cold_start_is_promoted_even_when_the_holdout_says_no
                                              "auto-approved: the active router is a cold start, trained on no data")
 
 
+def test_a_candidate_over_an_active_router_trained_before_an_expert_changed_is_promoted(small_best) -> None:  # type: ignore[no-untyped-def]
+    """The active router (trained, not a cold start) learnt ``small`` at version 1; the expert changed
+    (version 2, as a detected regression or an approved fine-tune leaves it); its rows at version 2 are
+    as good as before, so the holdout cannot tell the candidate from the active router (difference 0).
+    Over a current active router that holds the candidate; over a stale one the policy promotes it:
+    the active router's beliefs describe an expert version that no longer exists."""
+    from jobs.train_router import train_router
+    from store.schema import GateDecision
+
+    settings = small_best.model_copy(update={"auto_approve": True})
+    first = train_router(settings)
+    assert first["auto_approved"] is True and first["metrics"]["expert_versions"] == {"big": 1, "small": 1}
+    with session_scope(settings) as session:
+        session.scalars(select(Expert).where(Expert.name == "small")).one().version = 2
+        upsert_losses(session, [{"prompt_hash": h, "expert": "small", "expert_version": 2, "source": "reported",
+                                 "loss": 0.1} for h in ensure_prompts(session, SMALL_BEST)])
+    second = train_router(settings)
+    assert second["metrics"]["holdout_difference"]["high"] >= 0  # undecided (or worse) on its own
+    assert second["metrics"]["expert_versions"] == {"big": 1, "small": 2}
+    assert second["auto_approved"] is True
+    assert _version(settings, second["version_id"]).status == "active"
+    reason = _activations(settings)[-1][3]
+    assert reason is not None and reason.startswith("auto-approved: the active router was trained before small v1 → v2")
+    with session_scope(settings) as session:
+        decision = session.scalars(select(GateDecision).order_by(GateDecision.id.desc())).first()
+        assert decision is not None and (decision.decision, decision.reason) == ("promote", reason)
+    # Nothing changed since: a third candidate, again no better, faces the ordinary rule and stays a candidate.
+    third = train_router(settings)
+    assert third["metrics"]["holdout_difference"]["high"] >= 0
+    assert (third["auto_approved"], _version(settings, third["version_id"]).status) == (False, "candidate")
+    with session_scope(settings) as session:
+        held = session.scalars(select(GateDecision).where(GateDecision.router_version_id == third["version_id"])).one()
+        assert held.decision == "hold" and held.reason.startswith("not auto-approved: ")
+
+
 def test_a_new_expert_joins_the_parents_head(small_best) -> None:  # type: ignore[no-untyped-def]
     """Training after ``experts add``: the active router (two experts) is evaluated on its own columns
     (it used to crash the job on a shape mismatch) and the candidate's head grows a row."""
