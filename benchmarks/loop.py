@@ -57,6 +57,10 @@ class LoopPlan:
     explore: str | None = None  # THALAMUS_EXPLORE for the run; None keeps the settings' (the product default)
     offline: bool = True  # train the offline full-information router baseline
     heldout_share: float = 0.2
+    # The production job with the encoder frozen (THALAMUS_TRAIN_LORA_R=0, one epoch: the head is still
+    # selected by CV): ~50× cheaper per training on a CPU, and LoRA did not measurably help routing on
+    # dcrouter (docs/benchmarks.md). On with ``--quick``; otherwise the settings' recipe (LoRA by default).
+    frozen_encoder: bool = False
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -73,7 +77,8 @@ class LoopPlan:
         """``--quick`` defaults filled in (600 requests, cycles of 150, windows of 75)."""
         if not self.quick:
             return self
-        return replace(self, requests=self.requests or 600, cycle=min(self.cycle, 150), window=min(self.window, 75))
+        return replace(self, requests=self.requests or 600, cycle=min(self.cycle, 150), window=min(self.window, 75),
+                       frozen_encoder=True)
 
 
 @dataclass
@@ -129,6 +134,8 @@ def _loop_settings(base: Settings, home: Path, plan: LoopPlan) -> Settings:
                                  "swap_poll_seconds": 3600.0, "auth": False}
     if plan.explore is not None:
         overrides["explore"] = plan.explore
+    if plan.frozen_encoder:
+        overrides.update(train_lora_r=0, train_epochs=1)
     return Settings(**{**base.model_dump(), **overrides})
 
 
