@@ -92,6 +92,7 @@ class Record:
     explored: bool
     propensity: float
     version: int
+    greedy_loss: float = float("nan")  # loss of the router's argmin on this request (what "off" would serve)
 
 
 @dataclass
@@ -312,9 +313,11 @@ def _serve(client: Any, stream: Stream, t: int, feedback: str, failures: list[st
         reply = client.post("/v1/feedback", json=payload)
         if reply.status_code != 202:
             failures.append(f"t={t} feedback HTTP {reply.status_code}: {reply.text[:200]}")
+    objective = body.get("objective") or {expert: 0.0}
+    greedy = min(objective, key=objective.__getitem__)  # ties: the first in head order, as the daemon breaks them
     return Record(t=t, expert=expert, loss=float(losses[names.index(expert)]), oracle=float(np.nanmin(losses)),
                   explored=bool(body.get("explored", False)), propensity=float(body.get("propensity", 1.0)),
-                  version=int(body["router_version"]))
+                  version=int(body["router_version"]), greedy_loss=float(losses[names.index(greedy)]))
 
 
 def plan_dict(plan: LoopPlan) -> dict[str, Any]:

@@ -165,8 +165,24 @@ def targets(loop: LoopRun, wins: list[dict[str, Any]], proms: list[dict[str, Any
     if regressions:
         worst = float(max(regressions))
         out["no_promotion_worse_by_0.01"] = {"value": worst, "passed": worst <= 0.01}
+    cost = exploration_cost(loop)
+    if cost is not None and cost["explored"] > 0:
+        out["exploration_costs_at_most_0.01"] = {"value": cost["cost"], "passed": cost["cost"] <= 0.01}
     out["zero_failed_requests"] = {"value": len(loop.failures), "passed": not loop.failures}
     return out
+
+
+def exploration_cost(loop: LoopRun) -> dict[str, Any] | None:
+    """What exploring cost on this very stream: mean (served loss − the router's argmin's loss) over every
+    request, with a 95 % bootstrap interval. The same router, requests and feedback, so unlike a second
+    run with exploration off it carries no training noise; it does not count what exploring taught."""
+    pairs = [(r.loss, r.greedy_loss) for r in loop.records if np.isfinite(r.greedy_loss)]
+    if not pairs:
+        return None
+    served, greedy = (np.array(x) for x in zip(*pairs, strict=True))
+    mean, low, high = paired_bootstrap(served, greedy, n=2000, seed=0)
+    return {"n": len(pairs), "explored": float(np.mean([r.explored for r in loop.records])),
+            "cost": float(mean), "low": float(low), "high": float(high)}
 
 
 def build(loop: LoopRun) -> dict[str, Any]:
@@ -180,7 +196,8 @@ def build(loop: LoopRun) -> dict[str, Any]:
         "n_pool": len(loop.stream.pool.prompts), "n_heldout": len(loop.stream.heldout.prompts),
         "event": {"at": loop.stream.event_at, "expert": loop.stream.event_expert},
         "stream": {"n": len(records), "score": float(1 - np.mean([r.loss for r in records])) if records else None,
-                   "explored": float(np.mean([r.explored for r in records])) if records else None},
+                   "explored": float(np.mean([r.explored for r in records])) if records else None,
+                   "exploration_cost": exploration_cost(loop)},
         "windows": wins, "promotions": proms, "heldout": final,
         "cycles": [asdict(c) for c in loop.cycles], "failures": loop.failures[:20],
         "targets": targets(loop, wins, proms, final), "seconds": {k: round(v, 1) for k, v in loop.seconds.items()},
@@ -226,6 +243,10 @@ def format_report(report: dict[str, Any]) -> str:
         d = final["online_minus_single"]
         captured = f" · gap captured {final['gap_captured']:.2f}" if final.get("gap_captured") is not None else ""
         lines.append(f"online − best single = {d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]{captured}")
+    cost = report["stream"].get("exploration_cost")
+    if cost:
+        lines.append(f"exploration: {cost['explored']:.1%} of requests explored; cost in score against the argmin on "
+                     f"the same requests {cost['cost']:+.4f} [{cost['low']:+.4f}, {cost['high']:+.4f}]")
     lines += ["", "| target | value | passed |", "|---|---|---|"]
     for name, t in report["targets"].items():
         value = t["value"]

@@ -56,5 +56,11 @@ def test_a_degraded_expert_loses_its_traffic_within_one_cycle_of_the_first_train
     last = report["windows"][-1]
     assert last["score"] >= last["best_remaining"] - 0.05, last  # back near the best remaining expert
     assert targets["zero_failed_requests"]["passed"]
+    # Exploration's cost on the same requests: the argmin's loss is the served one unless it explored.
+    assert all(r.greedy_loss == r.loss for r in loop.records if not r.explored)
+    assert any(r.greedy_loss != r.loss for r in loop.records if r.explored)
+    cost = report["stream"]["exploration_cost"]
+    manual = float(np.mean([r.loss - r.greedy_loss for r in loop.records]))
+    assert cost["n"] == 600 and cost["cost"] == pytest.approx(manual) and cost["low"] <= manual <= cost["high"]
     text = loop_report.format_report(report)
     assert "degraded_share_below_10pct_within_one_cycle" in text
