@@ -15,6 +15,13 @@ regression (or an improvement) when
   the *other* experts' residuals (a control: new kinds of prompts move every expert's residuals;
   a regression moves one).
 
+Residuals are only compared when the **same router version** predicted them: a hot-swap changes the
+predictions (a cold start's constants become a trained router's estimates), which moves every
+residual without any expert changing. So the series of an expert is its rows at its current
+version predicted by the router that predicted its newest row, and the control uses the other
+experts' rows of that router too. (Found by ``bench loop --scenario cold``: every swap away from
+the cold start was read as a "regression" of the experts it had mispredicted.)
+
 A detected shift bumps the expert's version, exactly as re-registering a changed expert does: its
 older loss rows become stale, the next training sees only the new regime, and the residual series
 restarts (so the same shift is never found twice). Local experts are skipped: their weights are
@@ -82,20 +89,24 @@ def change_point(residuals: np.ndarray, min_rows: int) -> tuple[int, float] | No
     return best
 
 
-def _series(session: Session) -> dict[str, list[tuple[dt.datetime, float, int]]]:
-    """{expert: [(served at, residual, expert version), ...]} in serving order, from feedback joined to requests."""
+Row = tuple[dt.datetime, float, int, int | None]
+"""(served at, residual, expert version, router version that predicted it)."""
+
+
+def _series(session: Session) -> dict[str, list[Row]]:
+    """{expert: [row, ...]} in serving order, from feedback joined to requests."""
     rows = session.execute(
-        select(Feedback.payload, RequestRow.created_at, RequestRow.predicted_losses)
+        select(Feedback.payload, RequestRow.created_at, RequestRow.predicted_losses, RequestRow.router_version_id)
         .join(RequestRow, RequestRow.id == Feedback.request_id)
         .order_by(Feedback.id.desc()).limit(MAX_ROWS)
     ).all()
-    series: dict[str, list[tuple[dt.datetime, float, int]]] = defaultdict(list)
-    for payload, served_at, predicted in rows:
+    series: dict[str, list[Row]] = defaultdict(list)
+    for payload, served_at, predicted, router_version in rows:
         name, loss, version = payload.get("expert"), payload.get("loss"), payload.get("expert_version")
         guess = (predicted or {}).get(name)
         if name is None or loss is None or version is None or guess is None:
             continue
-        series[name].append((_aware(served_at), float(loss) - float(guess), int(version)))
+        series[name].append((_aware(served_at), float(loss) - float(guess), int(version), router_version))
     for values in series.values():
         values.sort(key=lambda item: item[0])
     return series
@@ -105,11 +116,14 @@ def _aware(moment: dt.datetime) -> dt.datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
 
 
-def _control_shift(series: dict[str, list[tuple[dt.datetime, float, int]]], expert: str, at: dt.datetime,
+def _control_shift(series: dict[str, list[Row]], expert: str, at: dt.datetime, router_version: int | None,
                    min_rows: int) -> float:
-    """Mean residual after ``at`` minus before, over every other expert's rows; 0 when too few to tell."""
-    before = [r for name, rows in series.items() if name != expert for t, r, _ in rows if t < at]
-    after = [r for name, rows in series.items() if name != expert for t, r, _ in rows if t >= at]
+    """Mean residual after ``at`` minus before, over every other expert's rows predicted by the same
+    router version; 0 when too few to tell."""
+    others = [(t, r) for name, rows in series.items() if name != expert
+              for t, r, _, predictor in rows if predictor == router_version]
+    before = [r for t, r in others if t < at]
+    after = [r for t, r in others if t >= at]
     if len(before) < min_rows or len(after) < min_rows:
         return 0.0
     return float(np.mean(after) - np.mean(before))
@@ -124,7 +138,11 @@ def detect(session: Session, *, min_rows: int, p_value: float, min_shift: float)
         expert = experts.get(name)
         if expert is None or expert.kind != "external":
             continue
-        current = [(t, r) for t, r, version in rows if version == expert.version]
+        at_version = [row for row in rows if row[2] == expert.version]
+        if not at_version:
+            continue
+        predictor = at_version[-1][3]  # the router that predicted the newest row
+        current = [(t, r) for t, r, _, by in at_version if by == predictor]
         residuals = np.array([r for _, r in current])
         split = change_point(residuals, min_rows)
         if split is None:
@@ -133,7 +151,7 @@ def detect(session: Session, *, min_rows: int, p_value: float, min_shift: float)
         p = math.erfc(abs(z) / math.sqrt(2.0))
         before, after = float(residuals[:k].mean()), float(residuals[k:].mean())
         at = current[k][0]
-        control = _control_shift(series, name, at, min_rows)
+        control = _control_shift(series, name, at, predictor, min_rows)
         scale = float(residuals[:k].std(ddof=1)) or 1e-12
         if p < p_value and abs((after - before) - control) >= min_shift * scale:
             found.append(Shift(name, int(expert.version), at, k, len(residuals) - k, before, after, control, z, p))

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from jobs.regressions import change_point, detect, make_stale
 from store.db import session_scope
 from store.queries import ensure_prompts, insert_feedback, insert_requests, upsert_losses
-from store.schema import Expert, ExpertLoss
+from store.schema import Expert, ExpertLoss, RouterVersion
 
 START = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 
@@ -25,17 +25,22 @@ def test_change_point_finds_the_jump() -> None:
     assert change_point(series[:50], 30) is None  # too short for 30 rows on each side
 
 
-def _log(settings, rows: list[tuple[str, float, float]], kinds: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
-    """Requests served in order, each with its feedback: (expert, predicted loss, observed loss)."""
+def _log(settings, rows: list[tuple[str, float, float]], kinds: dict[str, str],  # type: ignore[no-untyped-def]
+         routers: list[int | None] | None = None) -> None:
+    """Requests served in order, each with its feedback: (expert, predicted loss, observed loss);
+    ``routers`` names the router version that served each request (default: none recorded)."""
     with session_scope(settings) as session:
         for name, kind in kinds.items():
             session.add(Expert(name=name, kind=kind, uri=None, version=1, attributes={}, status="active"))
+        for version_id in sorted({r for r in routers or [] if r is not None}):
+            session.add(RouterVersion(id=version_id, base_encoder="x", checkpoint_uri="x", checkpoint_sha256="0" * 64,
+                                      expert_order=list(kinds)))
     requests, feedback = [], []
     for i, (expert, predicted, observed) in enumerate(rows):
         rid = str(uuid.uuid4())
         prompt = f"prompt {i}"
         requests.append({"id": rid, "created_at": START + dt.timedelta(seconds=i), "prompt": prompt, "lambdas": {},
-                         "router_version_id": None, "expert": expert, "predicted_losses": {expert: predicted},
+                         "router_version_id": routers[i] if routers else None, "expert": expert, "predicted_losses": {expert: predicted},
                          "propensity": 1.0, "sampled": False, "latency_ms": 1.0, "app": None})
         feedback.append((rid, prompt, expert, observed, START + dt.timedelta(seconds=i, milliseconds=500)))
     with session_scope(settings) as session:
@@ -98,3 +103,24 @@ def test_local_experts_are_never_bumped(sqlite_settings) -> None:  # type: ignor
          {"big": "masked-lm", "other": "external"})
     with session_scope(sqlite_settings) as session:
         assert detect(session, min_rows=30, p_value=1e-4, min_shift=0.5) == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite_settings", "pg_settings"])
+def test_a_router_swap_that_changes_the_predictions_is_not_a_regression(request, backend: str) -> None:  # type: ignore[no-untyped-def]
+    """A cold start predicts 0.9 for 'big'; the trained router that replaces it at request 300 predicts
+    0.4. big's observed losses never change, yet its residual drops by 0.5: what changed is the
+    predictor, so nothing is detected. A real change under one router still is (the test above)."""
+    settings = request.getfixturevalue(backend)
+    rng = np.random.default_rng(4)
+    rows = []
+    for i in range(600):
+        expert = "big" if rng.random() < 0.9 else "other"
+        predicted = 0.9 if i < 300 and expert == "big" else 0.4
+        rows.append((expert, predicted, float(np.clip(0.4 + rng.normal(0, 0.1), 0, 1))))
+    _log(settings, rows, {"big": "external", "other": "external"}, routers=[1 if i < 300 else 2 for i in range(600)])
+    with session_scope(settings) as session:
+        assert detect(session, min_rows=30, p_value=1e-4, min_shift=0.5) == []
+    # The same residual series without router versions (as if one router had predicted both halves)
+    # is the jump the detector exists for: the router version is what tells the two apart.
+    found = change_point(np.array([observed - predicted for name, predicted, observed in rows if name == "big"]), 30)
+    assert found is not None and found[1] > 10
