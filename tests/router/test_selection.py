@@ -149,3 +149,18 @@ def test_intervals_overlap_compares_the_top_two_experts() -> None:
     predicted = np.array([[0.1, 0.5, 0.9], [0.3, 0.35, 0.9], [0.2, 0.25, 0.1]])
     spread = np.array([[0.1, 0.1, 0.1], [0.1, 0.1, 0.1], [np.nan, np.nan, np.nan]])
     assert intervals_overlap(predicted, spread).tolist() == [False, True, False]
+
+
+def test_difficulty_shared_by_every_head_does_not_let_a_worse_simple_head_through() -> None:
+    """The clustered world plus a per-prompt offset common to every expert (some prompts are hard for
+    all): routing is unchanged, but fold means now vary so much that ridge, 0.19 behind the neighbour
+    head, lies within one fold standard error of it (Breiman's rule would take it). The paired rule
+    compares the heads on the same rows, where the offset cancels, and keeps the neighbour head."""
+    x, y, _ = clustered_world(900, seed=0)
+    offset = np.random.RandomState(5).normal(0, 8.0, size=(900, 1))
+    selection = select_head(x, y + offset, SelectionConfig(pool_layers=(1,), neighbors=(5, 10, 30), **FAST))
+    assert selection.chosen.family == "neighbour", selection.table[:5]
+    best = selection.table[0]
+    ridge = min((r for r in selection.table if r["family"] == "ridge"), key=lambda r: r["mean"])
+    assert ridge["vs_best"] < best["se"]  # inside one fold s.e.: the old rule would have chosen ridge
+    assert ridge["vs_best"] > 2 * ridge["vs_best_se"]  # far outside two paired s.e.
