@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     # Exploration (router/exploration.py): 'off' | 'epsilon:ε' | 'softmax:τ'; only experts whose objective is
     # within margin × the router's loss scale of the best may be served instead of the argmin. Requests of
     # an app in explore_opt_out_apps (comma-separated or a JSON list) never explore, nor do requests with
-    # "explore": false. The default epsilon:0.05 / 0.25 is provisional until the loop benchmark measures it.
+    # "explore": false. The default epsilon:0.1 / 0.25 was chosen in the loop benchmark (router/exploration.py).
     explore: str = DEFAULT_EXPLORE
     explore_margin: float = Field(DEFAULT_MARGIN, ge=0, allow_inf_nan=False)
     explore_opt_out_apps: Annotated[list[str], NoDecode] = Field(default_factory=list)

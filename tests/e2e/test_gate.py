@@ -7,7 +7,7 @@ approves the trained one (that verb in-process).
 
 The active router predicts coder 0.50 and writer 0.55 everywhere, so it serves coder, except for requests
 that ask for small models (λ size=1), which go to writer whatever the topic, and the product's default
-exploration (epsilon:0.05) sends about 5 % of requests to the other one: a logging policy that observes
+exploration (epsilon:0.1) sends about 10 % of requests to the other one: a logging policy that observes
 both experts on both topics, with exact propensities.
 """
 
@@ -74,11 +74,11 @@ def test_traffic_feedback_train_evaluate_and_the_gate(gate_settings, tmp_path: P
                 return answer.json()
 
             served = list(pool.map(route, range(len(prompts))))
-            # The product's exploration policy (epsilon:0.05, warm-up 0.2) is on: some requests explore, and every
+            # The product's exploration policy (epsilon:0.1, warm-up 0.2) is on: some requests explore, and every
             # logged propensity is the served expert's probability under the distribution served.
             assert {a["router_version"] for a in served} == {first}
             assert all(a["propensity"] == a["action_probs"][a["expert"]] for a in served)
-            # ε = 0.05, plus the warm-up: no expert has 30 loss rows yet, so the other one gets 0.2 more.
+            # ε = 0.1, plus the warm-up: no expert has 30 loss rows yet, so the other one gets 0.2 more.
             assert 0 < sum(a["explored"] for a in served) < 120
             greedy = {(a["expert"], bool(a["lambdas"])) for a in served if not a["explored"]}
             assert greedy == {("coder", False), ("writer", True)}

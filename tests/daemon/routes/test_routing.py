@@ -131,15 +131,15 @@ def _explore_client(settings, **update) -> TestClient:  # type: ignore[no-untype
 
 
 def test_exploration_on_by_default_logs_the_policys_distribution(client: TestClient, served: int) -> None:
-    """The production default (epsilon:0.05, margin 0.25, warm-up 0.2); with λ_cost = 1 bundle A's objective
+    """The production default (epsilon:0.1, margin 0.25, warm-up 0.2); with λ_cost = 1 bundle A's objective
     is large 0.3 < small 0.51 < api 1.1, so small (gap 0.21 loss-scale units) is eligible and api is not,
     but no expert has a loss row yet: small and api are in warm-up and share 0.2 of the requests."""
     from router.exploration import action_probabilities, draw, explore_fraction
 
     settings = client.app.state.settings
-    assert (settings.explore, settings.explore_margin) == ("epsilon:0.05", 0.25)
+    assert (settings.explore, settings.explore_margin) == ("epsilon:0.1", 0.25)
     assert client.get("/v1/status").json()["explore"] == {
-        "policy": "epsilon:0.05", "kind": "epsilon", "value": 0.05, "margin": 0.25, "scope": "margin", "loss_scale": 1.0,
+        "policy": "epsilon:0.1", "kind": "epsilon", "value": 0.1, "margin": 0.25, "scope": "margin", "loss_scale": 1.0,
         "opt_out_apps": []}
     policy, names = settings.explore_policy, list(EXPERTS)
     assert (policy.warmup_share, policy.warmup_rows) == (0.2, 30)
@@ -151,7 +151,7 @@ def test_exploration_on_by_default_logs_the_policys_distribution(client: TestCli
         assert body["action_probs"] == pytest.approx(dict(zip(names, probs, strict=True)))
         assert sum(body["action_probs"].values()) == pytest.approx(1.0)
         assert body["action_probs"]["api"] == pytest.approx(0.1), "outside the margin: only its warm-up share"
-        assert body["action_probs"]["small"] == pytest.approx(0.8 * 0.05 + 0.1)
+        assert body["action_probs"]["small"] == pytest.approx(0.8 * 0.1 + 0.1)
         assert body["propensity"] == body["action_probs"][body["expert"]]
         assert body["explored"] == (body["expert"] != "large")
         # Replay: the same (prompt, request id) draws the same expert.
