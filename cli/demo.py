@@ -310,7 +310,7 @@ def finetune_report(name: str, outcome: dict[str, Any], wall_seconds: float) -> 
     metrics, training = result["metrics"], result.get("training", {})
     own = _change(metrics.get("own"))
     return {**report, "version": result["version"], "parent_version": result["parent_version"],
-            "version_status": result["status"], "auto_approved": bool(result.get("auto_approved")),
+            "auto_approved": bool(result.get("auto_approved")),
             "routed_prompts": metrics["n_train"] + (own["n"] if own else 0), "trained_on": metrics["n_train"],
             "method": training.get("method"), "epochs": training.get("epochs"),
             "train_seconds": metrics.get("train_seconds"),
