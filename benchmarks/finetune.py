@@ -128,8 +128,8 @@ def run(settings: Settings, *, traffic: int = 600, heldout: int = 300, epochs: i
     upgrade(bench)
     with session_scope(bench) as session:
         register_experts(session, lib.experts)
-    traffic_rows = lib.prompts(split="traffic")[:traffic]
-    held = lib.prompts(split="heldout")[:heldout]
+    traffic_rows = balanced(lib.prompts(split="traffic"))[:traffic]
+    held = balanced(lib.prompts(split="heldout"))[:heldout]
     traffic_prompts, held_prompts = [r["prompt"] for r in traffic_rows], [r["prompt"] for r in held]
 
     say(0.05, f"scoring {len(traffic_prompts)} traffic prompts and training the first router")
@@ -213,6 +213,16 @@ def run(settings: Settings, *, traffic: int = 600, heldout: int = 300, epochs: i
         "wall_seconds": round(time.perf_counter() - started, 1),
         "work": str(work),
     }
+
+
+def balanced(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows taken round-robin across domains, so any prefix is balanced (the library lists its
+    prompts domain by domain: a plain prefix of 600 traffic prompts held no legal prompt at all)."""
+    by_domain: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_domain.setdefault(str(row["domain"]), []).append(row)
+    columns = [by_domain[d] for d in sorted(by_domain)]
+    return [c[i] for i in range(max(map(len, columns), default=0)) for c in columns if i < len(c)]
 
 
 def _chosen(which: str, local: Sequence[str], largest: str) -> list[str]:

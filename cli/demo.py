@@ -6,10 +6,12 @@ worker on the SQLite broker + in-process scheduler) on the embedded default with
 settings (label share, and whatever exploration and promotion gate they configure), sends demo
 traffic as an application would (route, use the expert, report its loss with ``POST /v1/feedback``),
 refreshes losses, trains a candidate, promotes it (the gate's own verdict when it gives one, else
-the admin CLI) while traffic keeps flowing, waits for the hot swap, sends traffic again and writes a
-report: the held-out routed loss of the first and the promoted router beside the best single
-expert and the oracle (``benchmarks.heldout``), the traffic share per expert before and after, and
-what ``[Flag: smallest model]`` costs.
+the admin CLI) while traffic keeps flowing, waits for the hot swap, sends traffic again, fine-tunes
+the small expert the router sent the most prompts (the ``finetune_expert`` job on the worker; approved
+by the auto-approve policy or the admin CLI) and writes a report: the held-out routed loss of the
+first and the promoted router beside the best single expert and the oracle (``benchmarks.heldout``),
+the traffic share per expert before and after, what ``[Flag: smallest model]`` costs, and the
+fine-tuned expert's loss before and after on its own and on the other experts' held-out routed prompts.
 """
 
 from __future__ import annotations
@@ -49,11 +51,11 @@ def _say(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
 
-def _cli(args: Sequence[str], env: dict[str, str]) -> str:
+def _cli(args: Sequence[str], env: dict[str, str], exit_ok: tuple[int, ...] = (0,)) -> str:
     """Run a ``thalamus`` verb as a user would; its progress goes to our stderr, its stdout is returned."""
     command = [sys.executable, "-m", "cli", *args]
     done = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True, check=False)
-    if done.returncode != 0:
+    if done.returncode not in exit_ok:
         raise RuntimeError(f"`thalamus {' '.join(args)}` exited with {done.returncode}")
     return done.stdout
 
@@ -276,6 +278,103 @@ def _print_heldout(report: dict[str, Any]) -> None:
         print(f"  {'promoted + smallest flag':24} {flagged['routed_loss']:10.4f} {flagged['mean_params']:12,}")
 
 
+def finetune_target(served: Sequence[tuple[str, str, str]],
+                    experts: Sequence[dict[str, Any]]) -> tuple[str | None, dict[str, int]]:
+    """The small local expert (every local one but the largest, as ``bench finetune`` chooses) the
+    router sent the most distinct prompts, and each small one's count; None when it sent them none."""
+    local = [e for e in experts if e.get("kind", "masked-lm") in ("masked-lm", "causal-lm")]
+    if not local:
+        return None, {}
+    largest = max(local, key=lambda e: float((e.get("attributes") or {}).get("params") or 0))["name"]
+    counts = {e["name"]: len({p for p, _, x in served if x == e["name"]}) for e in local if e["name"] != largest}
+    best = max(sorted(counts), key=counts.__getitem__, default=None)  # ties: the first name
+    return (best if best is not None and counts[best] > 0 else None), counts
+
+
+def _change(numbers: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A version metric (``jobs.finetune_expert._interval``) as the report shows it."""
+    if not numbers:
+        return None
+    return {"n": numbers["n"], "before": round(numbers["before"], 4), "after": round(numbers["after"], 4),
+            "after_minus_before": round(numbers["diff"], 4),
+            "ci95": [round(numbers["ci_low"], 4), round(numbers["ci_high"], 4)]}
+
+
+def finetune_report(name: str, outcome: dict[str, Any], wall_seconds: float) -> dict[str, Any]:
+    """The report's ``finetune`` section from ``thalamus jobs run finetune_expert``'s JSON outcome."""
+    report: dict[str, Any] = {"expert": name, "job_run": outcome.get("run"), "status": outcome.get("status"),
+                              "wall_seconds": round(wall_seconds, 2)}
+    result = outcome.get("result") or {}
+    if outcome.get("status") != "succeeded":
+        return {**report, "reason": outcome.get("error") or result.get("message")}
+    metrics, training = result["metrics"], result.get("training", {})
+    own = _change(metrics.get("own"))
+    return {**report, "version": result["version"], "parent_version": result["parent_version"],
+            "auto_approved": bool(result.get("auto_approved")),
+            "routed_prompts": metrics["n_train"] + (own["n"] if own else 0), "trained_on": metrics["n_train"],
+            "method": training.get("method"), "epochs": training.get("epochs"),
+            "train_seconds": metrics.get("train_seconds"),
+            "own_heldout": own, "other_experts_heldout": _change(metrics.get("other"))}
+
+
+def _served_expert_version(base: str, headers: dict[str, str], prompt: str, name: str) -> int | None:
+    """The expert version that answers ``prompt`` on ``POST /v1/infer`` when the router sends it to ``name``."""
+    try:
+        response = httpx.post(f"{base}/v1/infer", json={"prompt": prompt, "app": "demo", "max_new_tokens": 1},
+                              timeout=30, headers=headers)
+    except httpx.HTTPError:
+        return None
+    body = response.json() if response.status_code == 200 else {}
+    version = body.get("expert_version")
+    return int(version) if body.get("expert") == name and version is not None else None
+
+
+def run_finetune(env: dict[str, str], base: str, headers: dict[str, str], name: str, probe: str) -> dict[str, Any]:
+    """Fine-tune ``name`` with the production job on the worker, approve it (the auto-approve policy's
+    verdict when it gave one, else the admin CLI), then wait until ``POST /v1/infer`` of ``probe``
+    (a prompt the router sends to ``name``) is answered by the new version."""
+    started = time.perf_counter()
+    # exit 1: the run failed; its outcome (with the error) is still the JSON on stdout
+    outcome = json.loads(_cli(["jobs", "run", "finetune_expert", "--param", f"expert={name}"], env, exit_ok=(0, 1)))
+    report = finetune_report(name, outcome, time.perf_counter() - started)
+    if report["status"] != "succeeded":
+        return report
+    version = report["version"]
+    if report["auto_approved"]:
+        report["approved_by"] = "policy"
+    else:
+        _cli(["admin", "expert-approve", name, str(version), "--actor", "demo",
+              "--reason", "demo: fine-tuned on its routed prompts"], env)
+        report["approved_by"] = "admin expert-approve"
+    approved_at = time.perf_counter()
+    served = _served_expert_version(base, headers, probe, name)
+    while served != version and time.perf_counter() - approved_at < 30:
+        time.sleep(0.2)
+        served = _served_expert_version(base, headers, probe, name)
+    report["served_version"] = served
+    report["swap_seconds"] = round(time.perf_counter() - approved_at, 2)
+    return report
+
+
+def _print_finetune(report: dict[str, Any]) -> None:
+    if report.get("status") != "succeeded":
+        print(f"  {'expert fine-tune':26} {report.get('expert') or '-'}: {report.get('status')} "
+              f"({report.get('reason')})")
+        return
+    print(f"  {'expert fine-tune':26} {report['expert']} v{report['parent_version']} → v{report['version']} "
+          f"({report['method']}, {report['epochs']} epochs; approved by {report['approved_by']}, "
+          f"served v{report['served_version']} after {report['swap_seconds']} s)")
+    print(f"  {'':26} {report['routed_prompts']} distinct routed prompts, {report['trained_on']} trained on; "
+          f"{report['wall_seconds']} s wall ({report['train_seconds']} s training)")
+    print(f"  {'':26} {'held-out prompts':28} {'n':>4} {'before':>8} {'after':>8}   after − before [95 % CI]")
+    for label, key in (("its own routed", "own_heldout"), ("the other experts' routed", "other_experts_heldout")):
+        row = report.get(key)
+        if row:
+            low, high = row["ci95"]
+            print(f"  {'':26} {label:28} {row['n']:4} {row['before']:8.4f} {row['after']:8.4f}   "
+                  f"{row['after_minus_before']:+.4f} [{low:+.4f}, {high:+.4f}]")
+
+
 def run_demo(settings: Settings, *, prompts: int = 900, after: int = 300) -> dict[str, Any]:
     """Drive the whole loop once on the embedded default: traffic with feedback, training, promotion
     under load, hot swap, traffic again, and a held-out report.
@@ -291,7 +390,7 @@ def run_demo(settings: Settings, *, prompts: int = 900, after: int = 300) -> dic
     settings.ensure_home()
     base = f"http://{settings.host}:{settings.port}"
 
-    _say("step 1/8: database schema and demo expert library")
+    _say("step 1/9: database schema and demo expert library")
     _cli(["db", "upgrade"], env)
     _cli(["experts", "build-demo"], env)
     # The daemon authenticates its callers (THALAMUS_AUTH=on by default): the demo makes its own key.
@@ -308,7 +407,7 @@ def run_demo(settings: Settings, *, prompts: int = 900, after: int = 300) -> dic
     names = [e["name"] for e in library.experts]
     traffic_prompts = _interleaved(library.prompts(split="traffic"))[:prompts]
 
-    _say(f"step 2/8: starting daemon + worker + scheduler (log: {settings.home / 'daemon.log'})")
+    _say(f"step 2/9: starting daemon + worker + scheduler (log: {settings.home / 'daemon.log'})")
     with open(settings.home / "daemon.log", "ab") as log:  # the child keeps its own copy of the handle
         daemon = subprocess.Popen([sys.executable, "-m", "cli", "up"], env=env, stdout=log,
                                   stderr=subprocess.STDOUT)
@@ -317,7 +416,7 @@ def run_demo(settings: Settings, *, prompts: int = 900, after: int = 300) -> dic
         first_version = _active_version(base, headers)
         _say(f"daemon healthy, serving router version {first_version}; label share {settings.label_share}")
 
-        _say(f"step 3/8: sending {len(traffic_prompts)} prompts through POST /v1/route; "
+        _say(f"step 3/9: sending {len(traffic_prompts)} prompts through POST /v1/route; "
              "the application reports each served expert's loss with POST /v1/feedback")
         traffic = Traffic(base, traffic_prompts, headers)
         traffic.run_all()
@@ -328,11 +427,11 @@ def run_demo(settings: Settings, *, prompts: int = 900, after: int = 300) -> dic
              f"feedback accepted {accepted}, failed {len(feedback_failures)}; served share {before}")
         time.sleep(2 * settings.log_flush_seconds + 1)  # let the async writer flush
 
-        _say("step 4/8: refreshing the loss table on the worker (losses of the sampled prompts)")
+        _say("step 4/9: refreshing the loss table on the worker (losses of the sampled prompts)")
         refresh = json.loads(_cli(["jobs", "run", "refresh_losses"], env))
         _say(f"loss rows written: {refresh['result']['rows_written']}")
 
-        _say("step 5/8: training a candidate router on the worker (LoRA)")
+        _say("step 5/9: training a candidate router on the worker (LoRA)")
         train = json.loads(_cli(["jobs", "run", "train_router"], env))
         result = train["result"]
         candidate = result["version_id"]
@@ -343,9 +442,9 @@ def run_demo(settings: Settings, *, prompts: int = 900, after: int = 300) -> dic
         time.sleep(1.0)
         approved_at = time.perf_counter()
         if result.get("auto_approved"):  # HOOK: the promotion gate (settings) promoted it itself
-            _say(f"step 6/8: the promotion gate approved version {candidate}; waiting for the swap under traffic")
+            _say(f"step 6/9: the promotion gate approved version {candidate}; waiting for the swap under traffic")
         else:
-            _say(f"step 6/8: approving version {candidate} with the admin CLI under live traffic")
+            _say(f"step 6/9: approving version {candidate} with the admin CLI under live traffic")
             _cli(["admin", "approve", str(candidate), "--actor", "demo"], env)
         swapped = None
         while time.perf_counter() - approved_at < 60:
@@ -358,11 +457,27 @@ def run_demo(settings: Settings, *, prompts: int = 900, after: int = 300) -> dic
         promoted = _active_version(base, headers)
         _say(f"daemon now serves version {promoted}; swap took {swapped if swapped is None else round(swapped, 2)} s")
 
-        _say(f"step 7/8: sending {min(after, len(traffic_prompts))} prompts again to the promoted router")
+        _say(f"step 7/9: sending {min(after, len(traffic_prompts))} prompts again to the promoted router")
         again = Traffic(base, traffic_prompts[:after], headers)
         again.run_all()
         after_shares = _shares(again.served, names)
         _say(f"served share {after_shares}")
+
+        served = traffic.served + again.served
+        target, routed = finetune_target(served, library.experts)
+        if target is None:
+            _say(f"step 8/9: no small expert received traffic ({routed}); no fine-tune")
+            finetune: dict[str, Any] = {"expert": None, "status": "skipped",
+                                        "reason": "the router sent no prompt to a small expert"}
+        else:
+            _say(f"step 8/9: fine-tuning {target} (distinct routed prompts per small expert: {routed}) "
+                 "with the finetune_expert job on the worker")
+            time.sleep(2 * settings.log_flush_seconds + 1)  # the job reads the request log: let the writer flush
+            probe = next(p for p, _, expert in reversed(served) if expert == target)
+            finetune = run_finetune(env, base, headers, target, probe)
+            _say(f"fine-tune: {finetune['status']}"
+                 + (f", {target} now serves version {finetune['served_version']}" if "served_version" in finetune
+                    else f" ({finetune.get('reason')})"))
 
         status = httpx.get(f"{base}/v1/status", timeout=5, headers=headers).json()
         counts = status.get("counts", {})
@@ -387,9 +502,10 @@ def run_demo(settings: Settings, *, prompts: int = 900, after: int = 300) -> dic
             "candidate_metrics": result["metrics"].get("candidate"),
             "active_metrics": result["metrics"].get("active"),
             "traffic_share": {"before": before, "after": after_shares},
+            "finetune": finetune,
         }
     finally:
-        _say("step 8/8: stopping the daemon; scoring the held-out prompts")
+        _say("step 9/9: stopping the daemon; scoring the held-out prompts")
         stop_process(daemon, timeout=30)
     report["heldout"] = heldout_report(settings, library, first_version, promoted)
     report["library_quality"] = library.quality
@@ -406,15 +522,20 @@ def run_demo(settings: Settings, *, prompts: int = 900, after: int = 300) -> dic
     for name in names:
         print(f"  {'':26} {name:16} {before.get(name, 0):8.3f} {after_shares.get(name, 0):8.3f}")
     _print_heldout(report["heldout"])
+    _print_finetune(report["finetune"])
     return report
 
 
 def _failed(report: dict[str, Any]) -> bool:
-    """A request failed, the daemon did not end up serving the approved candidate, or the promoted
-    router's held-out gain over the best single expert is not above 0 at 95 % confidence."""
+    """A request failed, the daemon did not end up serving the approved candidate, the promoted
+    router's held-out gain over the best single expert is not above 0 at 95 % confidence, or the
+    expert fine-tune failed or its approved version was not served (a skip is reported, not failed)."""
     promoted = report.get("heldout", {}).get("promoted")
+    finetune = report.get("finetune") or {}
+    finetune_failed = finetune.get("status") not in (None, "succeeded", "skipped") or (
+        finetune.get("status") == "succeeded" and finetune.get("served_version") != finetune.get("version"))
     return bool(report["failed_requests"] != 0 or report["active_version_after_swap"] != report["candidate_version"]
-                or promoted is None or promoted["gain_ci95"][0] <= 0)
+                or promoted is None or promoted["gain_ci95"][0] <= 0 or finetune_failed)
 
 
 GROUP = Group(None, "demo", (

@@ -7,8 +7,15 @@ from typing import Any
 
 import pytest
 
-from benchmarks.finetune import format_report, run
+from benchmarks.finetune import balanced, format_report, run
 from tests.conftest import BuiltDemo
+
+
+def test_traffic_and_heldout_prefixes_are_balanced_across_domains() -> None:
+    rows = [{"prompt": f"{d}{i}", "domain": d} for d in ("code", "docs", "legal") for i in range(4 if d == "code" else 2)]
+    assert [r["prompt"] for r in balanced(rows)[:6]] == ["code0", "docs0", "legal0", "code1", "docs1", "legal1"]
+    assert sorted(r["prompt"] for r in balanced(rows)) == sorted(r["prompt"] for r in rows)
+    assert balanced([]) == []
 
 
 @pytest.mark.slow
