@@ -123,8 +123,9 @@ def heldout(loop: LoopRun) -> dict[str, Any]:
 
 
 def targets(loop: LoopRun, wins: list[dict[str, Any]], proms: list[dict[str, Any]],
-            final: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The issue's targets that this run can check, each with its numbers and a verdict."""
+            final: dict[str, Any], cost: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """The issue's targets that this run can check, each with its numbers and a verdict (``cost``: the
+    run's :func:`exploration_cost`, computed once by :func:`build`)."""
     stream, plan = loop.stream, loop.plan
     out: dict[str, dict[str, Any]] = {}
     if plan.scenario == "cold" and final.get("gap_captured") is not None:
@@ -165,7 +166,6 @@ def targets(loop: LoopRun, wins: list[dict[str, Any]], proms: list[dict[str, Any
     if regressions:
         worst = float(max(regressions))
         out["no_promotion_worse_by_0.01"] = {"value": worst, "passed": worst <= 0.01}
-    cost = exploration_cost(loop)
     if cost is not None and cost["explored"] > 0:
         out["exploration_costs_at_most_0.01"] = {"value": cost["cost"], "passed": cost["cost"] <= 0.01}
     out["zero_failed_requests"] = {"value": len(loop.failures), "passed": not loop.failures}
@@ -189,7 +189,7 @@ def build(loop: LoopRun) -> dict[str, Any]:
     """The JSON-able report of a run."""
     from dataclasses import asdict
 
-    wins, proms, final = windows(loop), promotions(loop), heldout(loop)
+    wins, proms, final, cost = windows(loop), promotions(loop), heldout(loop), exploration_cost(loop)
     records = loop.records
     return {
         "plan": asdict(loop.plan), "scenario": loop.stream.scenario, "experts": loop.stream.pool.experts,
@@ -197,10 +197,11 @@ def build(loop: LoopRun) -> dict[str, Any]:
         "event": {"at": loop.stream.event_at, "expert": loop.stream.event_expert},
         "stream": {"n": len(records), "score": float(1 - np.mean([r.loss for r in records])) if records else None,
                    "explored": float(np.mean([r.explored for r in records])) if records else None,
-                   "exploration_cost": exploration_cost(loop)},
+                   "exploration_cost": cost},
         "windows": wins, "promotions": proms, "heldout": final,
         "cycles": [asdict(c) for c in loop.cycles], "failures": loop.failures[:20],
-        "targets": targets(loop, wins, proms, final), "seconds": {k: round(v, 1) for k, v in loop.seconds.items()},
+        "targets": targets(loop, wins, proms, final, cost),
+        "seconds": {k: round(v, 1) for k, v in loop.seconds.items()},
     }
 
 
