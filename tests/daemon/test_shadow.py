@@ -180,7 +180,8 @@ def test_no_shadow_means_no_work_on_the_response_path(settings, bundles) -> None
     assert _decisions(settings) == []
 
 
-def test_the_shadow_thread_waits_while_the_served_router_computes(settings, bundles) -> None:  # type: ignore[no-untyped-def]
+def _started_runner(settings, bundles) -> tuple[RouterHolder, ShadowRunner, int]:  # type: ignore[no-untyped-def]
+    """Bundle A active, B a full shadow: a loaded holder and its started runner (close it), and B's id."""
     register_version(settings, bundles["a"])
     candidate = register_version(settings, bundles["b"], status="candidate")
     _shadow(settings, candidate, 1.0)
@@ -189,6 +190,11 @@ def test_the_shadow_thread_waits_while_the_served_router_computes(settings, bund
     runner = ShadowRunner(settings, holder, metrics=Metrics())
     runner.start()
     assert holder.current is not None
+    return holder, runner, candidate
+
+
+def test_the_shadow_thread_waits_while_the_served_router_computes(settings, bundles) -> None:  # type: ignore[no-untyped-def]
+    holder, runner, candidate = _started_runner(settings, bundles)
     served = holder.current.batcher
     try:
         with served._model_lock:  # a served forward pass in progress
@@ -206,14 +212,7 @@ def test_a_saturated_daemon_drops_shadow_work_instead_of_competing(settings, bun
     import daemon.shadow
 
     monkeypatch.setattr(daemon.shadow, "_MAX_YIELD", 0.2)
-    register_version(settings, bundles["a"])
-    candidate = register_version(settings, bundles["b"], status="candidate")
-    _shadow(settings, candidate, 1.0)
-    holder = RouterHolder(settings, metrics=Metrics())
-    holder.load_active()
-    runner = ShadowRunner(settings, holder, metrics=Metrics())
-    runner.start()
-    assert holder.current is not None
+    holder, runner, candidate = _started_runner(settings, bundles)
     try:
         with holder.current.batcher._model_lock:  # serving never pauses
             runner.offer("00000000-0000-4000-8000-000000000001", "hello", {}, "api")

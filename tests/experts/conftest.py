@@ -48,20 +48,6 @@ def masked_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def causal_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from tests.conftest import make_causal_lm
 
-    root = tmp_path_factory.mktemp("clm")
-    words = sorted({w for s in SENTENCES for w in s.split()})
-    vocab = {"<|endoftext|>": 0, "<unk>": 1, **{w: i + 2 for i, w in enumerate(words)}}
-    raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    raw.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                                        unk_token="<unk>")
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(vocab), n_positions=64, n_embd=32, n_layer=1, n_head=2,
-                        bos_token_id=0, eos_token_id=0)
-    GPT2LMHeadModel(config).save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    return root / "model"
+    return Path(make_causal_lm(tmp_path_factory.mktemp("clm") / "model", SENTENCES, hidden=32, seed=0))
