@@ -35,7 +35,8 @@ from store.schema import Expert, ExpertLoss
 from store.settings import Settings
 from store.states import VersionStatus
 
-if TYPE_CHECKING:  # the daemon imports torch lazily, when it loads a bundle
+if TYPE_CHECKING:  # the daemon imports torch lazily, when it loads a bundle without an ONNX export
+    from router.inference import OnnxRouter
     from router.model import Router
 
 log = logging.getLogger(__name__)
@@ -100,13 +101,14 @@ class LoadedRouter:
 
     version_id: int
     sha256: str
-    router: Router
+    router: Router | OnnxRouter
     expert_names: tuple[str, ...]
     experts: tuple[ExpertInfo, ...]
     constraints: np.ndarray  # (E, C) in head order, read-only
     loaded_at: dt.datetime
     batcher: MicroBatcher = dataclasses.field(repr=False)  # micro-batches this bundle's predictions
     loss_scale: float = 1.0  # mean per-expert std of the training losses: the exploration margin's unit
+    inference: str = "torch"  # what computes the predictions: "onnx-int8", "onnx-fp32", "torch", …
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
         """Predicted losses (N, E); a single prompt is micro-batched with concurrent requests."""
@@ -364,14 +366,21 @@ class RouterHolder:
 
     def _load(self, version_id: int, uri: str, sha: str, order: tuple[str, ...],
               experts: tuple[ExpertInfo, ...], observe: bool = True) -> LoadedRouter:
-        from router.serving import load_for_serving
+        from router.inference import has_export
+        from router.serving import inference_of, load_for_serving
 
-        router, constraints = load_for_serving(Path(uri), sha, order, [e.attributes for e in experts])
+        router, constraints = load_for_serving(Path(uri), sha, order, [e.attributes for e in experts],
+                                               inference="torch" if self.settings.inference == "torch" else "auto",
+                                               threads=self.settings.inference_threads)
         batcher = MicroBatcher(router.predict_stacked,
                                on_batch=self.metrics.route_batch_size.observe if observe else None)
+        inference = inference_of(router)
+        if inference == "torch":
+            inference += (" (THALAMUS_INFERENCE=torch)" if has_export(Path(uri))
+                          else " (fallback: the bundle has no ONNX export)")
         return LoadedRouter(version_id=version_id, sha256=sha, router=router, expert_names=order,
                             experts=experts, constraints=constraints, loaded_at=_now(), batcher=batcher,
-                            loss_scale=loss_scale(router))
+                            loss_scale=loss_scale(router), inference=inference)
 
     def _recovered(self) -> None:
         """The database answered again: an error that only said it could not be read is over."""
@@ -472,9 +481,10 @@ def _expert_infos(session: Session, order: Sequence[str], count_up_to: int = 0) 
     return tuple(infos)
 
 
-def loss_scale(router: Router) -> float:
+def loss_scale(router: Router | OnnxRouter) -> float:
     """The router's loss scale: the mean over experts of its normaliser's std (1 for a cold start)."""
-    std = np.asarray(router.loss_std.detach().cpu().numpy(), dtype=np.float64)
+    raw: Any = router.loss_std
+    std = np.asarray(raw.detach().cpu().numpy() if hasattr(raw, "detach") else raw, dtype=np.float64)
     value = float(std.mean()) if std.size else 1.0
     return value if np.isfinite(value) and value > 0 else 1.0
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from router.checkpoint import load_bundle, save_bundle
+from router.checkpoint import load_bundle, read_manifest, save_bundle
 from router.model import Router
 from store.schema import Expert, RouterVersion, utcnow
 from store.settings import Settings
@@ -17,16 +18,31 @@ from store.states import VersionStatus
 
 
 def save_version(session: Session, settings: Settings, router: Router, *, parent_id: int | None,
-                 status: VersionStatus, metrics: dict[str, Any], training_window: dict[str, Any]) -> RouterVersion:
+                 status: VersionStatus, metrics: dict[str, Any], training_window: dict[str, Any],
+                 check_prompts: Sequence[str] = ()) -> RouterVersion:
     """Write the bundle atomically, insert the version row pointing at it, and check it loads.
 
-    A bundle that a daemon could not load (see :func:`check_version`) is recorded as ``rejected``
+    With ``settings.export_inference`` (the default) the bundle carries the ONNX export the daemon
+    serves, checked against the PyTorch router on ``check_prompts`` (held-out prompts) and a fixed
+    set; the check goes into the version's ``metrics["inference"]``. An export that fails its check
+    raises :class:`router.export.ExportCheckFailed` and nothing is registered.
+    A bundle that a daemon could not load (see :func:`load_problem`) is recorded as ``rejected``
     with the reason, so it can never be approved; the caller looks at ``status``.
     """
     settings.ensure_home()
     next_id = (session.scalar(select(func.max(RouterVersion.id))) or 0) + 1
     directory = settings.routers_dir / f"v{next_id:04d}-{uuid.uuid4().hex[:8]}"
-    sha = save_bundle(router, directory, extra={"parent_id": parent_id, "metrics": metrics})
+    export = None
+    if settings.export_inference:
+        from router.export import export_inference
+
+        def export(model: Router, target: Path) -> dict[str, Any]:
+            return export_inference(model, target, check_prompts)
+
+    sha = save_bundle(router, directory, extra={"parent_id": parent_id, "metrics": metrics}, export=export)
+    inference = read_manifest(directory).get("inference")
+    if inference is not None:
+        metrics = {**metrics, "inference": inference}
     version = RouterVersion(
         parent_id=parent_id, base_encoder=router.config.backbone, checkpoint_uri=str(directory),
         checkpoint_sha256=sha, expert_order=list(router.expert_names), training_window=training_window,

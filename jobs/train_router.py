@@ -146,6 +146,7 @@ def train_router(settings: Settings, progress: Progress | None = None, params: d
         version = save_version(
             session, settings, router, parent_id=parent_id, status=VersionStatus.CANDIDATE, metrics=metrics,
             training_window={"rows": len(table), "train": len(train), "holdout": len(test)},
+            check_prompts=list(test.prompts)[:CHECK_PROMPTS],
         )
         rejected = version.reason if version.status == VersionStatus.REJECTED else None
         version_id = version.id
@@ -160,6 +161,10 @@ def train_router(settings: Settings, progress: Progress | None = None, params: d
     return {"version_id": version_id, "metrics": metrics, "auto_approved": bool(auto),
             "loss_rows": {"read": table.rows_read, "skipped": sum(table.skipped.values()),
                           "skipped_by_expert": table.skipped}}
+
+
+CHECK_PROMPTS = 256
+"""Held-out prompts the inference export is checked on (router/export.py), beside its fixed set."""
 
 
 def _stale_regressions(settings: Settings) -> list[dict[str, Any]]:

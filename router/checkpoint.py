@@ -5,6 +5,7 @@ Layout::
     config.json          RouterConfig
     tokenizer/...        tokenizer files
     adapter.safetensors  LoRA + head + normalisation buffers (the trainable diff)
+    inference.onnx       optional: what the daemon serves (router/export.py), checked at export
     manifest.json        format, expert order, base path + sha256, {file: sha256}, extra, bundle_sha256
 
 The frozen base encoder is referenced by path and checksum, not copied. The bundle sha256 is
@@ -20,7 +21,7 @@ import math
 import os
 import shutil
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -108,8 +109,16 @@ def _write_bytes(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def save_bundle(router: Router, directory: Path, extra: Mapping[str, Any] | None = None) -> str:
+Exporter = Callable[["Router", Path], Mapping[str, Any]]
+"""Writes inference files into a bundle being written and returns what the manifest records of them."""
+
+
+def save_bundle(router: Router, directory: Path, extra: Mapping[str, Any] | None = None,
+                export: Exporter | None = None) -> str:
     """Write ``router`` as a bundle at ``directory`` atomically; return the bundle sha256.
+
+    ``export`` (e.g. :func:`router.export.export_inference`) adds the inference files before the
+    bundle is hashed, so their checksums are in the manifest; if it raises, nothing is written.
 
     Files go to a temporary sibling directory, are fsynced, and the directory is renamed into
     place, so a half-written bundle can never be found at ``directory``. Refuses (BundleError)
@@ -127,6 +136,7 @@ def save_bundle(router: Router, directory: Path, extra: Mapping[str, Any] | None
         _write_bytes(tmp / "config.json", json.dumps(router.config.to_dict(), indent=2, sort_keys=True).encode())
         router.tokenizer.save_pretrained(str(tmp / "tokenizer"))
         save_file(router.trainable_state_dict(), str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        inference = dict(export(router, tmp)) if export is not None else None
         files: dict[str, str] = {}
         for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
             with open(path, "rb+") as handle:
@@ -141,6 +151,8 @@ def save_bundle(router: Router, directory: Path, extra: Mapping[str, Any] | None
             "files": files,
             "extra": _jsonable(dict(extra or {})),
         }
+        if inference is not None:
+            manifest["inference"] = _jsonable(inference)
         manifest["bundle_sha256"] = hashlib.sha256(_canonical(manifest)).hexdigest()
         _write_bytes(tmp / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode())
         fsync_dir(tmp / "tokenizer")

@@ -46,6 +46,15 @@ class Settings(BaseSettings):
     log_batch_size: int = Field(256, gt=0)
     log_flush_seconds: float = Field(0.2, gt=0)
     swap_poll_seconds: float = Field(2.0, gt=0)
+    # Inference (router/inference.py): 'auto' serves a bundle's ONNX export when it has one, else PyTorch;
+    # 'torch' always serves PyTorch (the baseline of `thalamus bench serve`). export_inference: registering a
+    # version writes and checks that export (router/export.py). inference_threads: ONNX Runtime's intra-op
+    # threads per daemon process (0 = one per core); workers: uvicorn server processes, each with its own
+    # router and hot-swap watcher.
+    inference: str = Field("auto", pattern="^(auto|torch)$")
+    export_inference: bool = True
+    inference_threads: int = Field(0, ge=0)
+    workers: int = Field(1, ge=1)
 
     refresh_interval_minutes: float = Field(30.0, ge=0)
     train_interval_minutes: float = Field(360.0, ge=0)

@@ -45,6 +45,7 @@ def status(settings: SettingsDep, holder: HolderDep, writer: WriterDep, shadows:
         "router_version": loaded.version_id if loaded else None,
         "router_sha256": loaded.sha256 if loaded else None,
         "loaded_at": _iso(loaded.loaded_at if loaded else None),
+        "inference": loaded.inference if loaded else None,
         "active_in_db": active_id,
         "serving_fallback": fallback is not None,
         "active_load_error": fallback.error if fallback is not None else None,

@@ -1,0 +1,169 @@
+"""The daemon's inference path: a bundle's ONNX export served by ONNX Runtime, without torch.
+
+:mod:`router.export` writes ``inference.onnx`` (token ids → pooled embedding and the parametric
+head's normalised output) when a version is registered; this module serves it. The rest of the
+router's forward pass is reproduced in numpy: the neighbour head over the bundle's memory, the
+blend with the parametric head, the normalisation, and the calibrated spread
+(:class:`router.model.Router` is the reference; the export's check compares the two).
+
+Prompts are tokenized by the bundle's own fast tokenizer (``tokenizers``, the library
+``transformers`` wraps) and run in length-sorted chunks, so a micro-batch pads little.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from router.neighbours import NeighbourIndex, neighbour_mean, neighbour_mean_std
+
+FILE = "inference.onnx"
+WEIGHTS = "adapter.safetensors"
+_BUFFERS = ("loss_mean", "loss_std", "memory_keys", "memory_losses", "spread_scale", "spread_floor")
+
+
+def has_export(directory: Path) -> bool:
+    """True when the bundle at ``directory`` carries an ONNX export (bundles registered before it do not)."""
+    return (Path(directory) / FILE).is_file()
+
+
+class OnnxRouter:
+    """Predicts every expert's loss (and its spread) for prompts, as :class:`router.model.Router` does."""
+
+    def __init__(self, config: dict[str, Any], buffers: dict[str, np.ndarray], tokenizer: Any, session: Any, *,
+                 precision: str, pad_id: int = 0, batch_size: int = 32) -> None:
+        self.config = config
+        self.expert_names: list[str] = [str(name) for name in config["expert_names"]]
+        self.loss_mean = np.asarray(buffers["loss_mean"], dtype=np.float32)
+        self.loss_std = np.asarray(buffers["loss_std"], dtype=np.float32)
+        keys = np.asarray(buffers.get("memory_keys", np.zeros((0, 0))), dtype=np.float32)
+        self.memory_losses = np.asarray(buffers.get("memory_losses", np.zeros((0, len(self.expert_names)))),
+                                        dtype=np.float32)
+        self.spread_scale = np.asarray(buffers.get("spread_scale", np.full(len(self.expert_names), np.nan)),
+                                       dtype=np.float32)
+        self.spread_floor = np.asarray(buffers.get("spread_floor", np.zeros(len(self.expert_names))),
+                                       dtype=np.float32)
+        self._k_head = int(config.get("head_neighbors", 0) or 0)
+        self._k_spread = int(config.get("spread_neighbors", 0) or 0)
+        self._blend = float(config.get("head_blend", 0.0) or 0.0)
+        self.index = NeighbourIndex.build(keys) if keys.shape[0] > 0 and (self._k_head or self._k_spread) else None
+        self._tokenizer = tokenizer
+        self._session = session
+        self._pad_id = pad_id
+        self.precision = precision
+        self.batch_size = batch_size
+
+    @classmethod
+    def load(cls, directory: Path, threads: int = 0, batch_size: int = 32, precision: str | None = None) -> OnnxRouter:
+        """The bundle's export, ready to serve. Does not verify checksums: :mod:`router.serving` does that first.
+
+        ``threads``: ONNX Runtime's intra-op threads (0 = one per core). Its threads do not spin
+        while idle, since on a small machine they would take the CPU from the HTTP workers.
+        """
+        import onnxruntime
+        from safetensors.numpy import load_file
+        from tokenizers import Tokenizer
+
+        directory = Path(directory)
+        config = json.loads((directory / "config.json").read_text())
+        if precision is None:
+            manifest = json.loads((directory / "manifest.json").read_text())
+            precision = str((manifest.get("inference") or {}).get("precision", "unknown"))
+        buffers = {k: v for k, v in load_file(str(directory / WEIGHTS)).items() if k in _BUFFERS}
+        tokenizer = Tokenizer.from_file(str(directory / "tokenizer" / "tokenizer.json"))
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(max_length=int(config.get("max_length", 128)))
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = max(0, int(threads))
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = onnxruntime.InferenceSession(str(directory / FILE), options, providers=_providers(onnxruntime))
+        return cls(config, buffers, tokenizer, session, precision=precision, pad_id=_pad_id(directory, tokenizer),
+                   batch_size=batch_size)
+
+    @property
+    def inference(self) -> str:
+        """What serves the predictions, for ``/v1/status``: e.g. ``onnx-int8``."""
+        return f"onnx-{self.precision}"
+
+    def predict(self, texts: Sequence[str]) -> np.ndarray:
+        """Predicted losses (N, E), float32."""
+        return self.predict_stacked(texts)[:, :len(self.expert_names)]
+
+    def predict_stacked(self, texts: Sequence[str]) -> np.ndarray:
+        """Predicted losses and their spreads side by side, (N, 2E), as Router.predict_stacked."""
+        n = len(self.expert_names)
+        if not texts:
+            return np.zeros((0, 2 * n), dtype=np.float32)
+        pooled, head = self._encode([str(t) for t in texts])
+        return np.concatenate([self._losses(pooled, head), self._spread(pooled)], axis=1).astype(np.float32)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Pooled embeddings (N, D): the neighbour head's input."""
+        return self._encode([str(t) for t in texts])[0]
+
+    # -- the stages --------------------------------------------------------------------------------
+
+    def _encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        encodings = self._tokenizer.encode_batch(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
+        pooled: list[np.ndarray] = []
+        heads: list[np.ndarray] = []
+        for start in range(0, len(order), self.batch_size):
+            chunk = [encodings[i].ids for i in order[start:start + self.batch_size]]
+            width = max(len(ids) for ids in chunk)
+            ids = np.full((len(chunk), width), self._pad_id, dtype=np.int64)
+            mask = np.zeros((len(chunk), width), dtype=np.int64)
+            for row, tokens in enumerate(chunk):
+                ids[row, :len(tokens)] = tokens
+                mask[row, :len(tokens)] = 1
+            out = self._session.run(None, {"input_ids": ids, "attention_mask": mask})
+            pooled.append(np.asarray(out[0], dtype=np.float32))
+            heads.append(np.asarray(out[1], dtype=np.float32))
+        restore = np.empty(len(order), dtype=np.int64)
+        restore[np.asarray(order)] = np.arange(len(order))
+        return np.concatenate(pooled)[restore], np.concatenate(heads)[restore]
+
+    def _nearest(self, pooled: np.ndarray, k: int) -> np.ndarray:
+        assert self.index is not None
+        return self.index.search(pooled, k)
+
+    def _losses(self, pooled: np.ndarray, head: np.ndarray) -> np.ndarray:
+        out = head
+        if self._k_head > 0 and self.index is not None:
+            near = neighbour_mean(self.memory_losses, self._nearest(pooled, self._k_head))
+            near = (near - self.loss_mean) / self.loss_std
+            if self._blend > 0:
+                near = (1.0 - self._blend) * near + self._blend * head
+            out = np.where(np.isnan(near), head, near)
+        return out * self.loss_std + self.loss_mean
+
+    def _spread(self, pooled: np.ndarray) -> np.ndarray:
+        n = len(self.expert_names)
+        if self._k_spread <= 0 or self.index is None:
+            return np.full((pooled.shape[0], n), np.nan, dtype=np.float32)
+        _, dispersion = neighbour_mean_std(self.memory_losses, self._nearest(pooled, self._k_spread),
+                                           [self._k_spread])[0]
+        return self.spread_scale * np.maximum(dispersion, self.spread_floor)
+
+
+def _providers(onnxruntime: Any) -> list[str]:
+    """CUDA where this ONNX Runtime build has it and a device answers, else the CPU."""
+    available = onnxruntime.get_available_providers()
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if "CUDAExecutionProvider" in available \
+        else ["CPUExecutionProvider"]
+
+
+def _pad_id(directory: Path, tokenizer: Any) -> int:
+    """The pad token's id, from the tokenizer's config (the fast tokenizer file may not name it)."""
+    path = directory / "tokenizer" / "tokenizer_config.json"
+    token = json.loads(path.read_text()).get("pad_token") if path.is_file() else None
+    if isinstance(token, dict):
+        token = token.get("content")
+    found = tokenizer.token_to_id(str(token)) if token else None
+    return int(found) if found is not None else 0
