@@ -371,7 +371,7 @@ class RouterHolder:
 
         router, constraints = load_for_serving(Path(uri), sha, order, [e.attributes for e in experts],
                                                inference="torch" if self.settings.inference == "torch" else "auto",
-                                               threads=self.settings.inference_threads)
+                                               threads=inference_threads(self.settings))
         batcher = MicroBatcher(router.predict_stacked,
                                on_batch=self.metrics.route_batch_size.observe if observe else None)
         inference = inference_of(router)
@@ -479,6 +479,14 @@ def _expert_infos(session: Session, order: Sequence[str], count_up_to: int = 0) 
             observed = int(session.scalar(select(func.count()).select_from(capped)) or 0)
         infos.append(ExpertInfo(name, row.kind, row.uri, row.version, dict(row.attributes or {}), row.status, observed))
     return tuple(infos)
+
+
+def inference_threads(settings: Settings) -> int:
+    """ONNX Runtime's intra-op threads in this process: the setting, else the cores shared among the workers
+    (two workers with two threads each on two cores would fight over them)."""
+    import os
+
+    return settings.inference_threads or max(1, (os.cpu_count() or 1) // settings.workers)
 
 
 def loss_scale(router: Router | OnnxRouter) -> float:

@@ -1,8 +1,16 @@
-"""Serve the HTTP API with uvicorn."""
+"""Serve the HTTP API with uvicorn: one process, or ``THALAMUS_WORKERS`` processes sharing the port.
+
+Each worker process builds its own app from the environment (the parent writes its settings there
+first), so each loads the router, runs its own hot-swap watcher, log writer and spool, and swaps on
+its own. uvicorn picks uvloop and httptools when they are installed (they are dependencies).
+"""
 
 from __future__ import annotations
 
+import os
+
 import uvicorn
+from fastapi import FastAPI
 
 from store.settings import Settings
 
@@ -12,5 +20,17 @@ def run_server(settings: Settings) -> None:
     from daemon.auth import check_binding
 
     check_binding(settings)  # no unauthenticated daemon on a non-loopback address
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
-                timeout_graceful_shutdown=10)
+    options = {"host": settings.host, "port": settings.port, "log_level": "info", "timeout_graceful_shutdown": 10}
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings), **options)  # type: ignore[arg-type]
+        return
+    os.environ.update(settings.as_env())  # what every worker process reads in app_from_environment
+    uvicorn.run("daemon.server:app_from_environment", factory=True, workers=settings.workers,
+                **options)  # type: ignore[arg-type]
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one worker process, from the ``THALAMUS_*`` settings its parent exported."""
+    from daemon.app import create_app
+
+    return create_app(Settings())

@@ -4,6 +4,8 @@ Experts: ``large`` and ``small`` are tiny real masked-LMs; ``api`` is external. 
 api 0.1 < large 0.2 < small 0.5 (plus a little prompt-dependent noise), so:
 no λ → api; ``[Flag: smallest model]`` → small; ``{"cost": 1}`` → large.
 Bundle B predicts small 0.1, the others 0.9: swapping A → B changes the default choice to small.
+Both carry the ONNX export the daemon serves (router/export.py); ``legacy`` is A without it, as
+bundles registered before exports are (served by PyTorch).
 """
 
 from __future__ import annotations
@@ -37,10 +39,12 @@ class Bundle:
     sha256: str
 
 
-def _build_bundle(directory: Path, backbone: str, losses: tuple[float, ...], noise: float, seed: int) -> Bundle:
+def _build_bundle(directory: Path, backbone: str, losses: tuple[float, ...], noise: float, seed: int,
+                  export: bool = True) -> Bundle:
     import torch
 
     from router.checkpoint import save_bundle
+    from router.export import export_inference
     from router.config import RouterConfig
     from router.model import Router, init_head_cold_start
 
@@ -51,7 +55,7 @@ def _build_bundle(directory: Path, backbone: str, losses: tuple[float, ...], noi
         with torch.no_grad():
             weight = router.head.last.weight
             weight.copy_(torch.randn(weight.shape, generator=generator) * noise)
-    return Bundle(directory, save_bundle(router, directory))
+    return Bundle(directory, save_bundle(router, directory, export=export_inference if export else None))
 
 
 @pytest.fixture(scope="session")
@@ -60,6 +64,7 @@ def bundles(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: str) -> dic
     return {
         "a": _build_bundle(root / "a", tiny_backbone, LOSSES_A, noise=0.003, seed=1),
         "b": _build_bundle(root / "b", tiny_backbone, LOSSES_B, noise=0.0, seed=2),
+        "legacy": _build_bundle(root / "legacy", tiny_backbone, LOSSES_A, noise=0.003, seed=1, export=False),
     }
 
 

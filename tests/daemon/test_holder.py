@@ -264,3 +264,24 @@ def test_fallback_skips_versions_that_do_not_load_and_never_serves_a_rejected_on
     lone = RouterHolder(settings, metrics=Metrics())
     assert lone.load_active() is False and lone.current is None, "only rejected or unloadable versions are left"
     assert f"router version {bad} failed to load" in lone.last_error
+
+
+@pytest.mark.parametrize(("bundle", "inference", "served_by"), [
+    ("a", "auto", "onnx-"),
+    ("legacy", "auto", "torch (fallback: the bundle has no ONNX export)"),
+    ("a", "torch", "torch (THALAMUS_INFERENCE=torch)"),
+])
+def test_the_status_says_what_serves_the_router(tmp_path, thalamus_env, tiny_backbone, expert_models, bundles,  # type: ignore[no-untyped-def]
+                                                bundle: str, inference: str, served_by: str) -> None:
+    from router.inference import OnnxRouter
+    from tests.daemon.conftest import _daemon_settings
+
+    settings = _daemon_settings(tmp_path / "home", tiny_backbone, expert_models, inference=inference)
+    register_version(settings, bundles[bundle])
+    with TestClient(create_app(settings)) as client:
+        status = client.get("/v1/status").json()
+        answer = client.post("/v1/route", json={"prompt": "hello", "explore": False}).json()
+    assert status["inference"].startswith(served_by)
+    assert answer["expert"] == "api", "every path routes bundle A's way"
+    holder_router = isinstance(client.app.state.holder.current.router, OnnxRouter)  # type: ignore[attr-defined]
+    assert holder_router == served_by.startswith("onnx")

@@ -59,7 +59,9 @@ def test_without_data_the_cold_start_prefers_the_largest_expert(settings) -> Non
         version = session.get(RouterVersion, version_id)
         assert (version.status, version.parent_id, version.decided_by) == ("active", None, "system")
         assert version.expert_order == ["big", "mystery", "small"]
-        assert version.metrics == {"cold_start": True, "observed_rows": 0}
+        assert {k: version.metrics[k] for k in ("cold_start", "observed_rows")} == {"cold_start": True,
+                                                                                   "observed_rows": 0}
+        assert version.metrics["inference"]["check"]["passed"]  # the daemon serves the checked ONNX export
         log = [(a.router_version_id, a.previous_version_id, a.actor, a.reason)
                for a in session.scalars(select(Activation))]
     assert log == [(version_id, None, "system", "cold start")]
@@ -77,7 +79,8 @@ def test_with_losses_the_cold_start_predicts_each_experts_mean(settings) -> None
                                 for name, loss in (("big", big), ("small", small))])
     version_id = ensure_active_router(settings)
     with session_scope(settings) as session:
-        assert session.get(RouterVersion, version_id).metrics == {"cold_start": True, "observed_rows": 4}
+        metrics = session.get(RouterVersion, version_id).metrics
+        assert {k: metrics[k] for k in ("cold_start", "observed_rows")} == {"cold_start": True, "observed_rows": 4}
     # big 0.5, small 0.2; mystery, never observed: the worst mean + 0.1 · max(1, 0.5) = 0.6
     np.testing.assert_allclose(_predict(settings, version_id), [[0.5, 0.6, 0.2]] * 2, atol=1e-6)
 

@@ -1,0 +1,104 @@
+"""The inference export: written into the bundle with its checksum, checked against PyTorch, refused when it disagrees."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import router.export as export_module
+from router.checkpoint import BundleError, save_bundle, verify_bundle
+from router.config import RouterConfig
+from router.export import ExportCheckFailed, export_inference
+from router.inference import OnnxRouter, has_export
+from router.model import Router
+from router.serving import inference_of, load_for_serving
+from tests.router.conftest import two_domains
+
+EXPERTS = ["code", "law", "general"]
+
+
+def _trained_router(backbone: str, **config: object) -> Router:
+    """A router with a fitted-looking head and a neighbour memory: predictions that differ per prompt."""
+    router = Router.from_config(RouterConfig(backbone=backbone, expert_names=EXPERTS, lora_r=4, lora_layers=1,
+                                             **config))  # type: ignore[arg-type]
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        router.head.last.weight.copy_(torch.randn(router.head.last.weight.shape, generator=generator))
+        router.loss_mean.copy_(torch.tensor([1.0, 1.2, 1.1]))
+        router.loss_std.copy_(torch.tensor([0.5, 0.5, 0.5]))
+    if router.config.head_neighbors > 0:
+        code, law = two_domains(20)
+        prompts = code + law
+        losses = torch.tensor([[0.5, 2.0, 1.0]] * len(code) + [[2.0, 0.5, 1.0]] * len(law))
+        losses[::3, 2] = float("nan")  # unobserved entries, as bandit feedback leaves them
+        router.set_memory(torch.tensor(router.embed(prompts)), losses)
+        router.spread_scale.copy_(torch.tensor([1.0, 1.5, float("nan")]))
+    return router
+
+
+@pytest.fixture(params=["linear", "neighbours"])
+def router(request: pytest.FixtureRequest, tiny_bert: str) -> Router:
+    if request.param == "linear":
+        return _trained_router(tiny_bert)
+    return _trained_router(tiny_bert, head_neighbors=5, spread_neighbors=5, pool_layers=2)
+
+
+def _prompts() -> list[str]:
+    code, law = two_domains(12, offset=100)
+    return code + law + ["a prompt " * 200]  # one longer than max_length: truncated the same way
+
+
+def test_the_export_serves_what_the_pytorch_router_predicts(router: Router, tmp_path: Path) -> None:
+    sha = save_bundle(router, tmp_path / "b", export=lambda model, d: export_inference(model, d, _prompts()))
+    manifest = verify_bundle(tmp_path / "b", sha)
+    record = manifest["inference"]
+    assert has_export(tmp_path / "b") and manifest["files"]["inference.onnx"]
+    assert record["check"]["passed"] and record["precision"] in ("int8", "fp32")
+    assert record["check"]["agreement"] >= 0.99 and record["check"]["prompts"] >= len(_prompts())
+    served, _ = load_for_serving(tmp_path / "b", sha, EXPERTS, [{}, {}, {}])
+    assert isinstance(served, OnnxRouter) and inference_of(served) == f"onnx-{record['precision']}"
+    expected, actual = router.predict_stacked(_prompts()), served.predict_stacked(_prompts())
+    assert actual.shape == expected.shape == (len(_prompts()), 2 * len(EXPERTS))
+    assert np.array_equal(np.isnan(actual), np.isnan(expected))
+    assert np.nanmax(np.abs(actual - expected)) <= record["tolerance"]
+    n = len(EXPERTS)
+    assert np.mean(actual[:, :n].argmin(1) == expected[:, :n].argmin(1)) >= 0.99
+
+
+def test_forcing_torch_serves_the_pytorch_router_from_the_same_bundle(router: Router, tmp_path: Path) -> None:
+    sha = save_bundle(router, tmp_path / "b", export=lambda model, d: export_inference(model, d))
+    served, _ = load_for_serving(tmp_path / "b", sha, EXPERTS, [{}, {}, {}], inference="torch")
+    assert isinstance(served, Router) and inference_of(served) == "torch"
+
+
+def test_a_tampered_export_is_refused_at_load(router: Router, tmp_path: Path) -> None:
+    sha = save_bundle(router, tmp_path / "b", export=lambda model, d: export_inference(model, d))
+    with open(tmp_path / "b" / "inference.onnx", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(BundleError, match="inference.onnx"):
+        load_for_serving(tmp_path / "b", sha, EXPERTS, [{}, {}, {}])
+
+
+def test_an_export_that_disagrees_is_refused_and_nothing_is_written(tiny_bert: str, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    router = _trained_router(tiny_bert)
+    other = _trained_router(tiny_bert)
+    with torch.no_grad():  # a different model: its head prefers the experts in reverse order
+        other.head.last.weight.mul_(-1.0)
+    real_export = export_module._export_fp32
+    monkeypatch.setattr(export_module, "_export_fp32", lambda model, path: real_export(other, path))
+    with pytest.raises(ExportCheckFailed, match="does not reproduce") as raised:
+        save_bundle(router, tmp_path / "b", export=lambda model, d: export_inference(model, d, _prompts()))
+    assert "int8" in str(raised.value) and "fp32" in str(raised.value)
+    assert not (tmp_path / "b").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_bundle_without_an_export_is_served_by_pytorch(router: Router, tmp_path: Path) -> None:
+    sha = save_bundle(router, tmp_path / "b")
+    assert "inference" not in json.loads((tmp_path / "b" / "manifest.json").read_text())
+    served, _ = load_for_serving(tmp_path / "b", sha, EXPERTS, [{}, {}, {}])
+    assert isinstance(served, Router)
