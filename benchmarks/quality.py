@@ -68,9 +68,10 @@ def prepare_home(home: Path, train: Split, attributes: dict[str, dict[str, Any]]
 
 
 def train_and_predict(settings: Settings, recipe: TrainRecipe, seed: int, test_prompts: Sequence[str],
-                      ) -> tuple[np.ndarray, np.ndarray, list[str], dict[str, Any], float]:
+                      ) -> tuple[np.ndarray, np.ndarray, list[str], dict[str, Any], float, np.ndarray | None]:
     """Run the production training job, load the candidate bundle, predict the test losses and
-    their spreads (NaN without a calibrated spread)."""
+    their spreads (NaN without a calibrated spread) with PyTorch, and the test losses again with
+    what a daemon serves (the bundle's ONNX export; None when it has none)."""
     from jobs.router_store import load_version
     from jobs.train_router import train_router
     from store.db import session_scope
@@ -83,8 +84,22 @@ def train_and_predict(settings: Settings, recipe: TrainRecipe, seed: int, test_p
         if version is None:
             raise RuntimeError(f"the training job's router version {result['version_id']} is not in the database")
         router = load_version(version)
+        directory, sha = Path(version.checkpoint_uri), version.checkpoint_sha256
     predicted, spread = router.predict_with_spread(list(test_prompts), batch_size=64)
-    return predicted, spread, router.expert_names, result["metrics"], time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    served = _served_predictions(directory, sha, router.expert_names, test_prompts)
+    return predicted, spread, router.expert_names, result["metrics"], seconds, served
+
+
+def _served_predictions(directory: Path, sha: str, experts: Sequence[str], prompts: Sequence[str]) -> np.ndarray | None:
+    """The predicted losses of the bundle as the daemon serves it (router/inference.py), or None without an export."""
+    from router.inference import has_export
+    from router.serving import load_for_serving
+
+    if not has_export(directory):
+        return None
+    served, _ = load_for_serving(directory, sha, list(experts), [{} for _ in experts])
+    return np.asarray(served.predict(list(prompts)))
 
 
 def frozen_embeddings(backbone: str, prompts: Sequence[str], max_length: int) -> np.ndarray:
@@ -167,10 +182,12 @@ def run(dataset: Path, recipe: TrainRecipe, seeds: int = 3, quick: bool = False,
             runs.append(("thalamus_fixed_head", fixed_recipe(recipe), 0))
         for name, run_recipe, seed in runs:
             say(f"training the router ({name}, seed {seed}) with the production job")
-            pred, spread, order, metrics, seconds = train_and_predict(settings, run_recipe, seed, test.prompts)
+            pred, spread, order, metrics, seconds, served = train_and_predict(settings, run_recipe, seed,
+                                                                              test.prompts)
             if order != experts:
                 pred = pred[:, [order.index(n) for n in experts]]
                 spread = spread[:, [order.index(n) for n in experts]]
+                served = served[:, [order.index(n) for n in experts]] if served is not None else None
             choice = pred.argmin(axis=1)
             selection = metrics.get("head_selection") or {}
             add(name, choice, y[rows, choice], seconds,
@@ -183,6 +200,12 @@ def run(dataset: Path, recipe: TrainRecipe, seeds: int = 3, quick: bool = False,
             if name == "thalamus":
                 thalamus_preds.append(pred)
                 report.setdefault("selections", []).append(selection)
+                if served is not None:  # the same router as the daemon serves it (its ONNX export)
+                    served_choice = served.argmin(axis=1)
+                    add("thalamus_served", served_choice, y[rows, served_choice], seconds,
+                        inference=(metrics.get("inference") or {}).get("precision"),
+                        agreement=float(np.mean(served_choice == choice)),
+                        max_abs_diff=float(np.nanmax(np.abs(served - pred))))
             say(f"  {name} seed {seed}: loss {y[rows, choice].mean():.4f} in {seconds:.0f}s"
                 + (f", head {selection['chosen']['label']}" if selection.get("chosen") else ""))
     finally:

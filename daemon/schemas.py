@@ -200,6 +200,7 @@ class StatusResponse(BaseModel):
     loaded_at: str | None
     inference: str | None = Field(None, description="what computes the served router's predictions: "
                                   "'onnx-int8' or 'onnx-fp32' (the bundle's export), or 'torch' with the reason")
+    pid: int | None = Field(None, description="the server process that answered (THALAMUS_WORKERS runs several)")
     active_in_db: int | None
     serving_fallback: bool = Field(description="true while router_version serves because active_in_db cannot be loaded")
     active_load_error: str | None = Field(description="why the active version cannot be loaded, while falling back")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from typing import Any
 
 from fastapi import APIRouter
@@ -46,6 +47,7 @@ def status(settings: SettingsDep, holder: HolderDep, writer: WriterDep, shadows:
         "router_sha256": loaded.sha256 if loaded else None,
         "loaded_at": _iso(loaded.loaded_at if loaded else None),
         "inference": loaded.inference if loaded else None,
+        "pid": os.getpid(),  # which server process answered (THALAMUS_WORKERS > 1 runs several)
         "active_in_db": active_id,
         "serving_fallback": fallback is not None,
         "active_load_error": fallback.error if fallback is not None else None,
