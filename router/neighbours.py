@@ -121,6 +121,7 @@ class NeighbourIndex:
         probes = min(lists, int(nprobe) if nprobe else max(1, -(-lists // NPROBE_DIVISOR)))
         index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, lists, faiss.ScalarQuantizer.QT_fp16,
                                               faiss.METRIC_INNER_PRODUCT)
+        index.by_residual = False  # store the keys themselves (fp16: the router's own keys, no rounding)
         index.cp.seed = int(seed)
         index.cp.niter = KMEANS_ITERATIONS
         index.cp.max_points_per_centroid = TRAIN_POINTS_PER_LIST  # a seeded sample trains the lists
@@ -163,7 +164,8 @@ class NeighbourIndex:
         found = self._index.search(unit, k)[1]
         short = (found < 0).any(axis=1)
         if short.any():  # fewer than k rows in the probed lists: probe every list for those queries
-            every = faiss.SearchParametersIVF(nprobe=self._index.nlist)
+            every = faiss.SearchParametersIVF()
+            every.nprobe = self._index.nlist
             found[short] = self._index.search(unit[short], k, params=every)[1]
         return found.astype(np.int64, copy=False)
 
