@@ -88,16 +88,6 @@ def recall(got: np.ndarray, truth: np.ndarray, k: int) -> float:
     return float(np.mean([np.intersect1d(a[:k], b[:k]).size / k for a, b in zip(got, truth, strict=True)]))
 
 
-def variants(rows: int, hnsw: bool) -> list[tuple[str, dict[str, object]]]:
-    """(label, NeighbourIndex.build kwargs): the exact baseline first, then the IVF index at its default
-    probes (a quarter of its lists) and at an eighth."""
-    lists = int(min(1024, max(1, round(np.sqrt(rows)))))
-    out: list[tuple[str, dict[str, object]]] = [
-        ("exact", {"exact_up_to": rows}), ("faiss-ivf nprobe=nlist/4 (default)", {"exact_up_to": 0}),
-        ("faiss-ivf nprobe=nlist/8", {"exact_up_to": 0, "nprobe": max(1, -(-lists // 8))})]
-    return out + ([("faiss-hnsw", {})] if hnsw else [])
-
-
 def data(rows: int, dim: int, seed: int, embeddings: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(keys fp16, sub-topic id per key, held-out queries float32, not unit-norm)."""
     if embeddings is None:
@@ -134,17 +124,27 @@ def measure(rows: int, dim: int, seed: int, threads: int, hnsw: bool, embeddings
     truth = exact_neighbours(keys, queries, 100)
     results: list[dict[str, object]] = []
     base: dict[str, float] = {}
-    for label, kwargs in variants(rows, hnsw):
+    lists = int(min(1024, max(1, round(np.sqrt(rows)))))
+    ivf: NeighbourIndex | None = None
+    ivf_build = 0.0
+    for label in ["exact", "faiss-ivf nprobe=nlist/2", "faiss-ivf nprobe=nlist/4 (default)",
+                  "faiss-ivf nprobe=nlist/8"] + (["faiss-hnsw"] if hnsw else []):
         started = time.perf_counter()
         if label == "faiss-hnsw":
             search = hnsw_search(keys, threads)
             described: dict[str, object] = {"kind": "faiss-hnsw", "M": 32, "efConstruction": 80, "efSearch": 256,
                                             "codes": "fp16"}
         else:
-            index = NeighbourIndex.build(keys, seed=seed, threads=threads, **kwargs)  # type: ignore[arg-type]
+            if label == "exact":
+                index = NeighbourIndex.build(keys, exact_up_to=rows, threads=threads)
+            else:
+                if ivf is None:  # built once; the variants differ only in the lists each query scans
+                    ivf = NeighbourIndex.build(keys, exact_up_to=0, seed=seed, threads=threads)
+                    ivf_build = time.perf_counter() - started
+                index = ivf.with_nprobe(max(1, -(-lists // int(label.split("/")[1].split()[0]))))
             described = index.describe()
             search = partial(index.search, k=100)
-        build_s = time.perf_counter() - started
+        build_s = ivf_build if label.startswith("faiss-ivf") else time.perf_counter() - started
         got = search(queries)
         row: dict[str, object] = {
             "rows": rows, "dim": dim, "variant": label, "index": described, "build_s": round(build_s, 2),
@@ -184,7 +184,9 @@ def hnsw_search(keys: np.ndarray, threads: int) -> Callable[[np.ndarray], np.nda
 
 
 def format_row(r: dict[str, object]) -> str:
-    return (f"| {r['rows']:,} | {r['dim']} | {r['variant']} | {r['build_s']} | {r['ms_batch_1']} | "
+    size = r["index"].get("bytes") if isinstance(r["index"], dict) else None
+    mb = f"{size / 2**20:.0f}" if size else "–"
+    return (f"| {r['rows']:,} | {r['dim']} | {r['variant']} | {mb} | {r['build_s']} | {r['ms_batch_1']} | "
             f"{r['ms_batch_32']} | {r['speedup_batch_1']}× / {r['speedup_batch_32']}× | {r['recall_at_10']} | "
             f"{r['recall_at_50']} | {r['recall_at_100']} | {r['argmin_agree_k10']} | {r['argmin_agree_k100']} |")
 
@@ -202,9 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from threadpoolctl import threadpool_limits
 
-    print("| rows | dim | variant | build s | ms / batch 1 | ms / batch 32 | speed-up (1 / 32) | recall@10 | "
+    print("| rows | dim | variant | MB | build s | ms / batch 1 | ms / batch 32 | speed-up (1 / 32) | recall@10 | "
           "recall@50 | recall@100 | argmin agree k=10 | k=100 |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     results: list[dict[str, object]] = []
     with threadpool_limits(args.threads):
         for dim in (int(d) for d in args.dims.split(",")):

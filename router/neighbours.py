@@ -127,7 +127,6 @@ class NeighbourIndex:
         index.cp.max_points_per_centroid = TRAIN_POINTS_PER_LIST  # a seeded sample trains the lists
         index.train(data)
         index.add(data)
-        index.nprobe = probes
         return cls("faiss-ivf", rows, dim, None, index,
                    {"nlist": lists, "nprobe": probes, "codes": "fp16", "threads": threads, "seed": int(seed),
                     "bytes": int(rows * dim * 2 + lists * dim * 4 + rows * 8)})
@@ -161,13 +160,22 @@ class NeighbourIndex:
         import faiss
 
         faiss.omp_set_num_threads(self._params["threads"])
-        found = self._index.search(unit, k)[1]
+        probes = faiss.SearchParametersIVF()
+        probes.nprobe = self._params["nprobe"]
+        found = self._index.search(unit, k, params=probes)[1]
         short = (found < 0).any(axis=1)
         if short.any():  # fewer than k rows in the probed lists: probe every list for those queries
             every = faiss.SearchParametersIVF()
             every.nprobe = self._index.nlist
             found[short] = self._index.search(unit[short], k, params=every)[1]
         return found.astype(np.int64, copy=False)
+
+    def with_nprobe(self, nprobe: int) -> NeighbourIndex:
+        """The same ``faiss-ivf`` index scanning ``nprobe`` lists per query (shares the index; no rebuild)."""
+        if self._kind != "faiss-ivf" or not 1 <= int(nprobe) <= self._params["nlist"]:
+            raise ValueError(f"nprobe must be in [1, nlist] of a faiss-ivf index; got {nprobe} for {self.describe()}")
+        return NeighbourIndex(self._kind, self._rows, self._dim, None, self._index,
+                              {**self._params, "nprobe": int(nprobe)})
 
     def keys(self) -> np.ndarray:
         """The indexed keys as float32 (rows, dim) (a copy for ``faiss-ivf``: for checks, not the request path)."""
