@@ -22,23 +22,27 @@ __all__ = ["EXACT_UP_TO", "NeighbourIndex", "exact_neighbours", "neighbour_mean"
            "recall_at_k"]
 
 EXACT_UP_TO = 16_384
-"""Memories with at most this many rows are scanned exactly (float32 keys, one BLAS matmul): below it
-the scan is already about as fast as the index, and its float32 copy stays small (≤ 75 MB at dim 1,152).
-Measured: docs/benchmarks.md, "Neighbour search (issue 11)"."""
+"""Memories with at most this many rows are scanned exactly (a float32 copy of the keys, one BLAS
+matmul): there the scan costs ≤ ~3 ms per prompt and beats the index on batches of 32, its answers
+are the torch head's, while the index's routing decisions moved for 1–10 % of queries; the copy stays
+≤ 72 MB (dim 1,152). Measured: docs/benchmarks.md, "Neighbour search (issue 11)"."""
 
 THREADS = 1
-"""faiss (OpenMP) threads. One: the daemon runs on 2 cores with its HTTP threads beside the search; a
-batch of 1–32 queries over a few inverted lists is too small to gain from a second thread, and
-OpenMP's spinning workers take the core the HTTP threads need (measured in the benchmark, ``--threads``)."""
+"""faiss (OpenMP) threads, set on every search (OpenMP's setting is per process). One: the daemon runs
+on 2 cores with its HTTP threads beside the search, and OpenMP's spinning workers would take the core
+those need; a single prompt's probes are scanned on one thread anyway (faiss splits across queries).
+The exact scan uses numpy's BLAS, whose threads the process sets (threadpoolctl / OPENBLAS_NUM_THREADS);
+the benchmark limits both to ``--threads``."""
 
 NPROBE_DIVISOR = 4
-"""A query scans a quarter of the inverted lists: at 1/8 recall@100 was 0.992 but the neighbour-mean's
-argmin (the routing decision) moved for 3.5 % of queries on real-embedding-derived keys; at 1/4, 0.999
-and ≤ 1.2 % (docs/benchmarks.md)."""
+"""A query scans a quarter of the inverted lists. On keys grown from real MiniLM embeddings to 50,000
+rows (dim 1,152): at 1/8, recall@100 0.992 but the k=100 neighbour mean's argmin (the routing decision)
+moved for 3.5 % of queries; at 1/4, 0.999 and 1.2 %; at 1/2, 1.0 and 0 % but only ~2× faster than the
+scan (dim 384: 0.985 and 2.7 % at 1/4). See docs/benchmarks.md, "Neighbour search (issue 11)"."""
 KMEANS_ITERATIONS = 10
 TRAIN_POINTS_PER_LIST = 64
-"""k-means trains the lists on a seeded sample of 64 rows per list: at 50,000 × 1,152 training on
-every row took 73 s on one core, on the sample ~10 s, with the same recall."""
+"""k-means trains the √rows lists on a seeded sample of 64 rows per list (14k of 50k rows): ~8 s at
+50,000 × 1,152 on one core of the dev box (4·√rows lists on every row took 73 s)."""
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
