@@ -117,6 +117,33 @@ def real_keys(path: Path, rows: int, dim: int, seed: int) -> tuple[np.ndarray, n
     return keys.astype(np.float16), groups[origin], queries
 
 
+def embed_dataset(dataset: Path, out: Path, max_length: int = 128) -> None:
+    """Write the MiniLM pooled embeddings (mean of each of the last 3 layers, concatenated: dim 1,152)
+    of a dataset's train then test prompts to ``out`` (.npy), as ``--embeddings`` reads them."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from benchmarks.data import load_dataset
+    from store.settings import default_backbone
+
+    train, test, _ = load_dataset(dataset)
+    prompts = train.prompts + test.prompts
+    tokenizer = AutoTokenizer.from_pretrained(default_backbone())
+    model = AutoModel.from_pretrained(default_backbone()).eval()
+    order = np.argsort([len(p) for p in prompts])
+    pooled = np.zeros((len(prompts), 3 * int(model.config.hidden_size)), np.float32)
+    with torch.no_grad():
+        for start in range(0, len(prompts), 64):
+            idx = order[start:start + 64]
+            batch = tokenizer([prompts[i] for i in idx], truncation=True, max_length=max_length, padding=True,
+                              return_tensors="pt")
+            weights = batch["attention_mask"].unsqueeze(-1).float()
+            states = model(**batch, output_hidden_states=True).hidden_states[-3:]
+            pooled[idx] = torch.cat([(h * weights).sum(1) / weights.sum(1) for h in states], dim=-1).numpy()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, pooled)
+
+
 def measure(rows: int, dim: int, seed: int, threads: int, hnsw: bool, embeddings: Path | None,
             ) -> list[dict[str, object]]:
     keys, clusters, queries = data(rows, dim, seed, embeddings)
@@ -200,9 +227,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hnsw", action="store_true", help="also build a faiss HNSW graph (slow to build)")
     parser.add_argument("--embeddings", type=Path,
                         help="real pooled embeddings (.npy, n × ≥ dim) instead of the synthetic keys")
+    parser.add_argument("--embed-from", type=Path, metavar="DATASET",
+                        help="first write --embeddings from this dataset's prompts with MiniLM, if it does not exist")
     parser.add_argument("--json", type=Path, help="write the rows here")
     args = parser.parse_args(argv)
     from threadpoolctl import threadpool_limits
+
+    if args.embed_from is not None:
+        if args.embeddings is None:
+            parser.error("--embed-from needs --embeddings (where to write them)")
+        if not args.embeddings.is_file():
+            embed_dataset(args.embed_from, args.embeddings)
 
     print("| rows | dim | variant | MB | build s | ms / batch 1 | ms / batch 32 | speed-up (1 / 32) | recall@10 | "
           "recall@50 | recall@100 | argmin agree k=10 | k=100 |")
