@@ -118,3 +118,20 @@ def test_bad_input_is_refused(case: tuple[np.ndarray, ...]) -> None:
         neighbour_mean(losses, np.zeros((2, 0), np.int64))
     with pytest.raises(ValueError):
         exact_neighbours(keys, queries[:, :3], 5)
+
+
+def test_the_search_path_does_not_import_torch() -> None:
+    """The daemon's torch-free inference path builds and searches with this module."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, numpy as np; from router.neighbours import NeighbourIndex, neighbour_mean_std; "
+            "keys = np.random.default_rng(0).normal(size=(2000, 16)).astype(np.float16); "
+            "i = NeighbourIndex.build(keys, exact_up_to=100); "
+            "neighbour_mean_std(np.zeros((2000, 3), np.float32), i.search(np.ones((2, 16)), 5), [5]); "
+            "assert i.kind == 'faiss-ivf' and 'torch' not in sys.modules, sorted(sys.modules)")
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, cwd=root, env=env)
