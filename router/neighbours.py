@@ -39,6 +39,7 @@ NPROBE_DIVISOR = 4
 rows (dim 1,152): at 1/8, recall@100 0.992 but the k=100 neighbour mean's argmin (the routing decision)
 moved for 3.5 % of queries; at 1/4, 0.999 and 1.2 %; at 1/2, 1.0 and 0 % but only ~2× faster than the
 scan (dim 384: 0.985 and 2.7 % at 1/4). See docs/benchmarks.md, "Neighbour search (issue 11)"."""
+ADD_CHUNK = 8192
 KMEANS_ITERATIONS = 10
 TRAIN_POINTS_PER_LIST = 64
 """k-means trains the √rows lists on a seeded sample of 64 rows per list (14k of 50k rows): ~8 s at
@@ -111,10 +112,10 @@ class NeighbourIndex:
         if threads < 1:
             raise ValueError(f"threads must be ≥ 1, got {threads}")
         rows, dim = keys.shape
-        data = np.ascontiguousarray(keys, dtype=np.float32)
-        if not np.isfinite(data).all():
+        if not all(np.isfinite(keys[i:i + ADD_CHUNK]).all() for i in range(0, rows, ADD_CHUNK)):
             raise ValueError("neighbour keys contain NaN or infinity")
         if rows <= exact_up_to:
+            data = np.ascontiguousarray(keys, dtype=np.float32)
             return cls("exact", rows, dim, data, None, {"threads": threads, "bytes": data.nbytes})
         import faiss
 
@@ -128,9 +129,13 @@ class NeighbourIndex:
         index.by_residual = False  # store the keys themselves (fp16: the router's own keys, no rounding)
         index.cp.seed = int(seed)
         index.cp.niter = KMEANS_ITERATIONS
-        index.cp.max_points_per_centroid = TRAIN_POINTS_PER_LIST  # a seeded sample trains the lists
-        index.train(data)
-        index.add(data)
+        # k-means on a seeded sample; the keys go in as float32 a chunk at a time, so that building never
+        # holds a float32 copy of the whole memory (220 MB at 50,000 × 1,152)
+        sample = np.sort(np.random.default_rng(seed).permutation(rows)[:lists * TRAIN_POINTS_PER_LIST])
+        index.cp.max_points_per_centroid = TRAIN_POINTS_PER_LIST
+        index.train(np.ascontiguousarray(keys[sample], dtype=np.float32))
+        for start in range(0, rows, ADD_CHUNK):
+            index.add(np.ascontiguousarray(keys[start:start + ADD_CHUNK], dtype=np.float32))
         return cls("faiss-ivf", rows, dim, None, index,
                    {"nlist": lists, "nprobe": probes, "codes": "fp16", "threads": threads, "seed": int(seed),
                     "bytes": int(rows * dim * 2 + lists * dim * 4 + rows * 8)})
