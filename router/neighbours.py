@@ -36,14 +36,14 @@ the benchmark limits both to ``--threads``."""
 
 NPROBE_DIVISOR = 4
 """A query scans a quarter of the inverted lists. On keys grown from real MiniLM embeddings to 50,000
-rows (dim 1,152): at 1/8, recall@100 0.992 but the k=100 neighbour mean's argmin (the routing decision)
-moved for 3.5 % of queries; at 1/4, 0.999 and 1.2 %; at 1/2, 1.0 and 0 % but only ~2× faster than the
-scan (dim 384: 0.985 and 2.7 % at 1/4). See docs/benchmarks.md, "Neighbour search (issue 11)"."""
+rows (dim 1,152): at 1/8, recall@100 0.991 and the k=100 neighbour mean's argmin (the routing decision)
+moved for 1.6 % of queries; at 1/4, 0.998 and 0.8 % (7× faster than the scan); at 1/2, 1.0 and 0 % but
+only 2.5× faster (dim 384: 0.987 and 3.9 % at 1/4). See docs/benchmarks.md, "Neighbour search (issue 11)"."""
 ADD_CHUNK = 8192
 KMEANS_ITERATIONS = 10
 TRAIN_POINTS_PER_LIST = 64
-"""k-means trains the √rows lists on a seeded sample of 64 rows per list (14k of 50k rows): ~8 s at
-50,000 × 1,152 on one core of the dev box (4·√rows lists on every row took 73 s)."""
+"""k-means trains the √rows lists on a seeded sample of 64 rows per list (14k of 50k rows): 6–8 s to
+build at 50,000 × 1,152 on one core of the dev box (4·√rows lists on every row took 73 s)."""
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
