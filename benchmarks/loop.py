@@ -205,7 +205,7 @@ def _offline_router(base: Settings, stream: Stream, attributes: dict[str, dict[s
         say(f"offline full-information router on {len(stream.pool.prompts)} pool prompts")
         settings = prepare_home(Path(home), stream.pool, attributes, recipe)
         prompts = stream.pool.prompts + stream.heldout.prompts
-        predicted, _spread, order, _, seconds = train_and_predict(settings, recipe, seed, prompts)
+        predicted, _spread, order, _, seconds, _served = train_and_predict(settings, recipe, seed, prompts)
     predicted = predicted[:, [order.index(n) for n in stream.pool.experts]]
     choice = predicted.argmin(axis=1)
     return choice[:len(stream.pool.prompts)], choice[len(stream.pool.prompts):], seconds

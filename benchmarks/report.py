@@ -65,7 +65,8 @@ def format_report(report: dict[str, Any]) -> str:
         precisions = sorted({str(r.get("inference")) for r in report["policies"]["thalamus_served"]})
         lines.append(f"served path (the bundle's ONNX export, {'/'.join(precisions)}): decisions agree with PyTorch "
                      f"on {served['agreement']:.4f} of the test prompts, max |Δ predicted loss| "
-                     f"{served['max_abs_diff']:.4f}, {metric} {served[metric]:.4f} vs {report['summary']['thalamus'][metric]:.4f}")
+                     f"{served['max_abs_diff']:.4f}, {metric} {served[metric]:.4f} "
+                     f"vs {report['summary']['thalamus'][metric]:.4f}")
     lines += selection_lines(report)
     boot = report["bootstrap"]
     sign = 1.0 if hib else -1.0

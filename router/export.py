@@ -5,9 +5,10 @@ with two outputs, the pooled embedding (the neighbour head's and the spread's in
 normalised predictions; the rest of inference (neighbours, blending, spread) is a few numpy lines
 in :mod:`router.inference`. The precision is chosen by measurement at every export: int8 dynamic
 quantisation of the weights first (measured 1.7-2× faster than fp32 on this CPU, docs/benchmarks.md),
-fp32 when int8 fails the check. The check serves the exported model exactly as a daemon would
-(:class:`router.inference.OnnxRouter` on the written files) and compares it with the PyTorch router
-on held-out prompts: the largest absolute difference of predicted losses and the share of prompts
+fp32 when int8 fails the check, and, for a memory large enough to be searched by an approximate
+index (router/neighbours.py), fp32 with the exact scan last. The check serves the exported model
+exactly as a daemon would (:class:`router.inference.OnnxRouter` on the written files) and compares it with the PyTorch
+router on held-out prompts: the largest absolute difference of predicted losses and the share of prompts
 whose argmin expert is the same. A bundle whose export fails the check at every precision is not
 written (:class:`ExportCheckFailed`), so it is never registered.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +31,9 @@ if TYPE_CHECKING:
 
 FILE = "inference.onnx"
 PRECISIONS = ("int8", "fp32")
+SEARCHES = ("index", "exact")
+"""``index``: the memory's :class:`router.neighbours.NeighbourIndex` (exact up to its threshold, approximate
+beyond); ``exact``: always the exact scan, slower on a large memory but the PyTorch head's own answers."""
 OPSET = 17
 MIN_AGREEMENT = 0.99
 """Share of check prompts whose argmin expert the export must reproduce."""
@@ -64,6 +69,7 @@ class ExportCheck:
     """How one exported precision compared with the PyTorch router on the check prompts."""
 
     precision: str
+    neighbours: str
     prompts: int
     max_abs_diff: float
     agreement: float
@@ -86,25 +92,26 @@ def export_inference(router: Router, directory: Path, check_prompts: Sequence[st
     scale = float(router.loss_std.mean()) if router.loss_std.numel() else 1.0
     tolerance = MAX_DIFF_SCALE * (scale if np.isfinite(scale) and scale > 0 else 1.0)
     fp32 = directory / ".inference-fp32.onnx"
+    target = directory / FILE
     checks: list[ExportCheck] = []
     try:
         _export_fp32(router, fp32)
-        for precision in PRECISIONS:
-            target = directory / FILE
+        for precision, search in _options(router):
             if precision == "int8":
                 _quantize_int8(fp32, target)
             else:
-                fp32.replace(target)
-            check = _check(directory, router, prompts, expected, precision, tolerance)
+                shutil.copyfile(fp32, target)
+            check = _check(directory, router, prompts, expected, precision, search, tolerance)
             checks.append(check)
             if check.passed:
-                return {"file": FILE, "format": "onnx", "precision": precision, "opset": OPSET,
-                        "tolerance": tolerance, "min_agreement": MIN_AGREEMENT,
+                return {"file": FILE, "format": "onnx", "precision": precision, "neighbours": search,
+                        "opset": OPSET, "tolerance": tolerance, "min_agreement": MIN_AGREEMENT,
                         "check": check.as_dict(), "tried": [c.as_dict() for c in checks]}
             target.unlink()
     finally:
         fp32.unlink(missing_ok=True)
-    summary = "; ".join(f"{c.precision}: agreement {c.agreement:.3f}, max |Δ| {c.max_abs_diff:.4f}" for c in checks)
+    summary = "; ".join(f"{c.precision}/{c.neighbours}: agreement {c.agreement:.3f}, max |Δ| {c.max_abs_diff:.4f}"
+                        for c in checks)
     raise ExportCheckFailed(f"the exported router does not reproduce the PyTorch router on {len(prompts)} prompts "
                             f"(needs agreement ≥ {MIN_AGREEMENT} and max |Δ| ≤ {tolerance:.4f}): {summary}")
 
@@ -121,12 +128,26 @@ class _Exportable(torch.nn.Module):
         return pooled, self.router.head_normalized(pooled)
 
 
+def _options(router: Router) -> list[tuple[str, str]]:
+    """(precision, neighbour search) to try in order; the exact scan is a separate try only where the
+    index would be approximate."""
+    from router.neighbours import EXACT_UP_TO
+
+    uses_memory = router.memory_keys.shape[0] > 0 and (router.config.head_neighbors > 0
+                                                       or router.config.spread_neighbors > 0)
+    options = [(precision, "index") for precision in PRECISIONS]
+    if uses_memory and router.memory_keys.shape[0] > EXACT_UP_TO:
+        options.append(("fp32", "exact"))
+    return options
+
+
 def _merged_copy(router: Router) -> Router:
     """A copy of ``router`` with every LoRA adapter merged into its base weights (same outputs, fewer ops)."""
     merged = copy.deepcopy(router)
     for module in merged.modules():
-        if hasattr(module, "lora_A") and callable(getattr(module, "merge", None)):
-            module.merge()
+        merge: Any = getattr(module, "merge", None)
+        if hasattr(module, "lora_A") and callable(merge):
+            merge()
     return merged.eval()
 
 
@@ -159,10 +180,10 @@ def _quantize_int8(source: Path, target: Path) -> None:
 
 
 def _check(directory: Path, router: Router, prompts: list[str], expected: np.ndarray, precision: str,
-           tolerance: float) -> ExportCheck:
+           search: str, tolerance: float) -> ExportCheck:
     from router.inference import OnnxRouter
 
-    exported = OnnxRouter.load(directory, precision=precision)
+    exported = OnnxRouter.load(directory, precision=precision, exact_neighbours=search == "exact")
     start = time.perf_counter()
     actual = exported.predict(prompts)
     seconds = (time.perf_counter() - start) / max(1, len(prompts))
@@ -171,4 +192,5 @@ def _check(directory: Path, router: Router, prompts: list[str], expected: np.nda
     diff = float(np.max(np.abs(actual[finite] - expected[finite]))) if finite.any() else 0.0
     agreement = float(np.mean(np.nanargmin(actual, axis=1) == np.nanargmin(expected, axis=1)))
     passed = same_nan and diff <= tolerance and agreement >= MIN_AGREEMENT
-    return ExportCheck(precision, len(prompts), round(diff, 6), round(agreement, 4), round(seconds, 5), passed)
+    return ExportCheck(precision, search, len(prompts), round(diff, 6), round(agreement, 4), round(seconds, 5),
+                       passed)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from router.neighbours import NeighbourIndex, neighbour_mean, neighbour_mean_std
+from router.neighbours import EXACT_UP_TO, NeighbourIndex, neighbour_mean, neighbour_mean_std
 
 FILE = "inference.onnx"
 WEIGHTS = "adapter.safetensors"
@@ -35,12 +35,12 @@ class OnnxRouter:
     """Predicts every expert's loss (and its spread) for prompts, as :class:`router.model.Router` does."""
 
     def __init__(self, config: dict[str, Any], buffers: dict[str, np.ndarray], tokenizer: Any, session: Any, *,
-                 precision: str, pad_id: int = 0, batch_size: int = 32) -> None:
+                 precision: str, pad_id: int = 0, batch_size: int = 32, exact_neighbours: bool = False) -> None:
         self.config = config
         self.expert_names: list[str] = [str(name) for name in config["expert_names"]]
         self.loss_mean = np.asarray(buffers["loss_mean"], dtype=np.float32)
         self.loss_std = np.asarray(buffers["loss_std"], dtype=np.float32)
-        keys = np.asarray(buffers.get("memory_keys", np.zeros((0, 0))), dtype=np.float32)
+        keys = np.asarray(buffers.get("memory_keys", np.zeros((0, 0), dtype=np.float16)))
         self.memory_losses = np.asarray(buffers.get("memory_losses", np.zeros((0, len(self.expert_names)))),
                                         dtype=np.float32)
         self.spread_scale = np.asarray(buffers.get("spread_scale", np.full(len(self.expert_names), np.nan)),
@@ -50,7 +50,9 @@ class OnnxRouter:
         self._k_head = int(config.get("head_neighbors", 0) or 0)
         self._k_spread = int(config.get("spread_neighbors", 0) or 0)
         self._blend = float(config.get("head_blend", 0.0) or 0.0)
-        self.index = NeighbourIndex.build(keys) if keys.shape[0] > 0 and (self._k_head or self._k_spread) else None
+        self.index = None
+        if keys.shape[0] > 0 and (self._k_head or self._k_spread):
+            self.index = NeighbourIndex.build(keys, exact_up_to=keys.shape[0] if exact_neighbours else EXACT_UP_TO)
         self._tokenizer = tokenizer
         self._session = session
         self._pad_id = pad_id
@@ -58,7 +60,8 @@ class OnnxRouter:
         self.batch_size = batch_size
 
     @classmethod
-    def load(cls, directory: Path, threads: int = 0, batch_size: int = 32, precision: str | None = None) -> OnnxRouter:
+    def load(cls, directory: Path, threads: int = 0, batch_size: int = 32, precision: str | None = None,
+             exact_neighbours: bool | None = None) -> OnnxRouter:
         """The bundle's export, ready to serve. Does not verify checksums: :mod:`router.serving` does that first.
 
         ``threads``: ONNX Runtime's intra-op threads (0 = one per core). Its threads do not spin
@@ -70,9 +73,11 @@ class OnnxRouter:
 
         directory = Path(directory)
         config = json.loads((directory / "config.json").read_text())
-        if precision is None:
-            manifest = json.loads((directory / "manifest.json").read_text())
-            precision = str((manifest.get("inference") or {}).get("precision", "unknown"))
+        if precision is None or exact_neighbours is None:  # as the export's check chose them
+            record = json.loads((directory / "manifest.json").read_text()).get("inference") or {}
+            precision = precision or str(record.get("precision", "unknown"))
+            exact_neighbours = bool(exact_neighbours) if exact_neighbours is not None \
+                else record.get("neighbours") == "exact"
         buffers = {k: v for k, v in load_file(str(directory / WEIGHTS)).items() if k in _BUFFERS}
         tokenizer = Tokenizer.from_file(str(directory / "tokenizer" / "tokenizer.json"))
         tokenizer.no_padding()
@@ -84,12 +89,13 @@ class OnnxRouter:
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         session = onnxruntime.InferenceSession(str(directory / FILE), options, providers=_providers(onnxruntime))
         return cls(config, buffers, tokenizer, session, precision=precision, pad_id=_pad_id(directory, tokenizer),
-                   batch_size=batch_size)
+                   batch_size=batch_size, exact_neighbours=exact_neighbours)
 
     @property
     def inference(self) -> str:
-        """What serves the predictions, for ``/v1/status``: e.g. ``onnx-int8``."""
-        return f"onnx-{self.precision}"
+        """What serves the predictions, for ``/v1/status``: e.g. ``onnx-int8``, ``onnx-fp32 (faiss-ivf)``."""
+        search = self.index.kind if self.index is not None else None
+        return f"onnx-{self.precision}" + (f" ({search})" if search and search != "exact" else "")
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
         """Predicted losses (N, E), float32."""

@@ -44,8 +44,8 @@ def _build_bundle(directory: Path, backbone: str, losses: tuple[float, ...], noi
     import torch
 
     from router.checkpoint import save_bundle
-    from router.export import export_inference
     from router.config import RouterConfig
+    from router.export import export_inference
     from router.model import Router, init_head_cold_start
 
     router = Router.from_config(RouterConfig(backbone=backbone, expert_names=list(EXPERTS), lora_r=4, lora_layers=1))

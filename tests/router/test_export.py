@@ -102,3 +102,23 @@ def test_a_bundle_without_an_export_is_served_by_pytorch(router: Router, tmp_pat
     assert "inference" not in json.loads((tmp_path / "b" / "manifest.json").read_text())
     served, _ = load_for_serving(tmp_path / "b", sha, EXPERTS, [{}, {}, {}])
     assert isinstance(served, Router)
+
+
+def test_a_memory_searched_by_an_approximate_index_is_checked_with_it(tiny_bert: str, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above the exact-scan threshold the check runs the faiss index the daemon will run, and the exact scan
+    stays as the last option (here the threshold is lowered so that a 40-row memory is indexed)."""
+    import router.inference
+    import router.neighbours
+
+    monkeypatch.setattr(router.neighbours, "EXACT_UP_TO", 8)
+    monkeypatch.setattr(router.inference, "EXACT_UP_TO", 8)
+    model = _trained_router(tiny_bert, head_neighbors=5, spread_neighbors=5)
+    assert export_module._options(model) == [("int8", "index"), ("fp32", "index"), ("fp32", "exact")]
+    sha = save_bundle(model, tmp_path / "b", export=lambda m, d: export_inference(m, d, _prompts()))
+    record = verify_bundle(tmp_path / "b", sha)["inference"]
+    served, _ = load_for_serving(tmp_path / "b", sha, EXPERTS, [{}, {}, {}])
+    assert isinstance(served, OnnxRouter)
+    assert served.index is not None and served.index.kind == ("exact" if record["neighbours"] == "exact" else "faiss-ivf")
+    tried = [(c["precision"], c["neighbours"]) for c in record["tried"]]
+    assert tried == export_module._options(model)[:len(tried)] and record["check"]["passed"]
