@@ -65,8 +65,8 @@ from store.settings import Settings
 
 RATES: tuple[float, ...] = (10, 50, 100, 200, 300, 400)
 QUICK_RATES: tuple[float, ...] = (5, 20)
-SECONDS, QUICK_SECONDS = 10.0, 3.0
-QUICK_EMBEDDED = 256
+SECONDS, QUICK_SECONDS = 10.0, 2.0
+QUICK_EMBEDDED = 128
 """Train prompts embedded with ``quick``; the memory is still filled to ``memory_rows`` with perturbed copies."""
 PATHS: dict[str, str] = {"fast": "auto", "torch": "torch"}
 """Path name → THALAMUS_INFERENCE."""
@@ -75,6 +75,8 @@ CLIENT_TIMEOUT_S = 10.0
 SATURATED_SHARE, SATURATED_P99_MS = 0.8, 5000.0
 SUSTAINED_SHARE, SUSTAINED_P99_MS = 0.95, 100.0
 LOG_WAIT_S = 15.0
+WARM_UP = 5
+"""Sequential requests before the sweep (connections, the first inference's allocations)."""
 LUA = Path(__file__).with_name("serve_open_loop.lua")
 
 Log = Callable[[str], None]
@@ -392,11 +394,13 @@ def run_path(name: str, settings: Settings, bodies_file: Path, bodies: Sequence[
         startup = time.perf_counter() - started
         with httpx.Client(base_url=base, timeout=CLIENT_TIMEOUT_S) as client:
             status = client.get("/v1/status").json()
+            warm_started = time.perf_counter()
             warm_ok = sum(client.post("/v1/route", json=bodies[i % len(bodies)]).status_code == 200
-                          for i in range(20))
+                          for i in range(WARM_UP))
         inference = inference_of(status)
         log(f"{name}: daemon up in {startup:.1f} s, serving with {inference}, "
-            f"{len(process_tree(daemon.pid))} process(es)")
+            f"{len(process_tree(daemon.pid))} process(es), {WARM_UP} warm-up requests in "
+            f"{time.perf_counter() - warm_started:.1f} s")
         results: list[RateResult] = []
         for rate in rates:
             result = drive(base, bodies_file, rate, seconds, daemon.pid)

@@ -386,7 +386,7 @@ GROUP = Group("bench", "benchmarks (routing quality, the demo dataset, faults un
                   "default ../shared/data/dcrouter"),
          arg("--rates", help="arrival rates in requests/s, comma-separated (default 10,50,100,200,300,400; "
                              "--quick: 5,20)"),
-         arg("--seconds", type=float, help="seconds of load per rate (default 10; --quick: 3)"),
+         arg("--seconds", type=float, help="seconds of load per rate (default 10; --quick: 2)"),
          arg("--database-url", help="log to a fresh database on this PostgreSQL server (dropped afterwards) "
                                     "instead of the throw-away home's SQLite"),
          arg("--memory-rows", type=positive_int,
@@ -395,6 +395,6 @@ GROUP = Group("bench", "benchmarks (routing quality, the demo dataset, faults un
          arg("--workers", type=positive_int, help="THALAMUS_WORKERS for the daemons"),
          arg("--json", dest="json_out", type=Path, help="also write the report here"),
          arg("--plot", dest="plot_out", type=Path, help="write latency p50/p95/p99 against the rate (PNG) here"),
-         arg("--quick", action="store_true", help="2 rates, 3 s each, 256 embedded train prompts (about a minute)"),
+         arg("--quick", action="store_true", help="rates 5,20, 2 s each, 128 embedded train prompts (about a minute)"),
          show=_show_serve, fails=lambda report: not all(p["all_logged"] for p in report["paths"].values())),
 ))
