@@ -104,7 +104,8 @@ class RateResult:
     service_p50_ms: float  # from the actual send, for comparison with the schedule-based p50
     daemon_cpu_s: float
     daemon_cpu_ms_per_request: float
-    daemon_rss_mb: float
+    daemon_rss_mb: float  # summed over its processes
+    daemon_rss_max_mb: float  # its largest process
     loader_cpu_s: float
     wrk_socket_errors: dict[str, int] = field(default_factory=dict)
 
@@ -151,14 +152,15 @@ def tree_cpu_seconds(pid: int) -> float:
     return total / tick
 
 
-def tree_rss_mb(pid: int) -> float:
-    total = 0
+def tree_rss_mb(pid: int) -> tuple[float, float]:
+    """(VmRSS summed over ``pid`` and its descendants, the largest single process's), in MB."""
+    sizes = [0]
     for p in process_tree(pid):
         with contextlib.suppress(OSError, ValueError):
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-    return total / 1024
+                    sizes.append(int(line.split()[1]))
+    return sum(sizes) / 1024, max(sizes) / 1024
 
 
 # ---- the load generator ------------------------------------------------------------------------
@@ -181,7 +183,7 @@ def drive(base: str, bodies_file: Path, rate: float, seconds: float, daemon_pid:
     threads = min(connections_for(rate), total)
     with tempfile.TemporaryDirectory(prefix="thalamus-wrk-") as done_dir, \
             tempfile.TemporaryFile("w+") as out:
-        start = time.time() + 0.3 + 0.004 * threads  # wrk starts its threads and connects first
+        start = time.time() + 0.5 + 0.005 * threads  # wrk starts its threads and connects first
         duration = math.ceil(start - time.time() + seconds + drain)
         command = [wrk_binary(), "-t", str(threads), "-c", str(threads), "-d", f"{duration}s",
                    "--timeout", f"{CLIENT_TIMEOUT_S:.0f}s", "-s", str(LUA), base, "--", str(bodies_file),
@@ -206,8 +208,8 @@ def drive(base: str, bodies_file: Path, rate: float, seconds: float, daemon_pid:
                   usage.ru_utime + usage.ru_stime)
 
 
-def _parse(text: str, rate: float, seconds: float, threads: int, total: int, daemon_cpu: float, rss: float,
-           loader_cpu: float) -> RateResult:
+def _parse(text: str, rate: float, seconds: float, threads: int, total: int, daemon_cpu: float,
+           rss: tuple[float, float], loader_cpu: float) -> RateResult:
     statuses, latency, service, finish = [], [], [], []
     socket_errors: dict[str, int] = {}
     for line in text.splitlines():
@@ -238,7 +240,8 @@ def _parse(text: str, rate: float, seconds: float, threads: int, total: int, dae
         achieved=round(ok / span, 2), p50_ms=q(lat, 50), p95_ms=q(lat, 95), p99_ms=q(lat, 99),
         max_ms=round(float(lat.max()), 2) if lat.size else float("nan"), service_p50_ms=q(np.asarray(service), 50),
         daemon_cpu_s=round(daemon_cpu, 2), daemon_cpu_ms_per_request=round(1000 * daemon_cpu / max(ok, 1), 3),
-        daemon_rss_mb=round(rss, 1), loader_cpu_s=round(loader_cpu, 3), wrk_socket_errors=socket_errors)
+        daemon_rss_mb=round(rss[0], 1), daemon_rss_max_mb=round(rss[1], 1), loader_cpu_s=round(loader_cpu, 3),
+        wrk_socket_errors=socket_errors)
 
 
 # ---- set-up -------------------------------------------------------------------------------------
