@@ -288,8 +288,29 @@ def memory_rows_from(keys: np.ndarray, losses: np.ndarray, rows: int, seed: int 
     return np.vstack([unit, copies]).astype(np.float32), np.vstack([losses, losses[source]])
 
 
+def embed_cached(router: Any, prompts: Sequence[str], cache_dir: Path | None) -> np.ndarray:
+    """The router's pooled embeddings of ``prompts``; kept in ``cache_dir`` (keyed by the backbone, its
+    files' sizes and times, the max length, the pooled layers and the prompts) so later runs skip the encoder."""
+    if cache_dir is None:
+        return np.asarray(router.embed(list(prompts), batch_size=64), dtype=np.float64)
+    import hashlib
+
+    backbone = Path(router.config.backbone)
+    stamp = sorted((str(p.relative_to(backbone)), p.stat().st_size, p.stat().st_mtime_ns)
+                   for p in backbone.rglob("*") if p.is_file()) if backbone.is_dir() else str(backbone)
+    key = hashlib.sha256(json.dumps([str(backbone), stamp, router.config.max_length, router.config.pool_layers,
+                                     list(prompts)]).encode()).hexdigest()[:24]
+    path = cache_dir / f"bench-serve-embeddings-{key}.npy"
+    if path.is_file():
+        return np.load(path)
+    features = np.asarray(router.embed(list(prompts), batch_size=64), dtype=np.float64)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    np.save(path, features)
+    return features
+
+
 def build_router(settings: Settings, experts: Sequence[str], prompts: Sequence[str], losses: np.ndarray,
-                 memory_rows: int) -> Any:
+                 memory_rows: int, cache_dir: Path | None = None) -> Any:
     """The head-only router described in the module docstring (a :class:`router.model.Router`)."""
     import torch
 
@@ -303,7 +324,7 @@ def build_router(settings: Settings, experts: Sequence[str], prompts: Sequence[s
                           max_length=settings.train_max_length, lora_r=0, pool_layers=settings.train_pool_layers,
                           head_neighbors=HEAD_NEIGHBORS, spread_neighbors=HEAD_NEIGHBORS)
     router = Router.from_config(config)
-    features = router.embed(list(prompts), batch_size=64).astype(np.float64)
+    features = embed_cached(router, prompts, cache_dir)
     mean, std = normalizer(losses)
     renormalize(router, mean, std)
     weight, bias = ridge_solution(features, (losses - mean) / std, settings.train_head_ridge)
@@ -320,7 +341,7 @@ def build_router(settings: Settings, experts: Sequence[str], prompts: Sequence[s
 
 
 def prepare(settings: Settings, dataset: Path, memory_rows: int | None, quick: bool, log: Log,
-            ) -> tuple[list[str], dict[str, Any]]:
+            cache_dir: Path | None = None) -> tuple[list[str], dict[str, Any]]:
     """Migrate, register the experts, build, register and activate the router; (test prompts, facts)."""
     from benchmarks.data import load_dataset
     from experts.registry import register_experts
@@ -343,7 +364,7 @@ def prepare(settings: Settings, dataset: Path, memory_rows: int | None, quick: b
     log(f"building the router: {len(embedded)} train prompts embedded, {rows} memory rows")
     started = time.perf_counter()
     router = build_router(settings, train.experts, [train.prompts[i] for i in embedded], train.losses[embedded],
-                          rows)
+                          rows, cache_dir)
     built = time.perf_counter()
     with session_scope(settings) as session:
         version = save_version(session, settings, router, parent_id=None, status=VersionStatus.CANDIDATE,
@@ -442,9 +463,10 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def run(dataset: Path, *, rates: Sequence[float] | None = None, seconds: float | None = None,
         database_url: str | None = None, memory_rows: int | None = None, paths: Sequence[str] = ("fast", "torch"),
-        workers: int | None = None, quick: bool = False, backbone: str | None = None,
+        workers: int | None = None, quick: bool = False, backbone: str | None = None, cache_dir: Path | None = None,
         log: Log = print) -> dict[str, Any]:
-    """The whole benchmark; a JSON-able report (see :func:`table`)."""
+    """The whole benchmark; a JSON-able report (see :func:`table`). ``cache_dir``: where the train prompts'
+    embeddings are kept between runs (None: embedded every run)."""
     unknown = [p for p in paths if p not in PATHS]
     if unknown or not paths:
         raise ValueError(f"--paths must name some of {', '.join(PATHS)}, got {', '.join(paths) or 'none'}")
@@ -458,7 +480,7 @@ def run(dataset: Path, *, rates: Sequence[float] | None = None, seconds: float |
     try:
         with database(database_url) as url:
             settings = Settings(home=home, database_url=url, port=free_port(), backbone=backbone, auth=False)
-            prompts, facts = prepare(settings, Path(dataset), memory_rows, quick, log)
+            prompts, facts = prepare(settings, Path(dataset), memory_rows, quick, log, cache_dir)
             bodies = [{"prompt": p, "explore": False} for p in prompts]
             bodies_file = home / "bodies.jsonl"
             bodies_file.write_text("".join(json.dumps(b) + "\n" for b in bodies), encoding="utf-8")

@@ -244,7 +244,8 @@ def serve(settings: Settings, *, dataset: Path = Path("../shared/data/dcrouter")
     try:
         report = run(Path(dataset), rates=rate_list, seconds=seconds, database_url=database_url,
                      memory_rows=memory_rows, paths=[p.strip() for p in paths.split(",") if p.strip()],
-                     workers=workers, quick=quick, backbone=settings.backbone, log=say)
+                     workers=workers, quick=quick, backbone=settings.backbone, cache_dir=settings.home / "cache",
+                     log=say)
     except RuntimeError as exc:
         if "wrk is not installed" in str(exc):
             raise CliError(str(exc)) from None

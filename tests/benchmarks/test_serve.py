@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from benchmarks.serve import _parse, inference_of, memory_rows_from, run, table
+from benchmarks.serve import _parse, embed_cached, inference_of, memory_rows_from, run, table
 from cli.main import main
 
 
@@ -69,3 +70,27 @@ def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str
         main(["bench", "serve", *argv])
     assert exit_.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_embeddings_are_cached_by_backbone_settings_and_prompts(tmp_path: Path) -> None:
+    class FakeRouter:
+        def __init__(self, max_length: int) -> None:
+            self.config = SimpleNamespace(backbone=str(tmp_path / "no-such-backbone"), max_length=max_length,
+                                          pool_layers=3)
+            self.calls = 0
+
+        def embed(self, prompts: list[str], batch_size: int) -> np.ndarray:
+            self.calls += 1
+            return np.full((len(prompts), 2), float(self.config.max_length))
+
+    router = FakeRouter(128)
+    first = embed_cached(router, ["a", "b"], tmp_path)
+    again = embed_cached(router, ["a", "b"], tmp_path)
+    np.testing.assert_array_equal(first, again)
+    assert router.calls == 1
+    embed_cached(router, ["a", "c"], tmp_path)
+    other = FakeRouter(64)
+    assert embed_cached(other, ["a", "b"], tmp_path)[0, 0] == 64.0
+    assert router.calls == 2 and other.calls == 1
+    embed_cached(router, ["a", "b"], None)
+    assert router.calls == 3  # no cache directory: embedded every time
