@@ -302,11 +302,11 @@ def embed_cached(router: Any, prompts: Sequence[str], cache_dir: Path | None) ->
                                      list(prompts)]).encode()).hexdigest()[:24]
     path = cache_dir / f"bench-serve-embeddings-{key}.npy"
     if path.is_file():
-        return np.load(path)
-    features = np.asarray(router.embed(list(prompts), batch_size=64), dtype=np.float64)
+        return np.load(path).astype(np.float64)
+    features = np.asarray(router.embed(list(prompts), batch_size=64), dtype=np.float32)  # what embed computes
     cache_dir.mkdir(parents=True, exist_ok=True)
     np.save(path, features)
-    return features
+    return features.astype(np.float64)
 
 
 def build_router(settings: Settings, experts: Sequence[str], prompts: Sequence[str], losses: np.ndarray,
