@@ -421,9 +421,9 @@ def run_path(name: str, settings: Settings, bodies_file: Path, bodies: Sequence[
             warm_started = time.perf_counter()
             warm_ok = sum(client.post("/v1/route", json=bodies[i % len(bodies)]).status_code == 200
                           for i in range(WARM_UP))
-        inference = inference_of(status)
+        inference, processes = inference_of(status), len(process_tree(daemon.pid))
         log(f"{name}: daemon up in {startup:.1f} s, serving with {inference}, "
-            f"{len(process_tree(daemon.pid))} process(es), {WARM_UP} warm-up requests in "
+            f"{processes} process(es), {WARM_UP} warm-up requests in "
             f"{time.perf_counter() - warm_started:.1f} s")
         results: list[RateResult] = []
         for rate in rates:
@@ -451,6 +451,7 @@ def run_path(name: str, settings: Settings, bodies_file: Path, bodies: Sequence[
             daemon.wait(10)
     sustained = [r for r in results if r.sustained]
     return {"inference": inference, "startup_seconds": round(startup, 1), "workers": workers,
+            "processes": processes,
             "rows": [asdict(r) | {"saturated": r.saturated, "sustained": r.sustained} for r in results],
             "answered_2xx": answered, "logged": logged, "all_logged": logged >= answered,
             "sustained_rate": max((r.rate for r in sustained), default=0.0),
