@@ -8,8 +8,10 @@
 -- achieved rate falls below the offered one.
 --
 -- args: BODIES_FILE (one JSON body per line) RATE START_EPOCH_SECONDS TOTAL_REQUESTS DONE_DIR PATH THREADS
--- Output (done): lines "@@R status sched_ms service_ms finish_s" per answer, "@@S thread sent answered",
--- "@@E connect read write status timeout" (wrk's socket error counts).
+-- Output (done): lines "@@R status sched_ms service_ms finish_s" per answer, "@@S thread sent answered loader_late",
+-- "@@E connect read write status timeout" (wrk's socket error counts). loader_late counts requests that left more
+-- than 5 ms after both their slot and their connection's last answer: lateness of wrk itself (a starved
+-- machine), not of the daemon.
 
 local ffi = require("ffi")
 ffi.cdef [[
@@ -45,7 +47,8 @@ function init(args)
   nxt = id           -- the next request index this thread sends
   pending = nil      -- the scheduled time of the request in flight
   sent_at = nil
-  sent, answered = 0, 0
+  sent, answered, loader_late = 0, 0, 0
+  ready_at = nil     -- when the connection became free for the request in flight
   results = {}       -- "status sched_ms service_ms finish_s" per answer
   quota = 0
   if id < total then quota = math.floor((total - 1 - id) / nthreads) + 1 end
@@ -57,7 +60,8 @@ end
 function delay()
   if nxt >= total then return 3600000 end -- this thread's share is sent: idle until wrk stops
   pending = start + nxt / rate
-  local wait = (pending - now()) * 1000
+  ready_at = now()
+  local wait = (pending - ready_at) * 1000
   if wait < 1 then return 0 end
   return math.floor(wait) -- wrk's timers have millisecond resolution; never wake after the slot
 end
@@ -70,6 +74,7 @@ function request()
   nxt = nxt + nthreads
   sent = sent + 1
   sent_at = now()
+  if sent_at - math.max(pending, ready_at) > 0.005 then loader_late = loader_late + 1 end
   return bodies[(j % #bodies) + 1]
 end
 
@@ -92,8 +97,8 @@ function done(summary, latency, requests)
   for _, thread in ipairs(threads) do
     local rows = thread:get("results") or {}
     for _, row in ipairs(rows) do out[#out + 1] = "@@R " .. row end
-    out[#out + 1] = string.format("@@S %d %d %d", thread:get("id"), thread:get("sent") or 0,
-      thread:get("answered") or 0)
+    out[#out + 1] = string.format("@@S %d %d %d %d", thread:get("id"), thread:get("sent") or 0,
+      thread:get("answered") or 0, thread:get("loader_late") or 0)
   end
   local e = summary.errors
   out[#out + 1] = string.format("@@E %d %d %d %d %d", e.connect, e.read, e.write, e.status, e.timeout)

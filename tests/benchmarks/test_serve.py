@@ -34,14 +34,14 @@ def test_quick_run_answers_logs_every_request_and_the_fast_path_beats_torch(dcro
 def test_parse_counts_errors_from_the_schedule() -> None:
     lines = ["Running 3s test @ http://127.0.0.1:1",
              "@@R 200 4.0 3.0 0.10", "@@R 200 6.0 5.0 0.20", "@@R 422 2.0 2.0 0.30", "@@R 200 12000.0 3.0 2.9",
-             "@@S 0 5 4", "@@E 0 1 0 1 0"]
+             "@@S 0 5 4 2", "@@E 0 1 0 1 0"]
     result = _parse("\n".join(lines), rate=2.0, seconds=2.5, threads=1, total=5, daemon_cpu=0.3, rss=(100.0, 60.0),
                     loader_cpu=0.01)
     assert (result.answered, result.ok, result.non_2xx, result.unanswered, result.timeouts) == (4, 3, 1, 1, 1)
     assert result.errors == 3
     assert result.achieved == round(3 / 2.9, 2)  # the last answer came after the offered 2.5 s
     assert result.max_ms == 12000.0 and result.daemon_cpu_ms_per_request == 100.0
-    assert result.wrk_socket_errors["read"] == 1
+    assert result.wrk_socket_errors["read"] == 1 and result.loader_late == 2
     assert result.saturated and not result.sustained
 
 
