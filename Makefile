@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo lint test serve bench-quality bench-quality-quick clean
+.PHONY: setup demo lint test serve bench-quality bench-quality-quick bench-serve tools clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,11 @@ lint: setup
 	$(BIN)/ruff check
 	$(BIN)/mypy
 
-test: lint
+# The load generator of `thalamus bench serve` (its quick test runs in `make test`): Debian's wrk 4.1.
+tools:
+	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
+
+test: lint tools
 	$(BIN)/pytest -q
 
 serve: setup
@@ -32,6 +36,9 @@ serve: setup
 
 bench-quality: setup
 	$(BIN)/thalamus bench quality --dataset ../shared/data/dcrouter --json var/bench-quality.json --plot var/pareto.png
+
+bench-serve: setup tools
+	$(BIN)/thalamus bench serve --dataset ../shared/data/dcrouter --json var/bench-serve.json --plot var/serve.png
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

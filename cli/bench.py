@@ -225,6 +225,43 @@ def gateway(settings: Settings, *, rate: float = 20.0, seconds: float = 15.0, ro
     return report
 
 
+def serve(settings: Settings, *, dataset: Path = Path("../shared/data/dcrouter"), rates: str | None = None,
+          seconds: float | None = None, database_url: str | None = None, memory_rows: int | None = None,
+          paths: str = "fast,torch", workers: int | None = None, json_out: Path | None = None,
+          plot_out: Path | None = None, quick: bool = False) -> dict[str, Any]:
+    """Latency and throughput of POST /v1/route under open-loop load (wrk), the fast inference path against
+    the PyTorch one: per arrival rate, achieved throughput, p50/p95/p99/max, errors, daemon CPU and RSS."""
+    from benchmarks.serve import plot, run
+
+    if not Path(dataset).exists():
+        raise CliError(f"dataset {dataset} does not exist")
+    try:
+        rate_list = [float(r) for r in rates.split(",") if r.strip()] if rates else None
+    except ValueError:
+        raise CliError(f"--rates {rates!r} must be comma-separated numbers") from None
+    if seconds is not None and seconds <= 0:
+        raise CliError("--seconds must be positive")
+    try:
+        report = run(Path(dataset), rates=rate_list, seconds=seconds, database_url=database_url,
+                     memory_rows=memory_rows, paths=[p.strip() for p in paths.split(",") if p.strip()],
+                     workers=workers, quick=quick, backbone=settings.backbone, cache_dir=settings.home / "cache",
+                     log=say)
+    except RuntimeError as exc:
+        if "wrk is not installed" in str(exc):
+            raise CliError(str(exc)) from None
+        raise
+    _write_json(json_out, report)
+    if plot_out is not None:
+        plot(report, plot_out)
+    return report
+
+
+def _show_serve(report: dict[str, Any]) -> None:
+    from benchmarks.serve import table
+
+    print(table(report))
+
+
 def _show_faults(rows: list[Any]) -> None:
     from benchmarks.faults import table
 
@@ -250,7 +287,7 @@ def _show_written(written: DatasetWritten) -> None:
 
 GROUP = Group("bench", "benchmarks (routing quality, the demo dataset, faults under load, bandit training, "
                        "off-policy intervals, shadow latency, the learning loop, expert fine-tuning, "
-                       "gateway latency)", (
+                       "gateway latency, serving latency and throughput)", (
     verb("quality", quality,
          arg("--dataset", type=Path, help="directory with train.*/test.* [+ models.json], or one file"),
          arg("--datasets", type=Path, nargs="+", help="several datasets in one command, with one summary table"),
@@ -344,4 +381,21 @@ GROUP = Group("bench", "benchmarks (routing quality, the demo dataset, faults un
          arg("--backbone", default=None, help="the router's encoder directory (default: MiniLM)"),
          arg("--json", dest="json_out", type=Path, help="also write the report here"),
          show=print_json, fails=lambda report: any(report[p]["failed"] for p in ("direct", "passthrough", "routed"))),
+    verb("serve", serve,
+         arg("--dataset", type=Path, default=Path("../shared/data/dcrouter"),
+             help="dataset directory: its experts, its train prompts (the memory), its test prompts (the load); "
+                  "default ../shared/data/dcrouter"),
+         arg("--rates", help="arrival rates in requests/s, comma-separated (default 10,50,100,200,300,400; "
+                             "--quick: 5,20)"),
+         arg("--seconds", type=float, help="seconds of load per rate (default 10; --quick: 2)"),
+         arg("--database-url", help="log to a fresh database on this PostgreSQL server (dropped afterwards) "
+                                    "instead of the throw-away home's SQLite"),
+         arg("--memory-rows", type=positive_int,
+             help="neighbour memory rows (default: the train prompts; more: perturbed copies of them)"),
+         arg("--paths", default="fast,torch", help="fast (THALAMUS_INFERENCE=auto) and/or torch (default both)"),
+         arg("--workers", type=positive_int, help="THALAMUS_WORKERS for the daemons"),
+         arg("--json", dest="json_out", type=Path, help="also write the report here"),
+         arg("--plot", dest="plot_out", type=Path, help="write latency p50/p95/p99 against the rate (PNG) here"),
+         arg("--quick", action="store_true", help="rates 5,20, 2 s each, 128 embedded train prompts (about a minute)"),
+         show=_show_serve, fails=lambda report: not all(p["all_logged"] for p in report["paths"].values())),
 ))

@@ -1,0 +1,567 @@
+"""Serving latency and throughput of ``POST /v1/route`` under open-loop load (``thalamus bench serve``, issue 11).
+
+Set-up, on a throw-away THALAMUS_HOME (SQLite; or a fresh PostgreSQL database with ``database_url``,
+dropped afterwards): the dataset's experts registered as ``external`` (``/v1/route`` never calls
+them), and a head-only router (``lora_r = 0``) built the way head-only training ends: the frozen
+encoder's pooled top-``train_pool_layers`` states of the train prompts, a ridge head
+(α = ``train_head_ridge``) and a k = 10 neighbour head over a memory of ``memory_rows`` rows (the train
+prompts; beyond them, seeded perturbed copies of their embeddings, unit-normed, with the source row's
+losses). Spreads over the 10 nearest rows are on (unit scale), so serving computes what a trained
+router's does. It is registered with :func:`jobs.router_store.save_version` (which writes whatever
+inference export the product makes) and activated.
+
+Then, per path, a real ``thalamus serve`` (``torch``: ``THALAMUS_INFERENCE=torch``, the PyTorch baseline;
+``fast``: ``THALAMUS_INFERENCE=auto``, the bundle's inference export where it has one), warmed up, is
+driven at each arrival rate in turn, ascending, with the dataset's test prompts (``explore: false``,
+auth off); a path's sweep stops once it is saturated (achieved < 80 % of the rate, or p99 > 5 s). The
+inference each daemon really used is read from ``/v1/status`` (``router.inference``; absent = torch).
+
+The load generator is Debian's ``wrk`` 4.1 (``make tools``) with ``serve_open_loop.lua``. The Debian
+archive has neither wrk2 nor vegeta nor oha; ``hey`` paces each worker closed-loop and measures from the
+actual send, so a stalled daemon would hide its queue (coordinated omission). wrk is C and epoll, so it
+costs the 2-core machine little (its CPU seconds are reported), and its LuaJIT scripting lets us keep a
+fixed schedule: request j is due at start + j / rate; with one connection per wrk thread each thread
+sends its share, waiting in ``delay()`` for the slot, and every latency is measured **from the scheduled
+time** (so a request that left late because its connection was still waiting counts that wait, as in
+wrk2). It is not a pure open loop: at most ``connections`` requests are in flight (rate / 2, 4 to 200,
+so half a second of latency before any request waits client-side: far above the 100 ms p99 that
+"sustained" asks for); when the daemon cannot keep up, requests leave late and the achieved rate
+falls, which the table shows.
+
+Per rate: achieved throughput (2xx answers / max(offered seconds, time of the last answer)), p50/p95/p99/max
+latency from the schedule, errors (non-2xx answers + requests without an answer by the end of the drain
++ answers slower than the 10 s client timeout), the daemon's CPU seconds per answered request (utime +
+stime of the daemon and its child processes from /proc, before/after), its RSS (VmRSS summed over its
+processes), wrk's own CPU seconds (``wait4`` rusage) and how many requests wrk itself sent > 5 ms late
+(``wrk late``: the loader starved of CPU, not the daemon's doing; should be 0). After each path, the
+``requests`` table must hold at least one row per 2xx answer (the log writer flushes asynchronously:
+waited for up to 15 s).
+
+Sustained throughput: the highest offered rate answered with achieved ≥ 95 % of it, p99 ≤ 100 ms and no
+error. The report gives fast/torch of it, of the peak achieved rate, and torch/fast of the p50 at the
+lowest rate (both paths always run it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from benchmarks.loadgen import wait_healthy
+from benchmarks.tcpproxy import free_port
+from store.settings import Settings
+
+RATES: tuple[float, ...] = (10, 50, 100, 200, 300, 400)
+QUICK_RATES: tuple[float, ...] = (5, 20)
+SECONDS, QUICK_SECONDS = 10.0, 2.0
+QUICK_EMBEDDED = 128
+"""Train prompts embedded with ``quick``; the memory is still filled to ``memory_rows`` with perturbed copies."""
+PATHS: dict[str, str] = {"fast": "auto", "torch": "torch"}
+"""Path name → THALAMUS_INFERENCE."""
+HEAD_NEIGHBORS = 10
+CLIENT_TIMEOUT_S = 10.0
+SATURATED_SHARE, SATURATED_P99_MS = 0.8, 5000.0
+SUSTAINED_SHARE, SUSTAINED_P99_MS = 0.95, 100.0
+LOG_WAIT_S = 15.0
+WARM_UP_RATE, WARM_UP_SECONDS = 5.0, 1.0
+"""Load before the sweep, not reported: the first inferences' allocations, wrk's first start (slow to be ready)."""
+LUA = Path(__file__).with_name("serve_open_loop.lua")
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class RateResult:
+    """One arrival rate on one path."""
+
+    rate: float
+    seconds: float
+    connections: int
+    scheduled: int
+    answered: int
+    ok: int
+    non_2xx: int
+    unanswered: int
+    timeouts: int
+    errors: int
+    achieved: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+    service_p50_ms: float  # from the actual send, for comparison with the schedule-based p50
+    daemon_cpu_s: float
+    daemon_cpu_ms_per_request: float
+    daemon_rss_mb: float  # summed over its processes
+    daemon_rss_max_mb: float  # its largest process
+    loader_cpu_s: float
+    loader_late: int  # requests wrk itself sent > 5 ms late (a starved machine), see serve_open_loop.lua
+    wrk_socket_errors: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def saturated(self) -> bool:
+        return self.achieved < SATURATED_SHARE * self.rate or self.p99_ms > SATURATED_P99_MS
+
+    @property
+    def sustained(self) -> bool:
+        return self.achieved >= SUSTAINED_SHARE * self.rate and self.p99_ms <= SUSTAINED_P99_MS and not self.errors
+
+
+# ---- the daemon's processes -------------------------------------------------------------------
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+                tree.setdefault(ppid, []).append(int(entry))
+    return tree
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every live descendant (uvicorn's worker processes, when there are several)."""
+    tree, found, todo = _children(), [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo += tree.get(current, [])
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` and its live descendants, plus what their reaped children used."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError, ValueError):
+            stat = Path(f"/proc/{p}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            total += sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
+    return total / tick
+
+
+def tree_rss_mb(pid: int) -> tuple[float, float]:
+    """(VmRSS summed over ``pid`` and its descendants, the largest single process's), in MB."""
+    sizes = [0]
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    sizes.append(int(line.split()[1]))
+    return sum(sizes) / 1024, max(sizes) / 1024
+
+
+# ---- the load generator ------------------------------------------------------------------------
+
+def wrk_binary() -> str:
+    found = shutil.which("wrk")
+    if found is None:
+        raise RuntimeError("wrk is not installed: run `make tools` (apt-get install wrk)")
+    return found
+
+
+def connections_for(rate: float) -> int:
+    """wrk connections (= threads) for ``rate``: enough for 0.5 s of latency in flight, 4 to 200."""
+    return int(min(200, max(4, math.ceil(rate / 2))))
+
+
+def drive(base: str, bodies_file: Path, rate: float, seconds: float, daemon_pid: int,
+          drain: float = CLIENT_TIMEOUT_S) -> RateResult:
+    """``rate`` × ``seconds`` POSTs to ``base``/v1/route on the fixed schedule (see the module docstring)."""
+    total = max(1, round(rate * seconds))
+    threads = min(connections_for(rate), total)
+    with tempfile.TemporaryDirectory(prefix="thalamus-wrk-") as done_dir, \
+            tempfile.TemporaryFile("w+") as out:
+        start = time.time() + 0.5 + 0.005 * threads  # wrk starts its threads and connects first
+        duration = math.ceil(start - time.time() + seconds + drain)
+        command = [wrk_binary(), "-t", str(threads), "-c", str(threads), "-d", f"{duration}s",
+                   "--timeout", f"{CLIENT_TIMEOUT_S:.0f}s", "-s", str(LUA), base, "--", str(bodies_file),
+                   repr(float(rate)), f"{start:.6f}", str(total), done_dir, "/v1/route", str(threads)]
+        cpu_before = tree_cpu_seconds(daemon_pid)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        deadline = start + seconds + drain + 5
+        while process.poll() is None and time.time() < deadline:
+            if time.time() > start + seconds and len(os.listdir(done_dir)) >= threads:
+                process.send_signal(signal.SIGINT)  # every answer is in: wrk stops, runs done(), prints
+                break
+            time.sleep(0.05)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        cpu_after = tree_cpu_seconds(daemon_pid)
+        rss = tree_rss_mb(daemon_pid)
+        out.seek(0)
+        text = out.read()
+    if process.returncode != 0 or "@@E" not in text:
+        raise RuntimeError(f"wrk failed ({process.returncode}): {text[-2000:]}")
+    return _parse(text, rate, seconds, threads, total, cpu_after - cpu_before, rss,
+                  usage.ru_utime + usage.ru_stime)
+
+
+def _parse(text: str, rate: float, seconds: float, threads: int, total: int, daemon_cpu: float,
+           rss: tuple[float, float], loader_cpu: float) -> RateResult:
+    statuses, latency, service, finish = [], [], [], []
+    socket_errors: dict[str, int] = {}
+    loader_late = 0
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        if parts[0] == "@@R":
+            statuses.append(int(parts[1]))
+            latency.append(float(parts[2]))
+            service.append(float(parts[3]))
+            finish.append(float(parts[4]))
+        elif parts[0] == "@@S":
+            loader_late += int(parts[4])
+        elif parts[0] == "@@E":
+            socket_errors = dict(zip(("connect", "read", "write", "status", "timeout"), map(int, parts[1:]),
+                                     strict=True))
+    codes = np.asarray(statuses, dtype=int)
+    lat = np.asarray(latency)
+    ok = int(((codes >= 200) & (codes < 300)).sum())
+    timeouts = int((lat > 1000 * CLIENT_TIMEOUT_S).sum())
+    non_2xx, unanswered = len(codes) - ok, total - len(codes)
+
+    def q(values: np.ndarray, p: float) -> float:
+        return round(float(np.percentile(values, p)), 2) if values.size else float("nan")
+
+    span = max(seconds, max(finish, default=0.0))
+    return RateResult(
+        rate=rate, seconds=seconds, connections=threads, scheduled=total, answered=len(codes), ok=ok,
+        non_2xx=non_2xx, unanswered=unanswered, timeouts=timeouts, errors=non_2xx + unanswered + timeouts,
+        achieved=round(ok / span, 2), p50_ms=q(lat, 50), p95_ms=q(lat, 95), p99_ms=q(lat, 99),
+        max_ms=round(float(lat.max()), 2) if lat.size else float("nan"), service_p50_ms=q(np.asarray(service), 50),
+        daemon_cpu_s=round(daemon_cpu, 2), daemon_cpu_ms_per_request=round(1000 * daemon_cpu / max(ok, 1), 3),
+        daemon_rss_mb=round(rss[0], 1), daemon_rss_max_mb=round(rss[1], 1), loader_cpu_s=round(loader_cpu, 3),
+        loader_late=loader_late, wrk_socket_errors=socket_errors)
+
+
+# ---- set-up -------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def database(database_url: str | None) -> Iterator[str | None]:
+    """None (the home's SQLite), or a fresh database on the PostgreSQL server of ``database_url``, dropped after."""
+    if database_url is None:
+        yield None
+        return
+    from sqlalchemy import create_engine, make_url, text
+
+    url = make_url(database_url)
+    if not url.drivername.startswith("postgresql"):
+        raise ValueError(f"--database-url must be a PostgreSQL URL, got {url.drivername}")
+    name = f"thalamus_serve_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield url.set(database=name).render_as_string(hide_password=False)
+        finally:
+            from store.db import dispose_engines
+
+            dispose_engines()
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+def memory_rows_from(keys: np.ndarray, losses: np.ndarray, rows: int, seed: int = 0,
+                     noise: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """``rows`` memory rows: the real ones first, then seeded copies of random real rows with Gaussian noise
+    (``noise`` × the row's norm in total), all unit-normed; a copy keeps its source row's losses."""
+    unit = keys / np.linalg.norm(keys, axis=1, keepdims=True).clip(min=1e-12)
+    if rows <= len(unit):
+        return unit[:rows].astype(np.float32), losses[:rows]
+    rng = np.random.RandomState(seed)
+    source = rng.randint(0, len(unit), size=rows - len(unit))
+    copies = unit[source] + rng.standard_normal((len(source), unit.shape[1])) * (noise / math.sqrt(unit.shape[1]))
+    copies /= np.linalg.norm(copies, axis=1, keepdims=True)
+    return np.vstack([unit, copies]).astype(np.float32), np.vstack([losses, losses[source]])
+
+
+def embed_cached(router: Any, prompts: Sequence[str], cache_dir: Path | None) -> np.ndarray:
+    """The router's pooled embeddings of ``prompts``; kept in ``cache_dir`` (keyed by the backbone, its
+    files' sizes and times, the max length, the pooled layers and the prompts) so later runs skip the encoder."""
+    if cache_dir is None:
+        return np.asarray(router.embed(list(prompts), batch_size=64), dtype=np.float64)
+    import hashlib
+
+    backbone = Path(router.config.backbone)
+    stamp = sorted((str(p.relative_to(backbone)), p.stat().st_size, p.stat().st_mtime_ns)
+                   for p in backbone.rglob("*") if p.is_file()) if backbone.is_dir() else str(backbone)
+    key = hashlib.sha256(json.dumps([str(backbone), stamp, router.config.max_length, router.config.pool_layers,
+                                     list(prompts)]).encode()).hexdigest()[:24]
+    path = cache_dir / f"bench-serve-embeddings-{key}.npy"
+    if path.is_file():
+        return np.load(path).astype(np.float64)
+    features = np.asarray(router.embed(list(prompts), batch_size=64), dtype=np.float32)  # what embed computes
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    np.save(path, features)
+    return features.astype(np.float64)
+
+
+def build_router(settings: Settings, experts: Sequence[str], prompts: Sequence[str], losses: np.ndarray,
+                 memory_rows: int, cache_dir: Path | None = None) -> Any:
+    """The head-only router described in the module docstring (a :class:`router.model.Router`)."""
+    import torch
+
+    from router.model import MEMORY_LIMIT, Router, RouterConfig, renormalize
+    from router.selection import normalizer
+    from router.training import ridge_solution
+
+    if not 1 <= memory_rows <= MEMORY_LIMIT:
+        raise ValueError(f"--memory-rows must be in 1..{MEMORY_LIMIT}, got {memory_rows}")
+    config = RouterConfig(backbone=settings.backbone_path, expert_names=list(experts),
+                          max_length=settings.train_max_length, lora_r=0, pool_layers=settings.train_pool_layers,
+                          head_neighbors=HEAD_NEIGHBORS, spread_neighbors=HEAD_NEIGHBORS)
+    router = Router.from_config(config)
+    features = embed_cached(router, prompts, cache_dir)
+    mean, std = normalizer(losses)
+    renormalize(router, mean, std)
+    weight, bias = ridge_solution(features, (losses - mean) / std, settings.train_head_ridge)
+    keys, values = memory_rows_from(features, losses, memory_rows)
+    with torch.no_grad():
+        router.head.last.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+        router.head.last.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+        router.set_memory(torch.as_tensor(keys), torch.as_tensor(values, dtype=torch.float32))
+        router.spread_scale = torch.ones(len(experts))
+    if router.memory_keys.shape[0] != memory_rows:
+        raise RuntimeError(f"the memory holds {router.memory_keys.shape[0]} rows, not {memory_rows} "
+                           "(rows without any observed loss are dropped)")
+    return router
+
+
+def prepare(settings: Settings, dataset: Path, memory_rows: int | None, quick: bool, log: Log,
+            cache_dir: Path | None = None) -> tuple[list[str], dict[str, Any]]:
+    """Migrate, register the experts, build, register and activate the router; (test prompts, facts)."""
+    from benchmarks.data import load_dataset
+    from experts.registry import register_experts
+    from jobs.promote import activate
+    from jobs.router_store import save_version
+    from store.db import session_scope
+    from store.migrate import upgrade
+    from store.states import VersionStatus
+
+    train, test, attributes = load_dataset(dataset)
+    rows = memory_rows or len(train.prompts)
+    embedded = np.flatnonzero(~np.isnan(train.losses).all(axis=1))
+    if quick:
+        embedded = np.sort(np.random.RandomState(0).permutation(embedded)[:QUICK_EMBEDDED])
+    embedded = embedded[:rows]
+    upgrade(settings)
+    with session_scope(settings) as session:
+        register_experts(session, [{"name": n, "kind": "external", "attributes": attributes.get(n, {})}
+                                   for n in train.experts])
+    log(f"building the router: {len(embedded)} train prompts embedded, {rows} memory rows")
+    started = time.perf_counter()
+    router = build_router(settings, train.experts, [train.prompts[i] for i in embedded], train.losses[embedded],
+                          rows, cache_dir)
+    built = time.perf_counter()
+    with session_scope(settings) as session:
+        version = save_version(session, settings, router, parent_id=None, status=VersionStatus.CANDIDATE,
+                               metrics={"bench": "serve", "memory_rows": rows}, training_window={})
+        if version.status != VersionStatus.CANDIDATE:
+            raise RuntimeError(f"the benchmark's router version was refused: {version.reason}")
+        activate(session, version, actor="bench", reason="bench serve")
+        version_id = version.id
+    registered = time.perf_counter()
+    log(f"router version {version_id}: built in {built - started:.0f} s, registered in {registered - built:.0f} s")
+    prompts = [p for p in test.prompts if p.strip()]
+    return prompts, {"router_version": version_id, "memory_rows": rows, "embedded_prompts": len(embedded),
+                     "experts": len(train.experts), "test_prompts": len(prompts),
+                     "build_seconds": round(built - started, 1), "register_seconds": round(registered - built, 1)}
+
+
+def logged_requests(settings: Settings) -> int:
+    from sqlalchemy import func, select
+
+    from store.db import session_scope
+    from store.schema import Request
+
+    with session_scope(settings) as session:
+        return int(session.scalar(select(func.count()).select_from(Request)) or 0)
+
+
+# ---- one path -----------------------------------------------------------------------------------
+
+def inference_of(status: dict[str, Any]) -> str:
+    """What ``/v1/status`` says the daemon serves with; a daemon that does not say serves with PyTorch."""
+    router = status.get("router")
+    return str(router.get("inference") or "torch") if isinstance(router, dict) else "torch"
+
+
+def run_path(name: str, settings: Settings, bodies_file: Path, bodies: Sequence[dict[str, Any]],
+             rates: Sequence[float], seconds: float, workers: int | None, log: Log) -> dict[str, Any]:
+    """Start a daemon for path ``name``, warm it up, sweep the rates, check the log, stop it."""
+    env = {**settings.as_env(), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false", "THALAMUS_INFERENCE": PATHS[name]}
+    if workers is not None:
+        env["THALAMUS_WORKERS"] = str(workers)
+    logged_before = logged_requests(settings)
+    log_path = settings.home / f"daemon-{name}.log"
+    base = f"http://127.0.0.1:{settings.port}"
+    with open(log_path, "ab") as handle:
+        daemon = subprocess.Popen([sys.executable, "-m", "cli", "serve"], env=env, stdout=handle,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        started = time.perf_counter()
+        wait_healthy(base, daemon, timeout=300, log_tail=lambda: log_path.read_text(errors="replace")[-2000:])
+        startup = time.perf_counter() - started
+        status = httpx.get(f"{base}/v1/status", timeout=CLIENT_TIMEOUT_S).json()
+        warm_up = drive(base, bodies_file, WARM_UP_RATE, WARM_UP_SECONDS, daemon.pid)  # wrk and the daemon
+        inference, processes = inference_of(status), len(process_tree(daemon.pid))
+        log(f"{name}: daemon up in {startup:.1f} s, serving with {inference}, {processes} process(es); "
+            f"warm-up {warm_up.ok} requests, p50 {warm_up.p50_ms:g} ms")
+        results: list[RateResult] = []
+        for rate in rates:
+            result = drive(base, bodies_file, rate, seconds, daemon.pid)
+            results.append(result)
+            log(f"{name} {rate:g} req/s: achieved {result.achieved:g}, p50 {result.p50_ms:g} ms, "
+                f"p99 {result.p99_ms:g} ms, errors {result.errors}, daemon {result.daemon_cpu_ms_per_request:g} "
+                f"CPU ms/req, loader {result.loader_cpu_s:g} CPU s")
+            if result.saturated:
+                log(f"{name}: saturated at {rate:g} req/s; higher rates skipped")
+                break
+            time.sleep(0.5)
+        answered = warm_up.ok + sum(r.ok for r in results)
+        deadline = time.monotonic() + LOG_WAIT_S
+        while (logged := logged_requests(settings) - logged_before) < answered and time.monotonic() < deadline:
+            time.sleep(0.25)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(daemon.pid, signal.SIGTERM)
+        try:
+            daemon.wait(30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(daemon.pid, signal.SIGKILL)
+            daemon.wait(10)
+    sustained = [r for r in results if r.sustained]
+    return {"inference": inference, "startup_seconds": round(startup, 1), "workers": workers,
+            "processes": processes,
+            "rows": [asdict(r) | {"saturated": r.saturated, "sustained": r.sustained} for r in results],
+            "answered_2xx": answered, "logged": logged, "all_logged": logged >= answered,
+            "sustained_rate": max((r.rate for r in sustained), default=0.0),
+            "peak_achieved": max((r.achieved for r in results), default=0.0)}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b and math.isfinite(a) and math.isfinite(b) else None
+
+
+def run(dataset: Path, *, rates: Sequence[float] | None = None, seconds: float | None = None,
+        database_url: str | None = None, memory_rows: int | None = None, paths: Sequence[str] = ("fast", "torch"),
+        workers: int | None = None, quick: bool = False, backbone: str | None = None, cache_dir: Path | None = None,
+        log: Log = print) -> dict[str, Any]:
+    """The whole benchmark; a JSON-able report (see :func:`table`). ``cache_dir``: where the train prompts'
+    embeddings are kept between runs (None: embedded every run)."""
+    unknown = [p for p in paths if p not in PATHS]
+    if unknown or not paths:
+        raise ValueError(f"--paths must name some of {', '.join(PATHS)}, got {', '.join(paths) or 'none'}")
+    rates = sorted(float(r) for r in (rates or (QUICK_RATES if quick else RATES)))
+    if any(r <= 0 for r in rates):
+        raise ValueError("--rates must be positive")
+    seconds = float(seconds or (QUICK_SECONDS if quick else SECONDS))
+    wrk_binary()
+    began = time.perf_counter()
+    home = Path(tempfile.mkdtemp(prefix="thalamus-serve-bench-"))
+    try:
+        with database(database_url) as url:
+            settings = Settings(home=home, database_url=url, port=free_port(), backbone=backbone, auth=False)
+            prompts, facts = prepare(settings, Path(dataset), memory_rows, quick, log, cache_dir)
+            bodies = [{"prompt": p, "explore": False} for p in prompts]
+            bodies_file = home / "bodies.jsonl"
+            bodies_file.write_text("".join(json.dumps(b) + "\n" for b in bodies), encoding="utf-8")
+            report: dict[str, Any] = {
+                "dataset": str(dataset), "database": "postgresql" if url else "sqlite", "quick": quick,
+                "rates": rates, "seconds": seconds, "cpus": os.cpu_count(), **facts, "paths": {}}
+            for name in paths:
+                report["paths"][name] = run_path(name, settings, bodies_file, bodies, rates, seconds, workers, log)
+            from store.db import dispose_engines
+
+            dispose_engines()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    fast, torch_ = report["paths"].get("fast"), report["paths"].get("torch")
+    if fast and torch_:
+        p50 = {n: report["paths"][n]["rows"][0]["p50_ms"] for n in ("fast", "torch")}
+        report["comparison"] = {
+            "sustained_ratio_fast_over_torch": _ratio(fast["sustained_rate"], torch_["sustained_rate"]),
+            "peak_ratio_fast_over_torch": _ratio(fast["peak_achieved"], torch_["peak_achieved"]),
+            "p50_rate": rates[0], "p50_ratio_torch_over_fast": _ratio(p50["torch"], p50["fast"])}
+    report["wall_seconds"] = round(time.perf_counter() - began, 1)
+    return report
+
+
+# ---- output -------------------------------------------------------------------------------------
+
+def table(report: dict[str, Any]) -> str:
+    """The per-rate table of every path, then the sustained rates and the ratios."""
+    head = (f"{'path':<6} {'inference':<10} {'rate':>6} {'achieved':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+            f"{'max ms':>8} {'errors':>6} {'CPU ms/req':>10} {'RSS MB':>7} {'wrk CPU s':>9} {'wrk late':>8}")
+    lines = [f"bench serve: {report['database']}, {report['memory_rows']} memory rows, "
+             f"{report['test_prompts']} test prompts, {report['seconds']:g} s per rate", head, "-" * len(head)]
+    for name, path in report["paths"].items():
+        for row in path["rows"]:
+            lines.append(f"{name:<6} {path['inference']:<10} {row['rate']:>6g} {row['achieved']:>8g} "
+                         f"{row['p50_ms']:>8g} {row['p95_ms']:>8g} {row['p99_ms']:>8g} {row['max_ms']:>8g} "
+                         f"{row['errors']:>6} {row['daemon_cpu_ms_per_request']:>10g} {row['daemon_rss_mb']:>7g} "
+                         f"{row['loader_cpu_s']:>9g} {row['loader_late']:>8}"
+                         + ("  saturated" if row["saturated"] else ""))
+    for name, path in report["paths"].items():
+        lines.append(f"{name}: sustained {path['sustained_rate']:g} req/s (achieved ≥ 95 %, p99 ≤ 100 ms, no "
+                     f"error), peak achieved {path['peak_achieved']:g} req/s; logged {path['logged']} of "
+                     f"{path['answered_2xx']} answered" + ("" if path["all_logged"] else "  NOT ALL LOGGED"))
+    comparison = report.get("comparison")
+    if comparison:
+        def show(value: float | None) -> str:
+            return "n/a" if value is None else f"{value:g}×"
+
+        lines.append(f"fast/torch: sustained {show(comparison['sustained_ratio_fast_over_torch'])}, peak "
+                     f"{show(comparison['peak_ratio_fast_over_torch'])}; p50 at {comparison['p50_rate']:g} req/s: "
+                     f"torch/fast {show(comparison['p50_ratio_torch_over_fast'])}")
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], out: Path) -> None:
+    """Latency p50/p95/p99 against the arrival rate, one line style per path, log y."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    styles, colours = ("-", "--", ":", "-."), {"p50_ms": "tab:blue", "p95_ms": "tab:orange", "p99_ms": "tab:red"}
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for style, (name, path) in zip(styles, report["paths"].items(), strict=False):
+        rows = path["rows"]
+        for key, colour in colours.items():
+            axis.plot([r["rate"] for r in rows], [r[key] for r in rows], style, color=colour, marker="o",
+                      label=f"{name} ({path['inference']}) {key.removesuffix('_ms')}")
+    axis.set_yscale("log")
+    axis.set_xlabel("arrival rate (requests/s)")
+    axis.set_ylabel("latency from the scheduled send (ms)")
+    axis.set_title(f"POST /v1/route, {report['database']}, {report['memory_rows']} memory rows")
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(fontsize=7)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(out, dpi=120)
+    plt.close(figure)
