@@ -85,10 +85,11 @@ def train_and_predict(settings: Settings, recipe: TrainRecipe, seed: int, test_p
             raise RuntimeError(f"the training job's router version {result['version_id']} is not in the database")
         router = load_version(version)
         directory, sha = Path(version.checkpoint_uri), version.checkpoint_sha256
+        metrics = {**result["metrics"], "inference": (version.metrics or {}).get("inference")}
     predicted, spread = router.predict_with_spread(list(test_prompts), batch_size=64)
     seconds = time.perf_counter() - started
     served = _served_predictions(directory, sha, router.expert_names, test_prompts)
-    return predicted, spread, router.expert_names, result["metrics"], seconds, served
+    return predicted, spread, router.expert_names, metrics, seconds, served
 
 
 def _served_predictions(directory: Path, sha: str, experts: Sequence[str], prompts: Sequence[str]) -> np.ndarray | None:

@@ -403,9 +403,8 @@ def logged_requests(settings: Settings) -> int:
 # ---- one path -----------------------------------------------------------------------------------
 
 def inference_of(status: dict[str, Any]) -> str:
-    """What ``/v1/status`` says the daemon serves with; a daemon that does not say serves with PyTorch."""
-    router = status.get("router")
-    return str(router.get("inference") or "torch") if isinstance(router, dict) else "torch"
+    """What ``/v1/status`` says the daemon serves with (``inference``); a daemon that does not say serves with PyTorch."""
+    return str(status.get("inference") or "torch")
 
 
 def run_path(name: str, settings: Settings, bodies_file: Path, bodies: Sequence[dict[str, Any]],

@@ -60,7 +60,7 @@ def test_memory_rows_pad_with_unit_norm_copies_that_keep_their_losses() -> None:
 
 
 def test_inference_is_read_from_status_and_defaults_to_torch() -> None:
-    assert inference_of({"router": {"inference": "onnx-int8"}}) == "onnx-int8"
+    assert inference_of({"inference": "onnx-int8", "router_version": 1}) == "onnx-int8"
     assert inference_of({"router_version": 1}) == "torch"
 
 
