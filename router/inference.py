@@ -107,7 +107,11 @@ class OnnxRouter:
         if not texts:
             return np.zeros((0, 2 * n), dtype=np.float32)
         pooled, head = self._encode([str(t) for t in texts])
-        return np.concatenate([self._losses(pooled, head), self._spread(pooled)], axis=1).astype(np.float32)
+        # one search for both: the spread's neighbours are a prefix of the head's (or the reverse)
+        k = max(self._k_head, self._k_spread)
+        nearest = self.index.search(pooled, k) if self.index is not None and k > 0 else None
+        return np.concatenate([self._losses(head, nearest), self._spread(nearest, len(texts))],
+                              axis=1).astype(np.float32)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Pooled embeddings (N, D): the neighbour head's input."""
@@ -135,26 +139,21 @@ class OnnxRouter:
         restore[np.asarray(order)] = np.arange(len(order))
         return np.concatenate(pooled)[restore], np.concatenate(heads)[restore]
 
-    def _nearest(self, pooled: np.ndarray, k: int) -> np.ndarray:
-        assert self.index is not None
-        return self.index.search(pooled, k)
-
-    def _losses(self, pooled: np.ndarray, head: np.ndarray) -> np.ndarray:
+    def _losses(self, head: np.ndarray, nearest: np.ndarray | None) -> np.ndarray:
         out = head
-        if self._k_head > 0 and self.index is not None:
-            near = neighbour_mean(self.memory_losses, self._nearest(pooled, self._k_head))
+        if self._k_head > 0 and nearest is not None:
+            near = neighbour_mean(self.memory_losses, nearest[:, :self._k_head])
             near = (near - self.loss_mean) / self.loss_std
             if self._blend > 0:
                 near = (1.0 - self._blend) * near + self._blend * head
             out = np.where(np.isnan(near), head, near)
         return out * self.loss_std + self.loss_mean
 
-    def _spread(self, pooled: np.ndarray) -> np.ndarray:
+    def _spread(self, nearest: np.ndarray | None, rows: int) -> np.ndarray:
         n = len(self.expert_names)
-        if self._k_spread <= 0 or self.index is None:
-            return np.full((pooled.shape[0], n), np.nan, dtype=np.float32)
-        _, dispersion = neighbour_mean_std(self.memory_losses, self._nearest(pooled, self._k_spread),
-                                           [self._k_spread])[0]
+        if self._k_spread <= 0 or nearest is None:
+            return np.full((rows, n), np.nan, dtype=np.float32)
+        _, dispersion = neighbour_mean_std(self.memory_losses, nearest, [self._k_spread])[0]
         return self.spread_scale * np.maximum(dispersion, self.spread_floor)
 
 
