@@ -403,7 +403,7 @@ def logged_requests(settings: Settings) -> int:
 # ---- one path -----------------------------------------------------------------------------------
 
 def inference_of(status: dict[str, Any]) -> str:
-    """What ``/v1/status`` says the daemon serves with (``inference``); a daemon that does not say serves with PyTorch."""
+    """What ``/v1/status`` says the daemon serves with (``inference``); one that does not say serves with PyTorch."""
     return str(status.get("inference") or "torch")
 
 

@@ -24,8 +24,8 @@ def test_quick_run_answers_logs_every_request_and_the_fast_path_beats_torch(dcro
             assert row["scheduled"] == row["ok"] == row["answered"] == row["rate"] * report["seconds"]
             assert row["loader_cpu_s"] > 0 and row["daemon_cpu_s"] > 0 and row["daemon_rss_mb"] > 50
         assert path["all_logged"] and path["logged"] >= path["answered_2xx"] > 0
-    assert report["paths"]["torch"]["inference"] == "torch"
-    assert report["paths"]["fast"]["inference"] != "torch", "the fast path's daemon served with PyTorch"
+    assert report["paths"]["torch"]["inference"] == "torch (THALAMUS_INFERENCE=torch)"
+    assert report["paths"]["fast"]["inference"].startswith("onnx-"), "the fast path's daemon served with PyTorch"
     fast, torch_ = report["paths"]["fast"]["rows"][0], report["paths"]["torch"]["rows"][0]
     assert fast["p50_ms"] < torch_["p50_ms"] or \
         report["paths"]["fast"]["peak_achieved"] > report["paths"]["torch"]["peak_achieved"], table(report)
