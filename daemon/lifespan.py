@@ -47,7 +47,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def bootstrap(settings: Settings, holder: RouterHolder) -> None:
-    """Make sure a router version is active (cold start if none), then load it."""
+    """Make sure a router version is active (cold start if none), then load it.
+
+    The daemon imports the cold start's code (torch) only when there is no active version: a daemon
+    that serves an exported bundle never loads torch (docs/architecture.md, "Inference path")."""
+    if holder.load_active() and holder.current is not None:
+        return
     from jobs.bootstrap import ensure_active_router
     from jobs.errors import JobInputError, JobLocked
 

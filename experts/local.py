@@ -11,11 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
-from experts.scoring import causal_nll, mlm_losses
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch loads with the first local expert: a daemon that runs none never imports it
+    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 LOCAL_KINDS = ("masked-lm", "causal-lm")
@@ -93,17 +90,20 @@ class LocalExpert:
 
     def losses(self, texts: Sequence[str]) -> list[float]:
         """MLM loss on the prompt-seeded mask (masked-LM) or mean token NLL (causal-LM), per text."""
+        from experts.scoring import causal_nll, mlm_losses
+
         with self._lock:
             if self.kind == "masked-lm":
                 return mlm_losses(self.model, self.tokenizer, texts)
             return causal_nll(self.model, self.tokenizer, texts)
 
-    @torch.no_grad()
     def infer(self, prompt: str, max_new_tokens: int = 32) -> dict[str, Any]:
         """Fill-mask (masked-LM: top-5 per mask + filled text) or greedy generation (causal-LM)."""
+        import torch
+
         if not prompt.strip():
             raise ExpertError("the prompt is empty")
-        with self._lock:
+        with self._lock, torch.no_grad():
             if self.kind == "masked-lm":
                 return self._fill_mask(prompt)
             return self._generate(prompt, max_new_tokens)
@@ -123,6 +123,8 @@ class LocalExpert:
         positions = (ids == self.tokenizer.mask_token_id).nonzero().flatten().tolist()
         if not positions:
             raise ExpertError(f"the mask lies beyond this expert's {self._window()}-token window")
+        import torch
+
         logits = self.model(**batch).logits[0]
         masks, filled = [], text
         for position in positions:
@@ -154,6 +156,8 @@ class LocalExpert:
         budget = max(1, min(max_new_tokens, self._window()))
         result = Generated(prompt_tokens=int(batch["input_ids"].shape[1]), max_new_tokens=budget)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+
+        import torch
 
         def pieces() -> Iterator[str]:
             with self._lock:
