@@ -197,12 +197,17 @@ def drive(base: str, bodies_file: Path, rate: float, seconds: float, daemon_pid:
         cpu_before = tree_cpu_seconds(daemon_pid)
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         deadline = start + seconds + drain + 5
-        while process.poll() is None and time.time() < deadline:
+        reaped: tuple[int, int, Any] | None = None  # wait4, not poll(): poll would reap wrk and lose its rusage
+        while time.time() < deadline:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                reaped = (pid, status, usage)
+                break
             if time.time() > start + seconds and len(os.listdir(done_dir)) >= threads:
                 process.send_signal(signal.SIGINT)  # every answer is in: wrk stops, runs done(), prints
                 break
             time.sleep(0.05)
-        _, status, usage = os.wait4(process.pid, 0)
+        _, status, usage = reaped or os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
         cpu_after = tree_cpu_seconds(daemon_pid)
         rss = tree_rss_mb(daemon_pid)
