@@ -11,11 +11,19 @@ here when there is none), the production jobs run in order:
    ``min_routed_prompts`` is reported as skipped), each candidate approved, the loss table
    re-scored (``refresh_losses``), the router retrained and activated.
 
+Each arm retrains the router ``router_seeds`` times (K), from the same first router, with the
+``train_router`` job's ``seed`` parameter set to 0..K−1 (the same seeds in both arms): the
+difference between two router trainings is about as large as the fine-tunes' gain, so one training
+per arm measures mostly router-training noise.
+
 Measured on the library's held-out prompts (no expert and no router saw them): the routed loss of
 the baseline (base experts, retrained router) and of the loop (fine-tuned experts, router retrained
-on their losses), with a 95 % paired bootstrap interval of (baseline − loop): above 0 means the
-loop wins; each fine-tuned expert's loss on its own domain and on the others before and after; the
-traffic shares of the two routers; and the wall time of each fine-tune.
+on their losses), each per prompt averaged over the K seeds, with a 95 % paired bootstrap interval
+of (baseline − loop) that resamples the held-out prompts (the K routers stay fixed): above 0 means
+the loop wins. Also: the difference per seed, and a wider interval that resamples each arm's K
+routers (independently, with replacement) as well as the prompts; each fine-tuned expert's loss on
+its own domain and on the others before and after; the traffic shares of the two arms' routers
+(mean over seeds); and the wall time of each fine-tune.
 """
 
 from __future__ import annotations
@@ -66,6 +74,57 @@ def _route_all(settings: Settings, prompts: Sequence[str]) -> tuple[list[str], n
     return [names[i] for i in predicted.argmin(axis=1)], predicted, names
 
 
+def _retrain_arm(settings: Settings, parent: int, seeds: Sequence[int], arm: str, held: Sequence[str],
+                 traffic: Sequence[str]) -> tuple[list[list[str]], list[list[str]], list[int]]:
+    """Retrain the router once per seed, each time from ``parent`` (activated first), through the
+    ``train_router`` job's ``seed`` parameter; each candidate's choices on ``held`` and ``traffic``."""
+    from jobs.promote import activate_version
+    from jobs.train_router import train_router
+    from store.db import session_scope
+
+    held_choices, traffic_choices, versions = [], [], []
+    for seed in seeds:
+        with session_scope(settings) as session:
+            if _active_id(session) != parent:
+                activate_version(session, parent, actor="bench", reason=f"bench: {arm}, back to the first router")
+        train_router(settings, None, {"seed": seed})
+        versions.append(_activate_newest(settings, f"bench: {arm}, router seed {seed}"))
+        held_choices.append(_route_all(settings, held)[0])
+        traffic_choices.append(_route_all(settings, traffic)[0])
+    return held_choices, traffic_choices, versions
+
+
+def _active_id(session: Any) -> int | None:
+    from store.queries import active_router_version
+
+    version = active_router_version(session)
+    return None if version is None else int(version.id)
+
+
+def seeds_and_prompts_bootstrap(baseline: np.ndarray, loop: np.ndarray, n: int = 2000,
+                                seed: int = 0) -> tuple[float, float, float]:
+    """Mean of (baseline − loop) over seeds and prompts, with a 95 % percentile interval that resamples
+    the prompts (shared by both arms: paired) and each arm's routers (rows, independently).
+
+    ``baseline`` and ``loop`` are (routers × prompts) routed losses.
+    """
+    baseline, loop = np.asarray(baseline, dtype=np.float64), np.asarray(loop, dtype=np.float64)
+    if baseline.ndim != 2 or loop.ndim != 2 or baseline.shape[1] != loop.shape[1] or baseline.size == 0 \
+            or loop.size == 0:
+        raise ValueError(f"need two non-empty (routers × prompts) arrays over the same prompts, got "
+                         f"{baseline.shape} and {loop.shape}")
+    rng = np.random.default_rng(seed)
+    prompts = baseline.shape[1]
+    means = np.empty(n)
+    for b in range(n):
+        columns = rng.integers(0, prompts, size=prompts)
+        rows_a = rng.integers(0, baseline.shape[0], size=baseline.shape[0])
+        rows_b = rng.integers(0, loop.shape[0], size=loop.shape[0])
+        means[b] = baseline[np.ix_(rows_a, columns)].mean() - loop[np.ix_(rows_b, columns)].mean()
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(baseline.mean() - loop.mean()), float(low), float(high)
+
+
 def _activate_newest(settings: Settings, reason: str) -> int:
     from sqlalchemy import select
 
@@ -100,10 +159,19 @@ def _shares(choices: Sequence[str], names: Sequence[str]) -> dict[str, float]:
     return {n: round(sum(c == n for c in choices) / max(1, len(choices)), 4) for n in names}
 
 
+def _mean_shares(by_seed: Sequence[Sequence[str]], names: Sequence[str]) -> dict[str, float]:
+    """Each expert's traffic share, averaged over the arm's routers."""
+    shares = [_shares(choices, names) for choices in by_seed]
+    return {n: round(sum(s[n] for s in shares) / max(1, len(shares)), 4) for n in names}
+
+
 def run(settings: Settings, *, traffic: int = 600, heldout: int = 300, epochs: int = 2, router_epochs: int = 1,
         library_steps: int = 120, max_snippets: int = 400, work: Path | None = None, library: Path | None = None,
-        experts: str = "small", min_routed_prompts: int = 10, progress: Progress | None = None) -> dict[str, Any]:
+        experts: str = "small", min_routed_prompts: int = 10, router_seeds: int = 3,
+        progress: Progress | None = None) -> dict[str, Any]:
     """Run the benchmark on a throw-away home under ``work`` (default: THALAMUS_HOME/bench-finetune-<id>)."""
+    if router_seeds < 1:
+        raise ValueError(f"router_seeds must be at least 1, got {router_seeds}")
     from experts.registry import register_experts
     from jobs.errors import JobInputError
     from jobs.expert_versions import approve
@@ -142,7 +210,8 @@ def run(settings: Settings, *, traffic: int = 600, heldout: int = 300, epochs: i
         from store.schema import Request
         session.execute(delete(Request).where(Request.expert == "__bench_seed__"))
     train_router(bench)
-    _activate_newest(bench, "bench: first router")
+    first_version = _activate_newest(bench, "bench: first router")
+    seeds = list(range(router_seeds))
 
     say(0.25, "routing the traffic")
     choices, predicted, names = _route_all(bench, traffic_prompts)
@@ -152,11 +221,9 @@ def run(settings: Settings, *, traffic: int = 600, heldout: int = 300, epochs: i
     before_losses = _losses(bench, held_prompts)
     first_choices, _, _ = _route_all(bench, held_prompts)
 
-    say(0.35, "baseline: retraining the router alone")
-    train_router(bench)
-    _activate_newest(bench, "bench: retrained alone")
-    baseline_choices, _, _ = _route_all(bench, held_prompts)
-    baseline_traffic, _, _ = _route_all(bench, traffic_prompts)
+    say(0.35, f"baseline: retraining the router alone ({router_seeds} seeds)")
+    baseline_choices, baseline_traffic, baseline_versions = _retrain_arm(
+        bench, first_version, seeds, "retrained alone", held_prompts, traffic_prompts)
 
     local = [e for e in lib.experts if e.get("kind", "masked-lm") in ("masked-lm", "causal-lm")]
     largest = max(local, key=lambda e: float(e["attributes"].get("params") or 0))["name"]
@@ -174,18 +241,25 @@ def run(settings: Settings, *, traffic: int = 600, heldout: int = 300, epochs: i
         finetunes[name] = {"wall_seconds": round(time.perf_counter() - tick, 2), "result": result}
         with session_scope(bench) as session:
             approve(session, name, result["version"], actor="bench", reason="bench: loop with fine-tuning")
-    say(0.8, "re-scoring and retraining the router")
+    say(0.8, f"re-scoring and retraining the router ({router_seeds} seeds)")
     rescored = refresh_losses(bench)
-    train_router(bench)
-    _activate_newest(bench, "bench: retrained after fine-tuning")
     after_losses = _losses(bench, held_prompts)
-    loop_choices, _, _ = _route_all(bench, held_prompts)
-    loop_traffic, _, _ = _route_all(bench, traffic_prompts)
+    loop_choices, loop_traffic, loop_versions = _retrain_arm(
+        bench, first_version, seeds, "retrained after fine-tuning", held_prompts, traffic_prompts)
 
     first = _routed(first_choices, before_losses)
-    baseline = _routed(baseline_choices, before_losses)
-    loop = _routed(loop_choices, after_losses)
-    diff, low, high = paired_bootstrap(baseline, loop)
+    baseline_by_seed = np.array([_routed(c, before_losses) for c in baseline_choices])
+    loop_by_seed = np.array([_routed(c, after_losses) for c in loop_choices])
+    baseline, loop = baseline_by_seed.mean(axis=0), loop_by_seed.mean(axis=0)
+    diff, low, high = paired_bootstrap(baseline, loop)  # resamples prompts; the K routers per arm stay fixed
+    _, wide_low, wide_high = seeds_and_prompts_bootstrap(baseline_by_seed, loop_by_seed)
+    per_seed = []
+    for seed, b, lp, bv, lv in zip(seeds, baseline_by_seed, loop_by_seed, baseline_versions, loop_versions,
+                                   strict=True):
+        d, lo, hi = paired_bootstrap(b, lp)
+        per_seed.append({"seed": seed, "router_retrained_alone": float(b.mean()), "loop_with_finetuning":
+                         float(lp.mean()), "baseline_minus_loop": d, "ci95": [lo, hi],
+                         "versions": {"router_retrained_alone": bv, "loop_with_finetuning": lv}})
     domains = [r["domain"] for r in held]
     experts_table = {}
     for entry in local:
@@ -202,10 +276,12 @@ def run(settings: Settings, *, traffic: int = 600, heldout: int = 300, epochs: i
         "library": str(lib.root), "traffic_prompts": len(traffic_prompts), "heldout_prompts": len(held_prompts),
         "routed_heldout_loss": {"first_router": float(first.mean()), "router_retrained_alone": float(baseline.mean()),
                                 "loop_with_finetuning": float(loop.mean()),
-                                "baseline_minus_loop": diff, "ci95": [low, high]},
+                                "baseline_minus_loop": diff, "ci95": [low, high],
+                                "ci95_resampling_routers_too": [wide_low, wide_high],
+                                "router_seeds": seeds, "per_seed": per_seed},
         "experts": experts_table,
-        "traffic_shares": {"router_retrained_alone": _shares(baseline_traffic, names),
-                           "loop_with_finetuning": _shares(loop_traffic, names)},
+        "traffic_shares": {"router_retrained_alone": _mean_shares(baseline_traffic, names),
+                           "loop_with_finetuning": _mean_shares(loop_traffic, names)},
         "finetunes": {n: {"wall_seconds": f["wall_seconds"], "train_seconds": f["result"]["metrics"]["train_seconds"],
                           "n_train": f["result"]["metrics"]["n_train"], "own": f["result"]["metrics"]["own"],
                           "other": f["result"]["metrics"]["other"]} for n, f in finetunes.items()},
@@ -255,8 +331,18 @@ def format_report(report: dict[str, Any]) -> str:
              f"wall {report['wall_seconds']} s",
              f"routed held-out loss: first router {r['first_router']:.4f}; router retrained alone "
              f"{r['router_retrained_alone']:.4f}; loop with fine-tuning {r['loop_with_finetuning']:.4f}",
-             f"retrained alone − loop = {r['baseline_minus_loop']:+.4f} (95% paired bootstrap "
-             f"[{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}])", "",
+             f"retrained alone − loop = {r['baseline_minus_loop']:+.4f} (95% paired bootstrap over prompts, "
+             f"mean of {len(r.get('router_seeds', [0]))} router seeds per arm: "
+             f"[{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}]"
+             + (f"; resampling the routers too: [{r['ci95_resampling_routers_too'][0]:+.4f}, "
+                f"{r['ci95_resampling_routers_too'][1]:+.4f}]" if "ci95_resampling_routers_too" in r else "") + ")"]
+    if r.get("per_seed"):
+        lines += ["", "| router seed | retrained alone | loop | retrained alone − loop [95% CI, prompts] |",
+                  "|---|---|---|---|"]
+        for p in r["per_seed"]:
+            lines.append(f"| {p['seed']} | {p['router_retrained_alone']:.4f} | {p['loop_with_finetuning']:.4f} | "
+                         f"{p['baseline_minus_loop']:+.4f} [{p['ci95'][0]:+.4f}, {p['ci95'][1]:+.4f}] |")
+    lines += ["",
              "| expert | domain | fine-tuned | own before | own after | other before | other after |",
              "|---|---|---|---|---|---|---|"]
     for name, e in report["experts"].items():

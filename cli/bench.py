@@ -196,14 +196,14 @@ def _show_loop(report: dict[str, Any]) -> None:
 
 def finetune(settings: Settings, *, traffic: int = 600, heldout: int = 300, epochs: int = 2, router_epochs: int = 1,
              library_steps: int = 120, library: Path | None = None, work: Path | None = None,
-             experts: str = "small", min_routed_prompts: int = 10, json_out: Path | None = None,
-             progress: bool = False) -> dict[str, Any]:
+             experts: str = "small", min_routed_prompts: int = 10, router_seeds: int = 3,
+             json_out: Path | None = None, progress: bool = False) -> dict[str, Any]:
     """The loop with expert fine-tuning against router retraining alone: routed held-out loss, forgetting, shares."""
     from benchmarks.finetune import run
 
     report = run(settings, traffic=traffic, heldout=heldout, epochs=epochs, router_epochs=router_epochs,
                  library_steps=library_steps, library=library, work=work, experts=experts,
-                 min_routed_prompts=min_routed_prompts,
+                 min_routed_prompts=min_routed_prompts, router_seeds=router_seeds,
                  progress=(lambda f, m: say(m)) if progress else None)
     _write_json(json_out, report)
     return report
@@ -372,6 +372,8 @@ GROUP = Group("bench", "benchmarks (routing quality, the demo dataset, faults un
          arg("--experts", default="small", help="small (every local expert but the largest, default), all, or names"),
          arg("--min-routed-prompts", type=positive_int, default=10,
              help="an expert the router sent fewer prompts is reported as skipped (default 10)"),
+         arg("--router-seeds", type=positive_int, default=3,
+             help="router trainings per arm, train_router seeds 0..K-1, the same in both arms (default 3)"),
          arg("--json", dest="json_out", type=Path, help="also write the report here"),
          show=_show_finetune, cli={"progress": True}),
     verb("gateway", gateway,
