@@ -10,7 +10,6 @@ the same comparison (int8, then fp32) at every registration; this shows the alte
 from __future__ import annotations
 
 import argparse
-import logging
 import shutil
 import tempfile
 import time
@@ -21,17 +20,14 @@ import numpy as np
 
 
 def run(home: Path, dataset: Path, prompts_limit: int = 300) -> list[dict[str, Any]]:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     from benchmarks.data import load_dataset
-    from router.export import _export_fp32
+    from router.export import _export_fp32, _quantize_int8
     from router.inference import FILE, OnnxRouter
     from router.serving import load_for_serving
     from store.db import session_scope
     from store.queries import active_router_version
     from store.settings import Settings
 
-    logging.getLogger().setLevel(logging.ERROR)  # quantize_dynamic's advice on the root logger
     with session_scope(Settings(home=home)) as session:
         version = active_router_version(session)
         if version is None:
@@ -57,7 +53,7 @@ def run(home: Path, dataset: Path, prompts_limit: int = 300) -> list[dict[str, A
             if options is None:
                 shutil.copyfile(fp32, work / FILE)
             else:
-                quantize_dynamic(str(fp32), str(work / FILE), weight_type=QuantType.QInt8, **options)
+                _quantize_int8(fp32, work / FILE, **options)
             served = OnnxRouter.load(work, precision=name, exact_neighbours=True)
             served.predict(prompts[:8])
             started = time.process_time()

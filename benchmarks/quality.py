@@ -88,7 +88,9 @@ def train_and_predict(settings: Settings, recipe: TrainRecipe, seed: int, test_p
         metrics = {**result["metrics"], "inference": (version.metrics or {}).get("inference")}
     predicted, spread = router.predict_with_spread(list(test_prompts), batch_size=64)
     seconds = time.perf_counter() - started
+    started = time.perf_counter()
     served = _served_predictions(directory, sha, router.expert_names, test_prompts)
+    metrics["served_seconds"] = round(time.perf_counter() - started, 2)
     return predicted, spread, router.expert_names, metrics, seconds, served
 
 
@@ -203,7 +205,7 @@ def run(dataset: Path, recipe: TrainRecipe, seeds: int = 3, quick: bool = False,
                 report.setdefault("selections", []).append(selection)
                 if served is not None:  # the same router as the daemon serves it (its ONNX export)
                     served_choice = served.argmin(axis=1)
-                    add("thalamus_served", served_choice, y[rows, served_choice], seconds,
+                    add("thalamus_served", served_choice, y[rows, served_choice], metrics["served_seconds"],
                         inference=(metrics.get("inference") or {}).get("precision"),
                         agreement=float(np.mean(served_choice == choice)),
                         max_abs_diff=float(np.nanmax(np.abs(served - pred))))

@@ -207,6 +207,8 @@ def drive(base: str, bodies_file: Path, rate: float, seconds: float, daemon_pid:
                 process.send_signal(signal.SIGINT)  # every answer is in: wrk stops, runs done(), prints
                 break
             time.sleep(0.05)
+        if reaped is None and time.time() >= deadline:
+            process.kill()  # wrk overran its own duration: do not wait on it for ever
         _, status, usage = reaped or os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
         cpu_after = tree_cpu_seconds(daemon_pid)

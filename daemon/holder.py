@@ -376,8 +376,12 @@ class RouterHolder:
                                on_batch=self.metrics.route_batch_size.observe if observe else None)
         inference = inference_of(router)
         if inference == "torch":
-            inference += (" (THALAMUS_INFERENCE=torch)" if has_export(Path(uri))
-                          else " (fallback: the bundle has no ONNX export)")
+            if self.settings.inference == "torch":
+                inference += " (THALAMUS_INFERENCE=torch)"
+            elif has_export(Path(uri)):
+                inference += " (fallback: the bundle's ONNX export cannot be served here, see the log)"
+            else:
+                inference += " (fallback: the bundle has no ONNX export)"
         return LoadedRouter(version_id=version_id, sha256=sha, router=router, expert_names=order,
                             experts=experts, constraints=constraints, loaded_at=_now(), batcher=batcher,
                             loss_scale=loss_scale(router), inference=inference)
@@ -486,7 +490,8 @@ def inference_threads(settings: Settings) -> int:
     (two workers with two threads each on two cores would fight over them)."""
     import os
 
-    return settings.inference_threads or max(1, (os.cpu_count() or 1) // settings.workers)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return settings.inference_threads or max(1, cores // settings.workers)
 
 
 def loss_scale(router: Router | OnnxRouter) -> float:

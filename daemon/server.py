@@ -24,6 +24,8 @@ def run_server(settings: Settings) -> None:
     if settings.workers == 1:
         uvicorn.run(create_app(settings), **options)  # type: ignore[arg-type]
         return
+    for key in [k for k in os.environ if k.startswith("THALAMUS_")]:
+        del os.environ[key]  # as_env leaves out unset settings: an old variable must not come back
     os.environ.update(settings.as_env())  # what every worker process reads in app_from_environment
     uvicorn.run("daemon.server:app_from_environment", factory=True, workers=settings.workers,
                 **options)  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,7 @@ class OnnxRouter:
         k = max(self._k_head, self._k_spread)
         nearest = None
         if self.index is not None and k > 0:
-            with _one_blas_thread():
+            with _BLAS_LOCK, _one_blas_thread():  # the limit is process-wide: one search sets it at a time
                 nearest = self.index.search(pooled, k)
         return np.concatenate([self._losses(head, nearest), self._spread(nearest, len(texts))],
                               axis=1).astype(np.float32)
@@ -161,6 +162,9 @@ class OnnxRouter:
         return self.spread_scale * np.maximum(dispersion, self.spread_floor)
 
 
+_BLAS_LOCK = threading.Lock()
+
+
 @functools.cache
 def _blas() -> Any:
     from threadpoolctl import ThreadpoolController
@@ -176,7 +180,9 @@ def _one_blas_thread() -> Any:
 
 
 def _providers(onnxruntime: Any) -> list[str]:
-    """CUDA where this ONNX Runtime build has it and a device answers, else the CPU."""
+    """CUDA where this ONNX Runtime build has it (onnxruntime-gpu, not a dependency), else the CPU. The
+    export's check ran where the training job ran; a daemon on another kind of machine serves the same
+    graph on its own provider without checking it again."""
     available = onnxruntime.get_available_providers()
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if "CUDAExecutionProvider" in available \
         else ["CPUExecutionProvider"]

@@ -13,6 +13,7 @@ baseline of ``thalamus bench serve``).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -22,6 +23,8 @@ import numpy as np
 if TYPE_CHECKING:  # torch loads only when a bundle without an export is loaded
     from router.inference import OnnxRouter
     from router.model import Router
+
+log = logging.getLogger(__name__)
 
 Inference = Literal["auto", "torch"]
 INFERENCE_CHOICES: tuple[Inference, ...] = ("auto", "torch")
@@ -52,11 +55,15 @@ def load_for_serving(directory: Path, sha256: str, expert_order: Sequence[str],
 
     directory = Path(directory)
     order = tuple(str(name) for name in expert_order)
-    router: Router | OnnxRouter
+    router: Router | OnnxRouter | None = None
     if inference == "auto" and has_export(directory):
         verify_bundle(directory, expected_sha256=sha256, expected_experts=list(order))
-        router = OnnxRouter.load(directory, threads=threads)
-    else:
+        try:
+            router = OnnxRouter.load(directory, threads=threads)
+        except Exception as exc:  # e.g. no onnxruntime here, or one too old for the graph: PyTorch still can
+            log.warning("bundle %s: its ONNX export cannot be served here (%s); serving it with PyTorch",
+                        directory, exc)
+    if router is None:
         router = load_bundle(directory, expected_sha256=sha256, expected_experts=list(order))
     names = tuple(str(name) for name in router.expert_names)
     if names != order:

@@ -122,3 +122,43 @@ def test_a_memory_searched_by_an_approximate_index_is_checked_with_it(tiny_bert:
     assert served.index is not None and served.index.kind == ("exact" if record["neighbours"] == "exact" else "faiss-ivf")
     tried = [(c["precision"], c["neighbours"]) for c in record["tried"]]
     assert tried == export_module._options(model)[:len(tried)] and record["check"]["passed"]
+
+
+def test_int8_that_disagrees_falls_back_to_fp32(tiny_bert: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    router = _trained_router(tiny_bert)
+    other = _trained_router(tiny_bert)
+    with torch.no_grad():
+        other.head.last.weight.mul_(-1.0)
+    real_export = export_module._export_fp32
+    # the "int8" graph is another model's: its decisions disagree, so the check must refuse it and go on
+    monkeypatch.setattr(export_module, "_quantize_int8", lambda source, target, **options: real_export(other, target))
+    sha = save_bundle(router, tmp_path / "b", export=lambda m, d: export_inference(m, d, _prompts()))
+    record = verify_bundle(tmp_path / "b", sha)["inference"]
+    assert record["precision"] == "fp32" and record["check"]["passed"]
+    assert [(t["precision"], t["passed"]) for t in record["tried"]] == [("int8", False), ("fp32", True)]
+    assert record["tried"][0]["agreement"] < 0.99
+
+
+def test_a_step_that_raises_is_a_failed_try_not_a_failed_export(tiny_bert: str, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(source: Path, target: Path, **options: object) -> None:
+        raise RuntimeError("quantiser unavailable")
+
+    monkeypatch.setattr(export_module, "_quantize_int8", broken)
+    sha = save_bundle(_trained_router(tiny_bert), tmp_path / "b", export=lambda m, d: export_inference(m, d))
+    record = verify_bundle(tmp_path / "b", sha)["inference"]
+    assert record["precision"] == "fp32" and "quantiser unavailable" in record["tried"][0]["error"]
+
+
+def test_serving_an_export_never_imports_torch(router: Router, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    sha = save_bundle(router, tmp_path / "b", export=lambda m, d: export_inference(m, d))
+    code = ("import sys; from pathlib import Path; from router.serving import load_for_serving; "
+            f"r, _ = load_for_serving(Path({str(tmp_path / 'b')!r}), {sha!r}, {EXPERTS!r}, [{{}}, {{}}, {{}}]); "
+            "r.predict_stacked(['hello']); print(type(r).__name__, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["OnnxRouter", "False"]
