@@ -22,12 +22,16 @@ SENTENCES = [
 
 
 def _vocab(directory: Path) -> Path:
-    from tokenizers import BertWordPieceTokenizer
+    """A WordPiece vocabulary of SENTENCES' words and characters, in a fixed order. (Trained with tokenizers'
+    WordPiece trainer, its order changed between processes, so the seeded model and every loss did too.)"""
+    import re
 
-    raw = BertWordPieceTokenizer(lowercase=True)
-    raw.train_from_iterator(SENTENCES, vocab_size=200, min_frequency=1, show_progress=False)
+    words = sorted({w for s in SENTENCES for w in re.findall(r"\w+|[^\w\s]", s.lower())})
+    chars = sorted({c for w in words for c in w})
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars),
+              *(w for w in words if w not in chars)]
     directory.mkdir(parents=True, exist_ok=True)
-    raw.save_model(str(directory))
+    (directory / "vocab.txt").write_text("\n".join(dict.fromkeys(tokens)) + "\n")
     return directory / "vocab.txt"
 
 
