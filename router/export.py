@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from router.inference import FILE
+
 if TYPE_CHECKING:
     from router.model import Router
 
-FILE = "inference.onnx"
 PRECISIONS = ("int8", "fp32")
 SEARCHES = ("index", "exact")
 """``index``: the memory's :class:`router.neighbours.NeighbourIndex` (exact up to its threshold, approximate

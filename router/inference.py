@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from router.checkpoint import WEIGHTS
 from router.neighbours import EXACT_UP_TO, NeighbourIndex, neighbour_mean, neighbour_mean_std
 
 FILE = "inference.onnx"
-WEIGHTS = "adapter.safetensors"
+"""The export's file in a bundle (written by router/export.py)."""
 _BUFFERS = ("loss_mean", "loss_std", "memory_keys", "memory_losses", "spread_scale", "spread_floor")
 
 
