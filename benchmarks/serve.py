@@ -37,6 +37,14 @@ processes), wrk's own CPU seconds (``wait4`` rusage) and how many requests wrk i
 ``requests`` table must hold at least one row per 2xx answer (the log writer flushes asynchronously:
 waited for up to 15 s).
 
+Hot swap under load (unless ``swap=False``): ``prepare`` registers the same router a second time as a
+candidate (a separate bundle, loaded and verified like any other). After its sweep, each path's daemon
+is driven at its sustained rate (or ``swap_rate``) for ``seconds``; 40 % into the schedule the second
+version is activated as ``thalamus admin activate`` does it, and ``/v1/status`` is polled until it
+reports that version. Reported: the run's errors and latency, and those of the answers scheduled in the
+swap window (from the activation to 1 s after the daemon first reports the new version). Each path
+starts on the first version (re-activated before the daemon starts).
+
 Sustained throughput: the highest offered rate answered with achieved ≥ 95 % of it, p99 ≤ 100 ms and no
 error. The report gives fast/torch of it, of the peak achieved rate, and torch/fast of the p50 at the
 lowest rate (both paths always run it).
@@ -53,6 +61,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -82,6 +91,11 @@ LOG_WAIT_S = 15.0
 WARM_UP_RATE, WARM_UP_SECONDS = 5.0, 1.0
 """Load before the sweep, not reported: the first inferences' allocations, wrk's first start (slow to be ready)."""
 LUA = Path(__file__).with_name("serve_open_loop.lua")
+SWAP_AT = 0.4
+"""The hot swap is activated this far into its run's schedule."""
+SWAP_WAIT_S, SWAP_TAIL_S = 30.0, 1.0
+"""How long the daemon may take to serve the new version; the swap window runs from the activation to
+``SWAP_TAIL_S`` after ``/v1/status`` first reports the new version."""
 
 Log = Callable[[str], None]
 
@@ -183,8 +197,9 @@ def connections_for(rate: float) -> int:
 
 
 def drive(base: str, bodies_file: Path, rate: float, seconds: float, daemon_pid: int,
-          drain: float = CLIENT_TIMEOUT_S) -> RateResult:
-    """``rate`` × ``seconds`` POSTs to ``base``/v1/route on the fixed schedule (see the module docstring)."""
+          drain: float = CLIENT_TIMEOUT_S, samples: list[tuple[float, float, int]] | None = None) -> RateResult:
+    """``rate`` × ``seconds`` POSTs to ``base``/v1/route on the fixed schedule (see the module docstring).
+    ``samples``, when given, receives each answer's (scheduled time as epoch seconds, latency ms, status)."""
     total = max(1, round(rate * seconds))
     threads = min(connections_for(rate), total)
     with tempfile.TemporaryDirectory(prefix="thalamus-wrk-") as done_dir, \
@@ -217,8 +232,21 @@ def drive(base: str, bodies_file: Path, rate: float, seconds: float, daemon_pid:
         text = out.read()
     if process.returncode != 0 or "@@E" not in text:
         raise RuntimeError(f"wrk failed ({process.returncode}): {text[-2000:]}")
+    if samples is not None:
+        samples.extend(_samples(text, start))
     return _parse(text, rate, seconds, threads, total, cpu_after - cpu_before, rss,
                   usage.ru_utime + usage.ru_stime)
+
+
+def _samples(text: str, start: float) -> list[tuple[float, float, int]]:
+    """(scheduled epoch seconds, latency ms, status) of every answer in wrk's output (``@@R`` lines)."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if parts and parts[0] == "@@R":
+            latency, finish = float(parts[2]), float(parts[4])
+            out.append((start + finish - latency / 1000, latency, int(parts[1])))
+    return out
 
 
 def _parse(text: str, rate: float, seconds: float, threads: int, total: int, daemon_cpu: float,
@@ -258,6 +286,70 @@ def _parse(text: str, rate: float, seconds: float, threads: int, total: int, dae
         daemon_cpu_s=round(daemon_cpu, 2), daemon_cpu_ms_per_request=round(1000 * daemon_cpu / max(ok, 1), 3),
         daemon_rss_mb=round(rss[0], 1), daemon_rss_max_mb=round(rss[1], 1), loader_cpu_s=round(loader_cpu, 3),
         loader_late=loader_late, wrk_socket_errors=socket_errors)
+
+
+def _window(samples: Sequence[tuple[float, float, int]], begin: float, end: float) -> dict[str, Any]:
+    """The answers scheduled in [begin, end]: count, non-2xx, p50/p99/max latency."""
+    inside = [(latency, status) for scheduled, latency, status in samples if begin <= scheduled <= end]
+    latency = np.asarray([x for x, _ in inside])
+
+    def q(p: float) -> float | None:
+        return round(float(np.percentile(latency, p)), 2) if latency.size else None
+
+    return {"requests": len(inside), "non_2xx": sum(1 for _, status in inside if not 200 <= status < 300),
+            "p50_ms": q(50), "p99_ms": q(99), "max_ms": round(float(latency.max()), 2) if latency.size else None}
+
+
+def swap_under_load(settings: Settings, base: str, bodies_file: Path, rate: float, seconds: float, daemon_pid: int,
+                    to_version: int) -> dict[str, Any]:
+    """Drive ``rate`` for ``seconds``; ``SWAP_AT`` into it, activate ``to_version`` (as ``thalamus admin
+    activate`` does) and time until ``/v1/status`` reports it. The whole run's errors and latency, and
+    those of the answers scheduled in the swap window."""
+    from jobs.promote import activate_version
+    from store.db import session_scope
+
+    samples: list[tuple[float, float, int]] = []
+    outcome: dict[str, Any] = {}
+
+    def load() -> None:
+        try:
+            outcome["result"] = drive(base, bodies_file, rate, seconds, daemon_pid, samples=samples)
+        except BaseException as exc:  # re-raised below, in the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=load, name="bench-serve-swap-load")
+    thread.start()
+    time.sleep(0.5 + SWAP_AT * seconds)  # drive() starts its schedule about 0.5 s after it is called
+    activated = time.time()
+    with session_scope(settings) as session:
+        activate_version(session, to_version, actor="bench", reason="bench serve: hot swap under load")
+    served = None
+    with httpx.Client(timeout=CLIENT_TIMEOUT_S) as client:
+        while time.time() - activated < SWAP_WAIT_S:
+            served = client.get(f"{base}/v1/status").json().get("router_version")
+            if served == to_version:
+                break
+            time.sleep(0.05)
+    swapped = time.time()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    result: RateResult = outcome["result"]
+    return {"rate": rate, "to_version": to_version, "swapped": served == to_version,
+            "swap_seconds": round(swapped - activated, 3),
+            "run": asdict(result) | {"saturated": result.saturated, "sustained": result.sustained},
+            "window": _window(samples, activated, swapped + SWAP_TAIL_S)}
+
+
+def _activate_if_needed(settings: Settings, version_id: int) -> None:
+    from jobs.promote import activate_version
+    from store.db import session_scope
+    from store.queries import active_router_version
+
+    with session_scope(settings) as session:
+        active = active_router_version(session)
+        if active is None or active.id != version_id:
+            activate_version(session, version_id, actor="bench", reason="bench serve: the sweep's router")
 
 
 # ---- set-up -------------------------------------------------------------------------------------
@@ -357,8 +449,10 @@ def build_router(settings: Settings, experts: Sequence[str], prompts: Sequence[s
 
 
 def prepare(settings: Settings, dataset: Path, memory_rows: int | None, quick: bool, log: Log,
-            cache_dir: Path | None = None) -> tuple[list[str], dict[str, Any]]:
-    """Migrate, register the experts, build, register and activate the router; (test prompts, facts)."""
+            cache_dir: Path | None = None, swap: bool = False) -> tuple[list[str], dict[str, Any]]:
+    """Migrate, register the experts, build, register and activate the router; (test prompts, facts).
+    With ``swap``, the same router is registered a second time as a candidate (``swap_version``): the
+    version the hot swap activates, a separate bundle the daemon loads and verifies as it would any other."""
     from benchmarks.data import load_dataset
     from experts.registry import register_experts
     from jobs.promote import activate
@@ -389,10 +483,20 @@ def prepare(settings: Settings, dataset: Path, memory_rows: int | None, quick: b
             raise RuntimeError(f"the benchmark's router version was refused: {version.reason}")
         activate(session, version, actor="bench", reason="bench serve")
         version_id = version.id
+    swap_version = None
+    if swap:
+        with session_scope(settings) as session:
+            again = save_version(session, settings, router, parent_id=version_id, status=VersionStatus.CANDIDATE,
+                                 metrics={"bench": "serve", "memory_rows": rows, "swap_target": True},
+                                 training_window={})
+            if again.status != VersionStatus.CANDIDATE:
+                raise RuntimeError(f"the benchmark's swap version was refused: {again.reason}")
+            swap_version = again.id
     registered = time.perf_counter()
     log(f"router version {version_id}: built in {built - started:.0f} s, registered in {registered - built:.0f} s")
     prompts = [p for p in test.prompts if p.strip()]
-    return prompts, {"router_version": version_id, "memory_rows": rows, "embedded_prompts": len(embedded),
+    return prompts, {"router_version": version_id, "swap_version": swap_version, "memory_rows": rows,
+                     "embedded_prompts": len(embedded),
                      "experts": len(train.experts), "test_prompts": len(prompts),
                      "build_seconds": round(built - started, 1), "register_seconds": round(registered - built, 1)}
 
@@ -415,8 +519,13 @@ def inference_of(status: dict[str, Any]) -> str:
 
 
 def run_path(name: str, settings: Settings, bodies_file: Path, bodies: Sequence[dict[str, Any]],
-             rates: Sequence[float], seconds: float, workers: int | None, log: Log) -> dict[str, Any]:
-    """Start a daemon for path ``name``, warm it up, sweep the rates, check the log, stop it."""
+             rates: Sequence[float], seconds: float, workers: int | None, log: Log,
+             versions: tuple[int, int | None] = (1, None), swap_rate: float | None = None) -> dict[str, Any]:
+    """Start a daemon for path ``name`` on ``versions[0]``, warm it up, sweep the rates, then (when
+    ``versions[1]`` is given) hot-swap to ``versions[1]`` under load at ``swap_rate`` (default: the
+    path's sustained rate, else the lowest), check the log, stop it."""
+    _activate_if_needed(settings, versions[0])
+    swap: dict[str, Any] | None = None
     env = {**settings.as_env(), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "THALAMUS_INFERENCE": PATHS[name]}
     if workers is not None:
@@ -447,7 +556,14 @@ def run_path(name: str, settings: Settings, bodies_file: Path, bodies: Sequence[
                 log(f"{name}: saturated at {rate:g} req/s; higher rates skipped")
                 break
             time.sleep(0.5)
-        answered = warm_up.ok + sum(r.ok for r in results)
+        if versions[1] is not None:
+            rate = swap_rate or max((r.rate for r in results if r.sustained), default=rates[0])
+            swap = swap_under_load(settings, base, bodies_file, rate, seconds, daemon.pid, versions[1])
+            window = swap["window"]
+            log(f"{name} hot swap at {rate:g} req/s: served v{versions[1]} {swap['swap_seconds']:g} s after "
+                f"the activation; run errors {swap['run']['errors']}, p99 {swap['run']['p99_ms']:g} ms; "
+                f"swap window {window['requests']} requests, {window['non_2xx']} non-2xx, p99 {window['p99_ms']} ms")
+        answered = warm_up.ok + sum(r.ok for r in results) + (swap["run"]["ok"] if swap else 0)
         deadline = time.monotonic() + LOG_WAIT_S
         while (logged := logged_requests(settings) - logged_before) < answered and time.monotonic() < deadline:
             time.sleep(0.25)
@@ -464,7 +580,7 @@ def run_path(name: str, settings: Settings, bodies_file: Path, bodies: Sequence[
     return {"inference": inference, "startup_seconds": round(startup, 1), "workers": workers,
             "processes": processes,
             "rows": [asdict(r) | {"saturated": r.saturated, "sustained": r.sustained} for r in results],
-            "answered_2xx": answered, "logged": logged, "all_logged": logged >= answered,
+            "swap": swap, "answered_2xx": answered, "logged": logged, "all_logged": logged >= answered,
             "sustained_rate": max((r.rate for r in sustained), default=0.0),
             "peak_achieved": max((r.achieved for r in results), default=0.0)}
 
@@ -476,7 +592,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def run(dataset: Path, *, rates: Sequence[float] | None = None, seconds: float | None = None,
         database_url: str | None = None, memory_rows: int | None = None, paths: Sequence[str] = ("fast", "torch"),
         workers: int | None = None, quick: bool = False, backbone: str | None = None, cache_dir: Path | None = None,
-        log: Log = print) -> dict[str, Any]:
+        swap: bool = True, swap_rate: float | None = None, log: Log = print) -> dict[str, Any]:
     """The whole benchmark; a JSON-able report (see :func:`table`). ``cache_dir``: where the train prompts'
     embeddings are kept between runs (None: embedded every run)."""
     unknown = [p for p in paths if p not in PATHS]
@@ -492,7 +608,7 @@ def run(dataset: Path, *, rates: Sequence[float] | None = None, seconds: float |
     try:
         with database(database_url) as url:
             settings = Settings(home=home, database_url=url, port=free_port(), backbone=backbone, auth=False)
-            prompts, facts = prepare(settings, Path(dataset), memory_rows, quick, log, cache_dir)
+            prompts, facts = prepare(settings, Path(dataset), memory_rows, quick, log, cache_dir, swap)
             bodies = [{"prompt": p, "explore": False} for p in prompts]
             bodies_file = home / "bodies.jsonl"
             bodies_file.write_text("".join(json.dumps(b) + "\n" for b in bodies), encoding="utf-8")
@@ -500,7 +616,8 @@ def run(dataset: Path, *, rates: Sequence[float] | None = None, seconds: float |
                 "dataset": str(dataset), "database": "postgresql" if url else "sqlite", "quick": quick,
                 "rates": rates, "seconds": seconds, "cpus": os.cpu_count(), **facts, "paths": {}}
             for name in paths:
-                report["paths"][name] = run_path(name, settings, bodies_file, bodies, rates, seconds, workers, log)
+                report["paths"][name] = run_path(name, settings, bodies_file, bodies, rates, seconds, workers, log,
+                                                 (facts["router_version"], facts["swap_version"]), swap_rate)
             from store.db import dispose_engines
 
             dispose_engines()
@@ -536,6 +653,15 @@ def table(report: dict[str, Any]) -> str:
         lines.append(f"{name}: sustained {path['sustained_rate']:g} req/s (achieved ≥ 95 %, p99 ≤ 100 ms, no "
                      f"error), peak achieved {path['peak_achieved']:g} req/s; logged {path['logged']} of "
                      f"{path['answered_2xx']} answered" + ("" if path["all_logged"] else "  NOT ALL LOGGED"))
+    for name, path in report["paths"].items():
+        swap = path.get("swap")
+        if swap:
+            run_, window = swap["run"], swap["window"]
+            lines.append(f"{name}: hot swap to v{swap['to_version']} at {swap['rate']:g} req/s: "
+                         + (f"served after {swap['swap_seconds']:g} s" if swap["swapped"] else "NOT SERVED")
+                         + f"; {run_['scheduled']} requests, {run_['errors']} errors, p99 {run_['p99_ms']:g} ms; "
+                           f"swap window {window['requests']} requests, {window['non_2xx']} non-2xx, "
+                           f"p50 {window['p50_ms']} ms, p99 {window['p99_ms']} ms, max {window['max_ms']} ms")
     comparison = report.get("comparison")
     if comparison:
         def show(value: float | None) -> str:

@@ -228,9 +228,11 @@ def gateway(settings: Settings, *, rate: float = 20.0, seconds: float = 15.0, ro
 def serve(settings: Settings, *, dataset: Path = Path("../shared/data/dcrouter"), rates: str | None = None,
           seconds: float | None = None, database_url: str | None = None, memory_rows: int | None = None,
           paths: str = "fast,torch", workers: int | None = None, json_out: Path | None = None,
-          plot_out: Path | None = None, quick: bool = False) -> dict[str, Any]:
+          plot_out: Path | None = None, quick: bool = False, swap: bool = True,
+          swap_rate: float | None = None) -> dict[str, Any]:
     """Latency and throughput of POST /v1/route under open-loop load (wrk), the fast inference path against
-    the PyTorch one: per arrival rate, achieved throughput, p50/p95/p99/max, errors, daemon CPU and RSS."""
+    the PyTorch one: per arrival rate, achieved throughput, p50/p95/p99/max, errors, daemon CPU and RSS;
+    then a hot swap to another router version under load."""
     from benchmarks.serve import plot, run
 
     if not Path(dataset).exists():
@@ -241,11 +243,13 @@ def serve(settings: Settings, *, dataset: Path = Path("../shared/data/dcrouter")
         raise CliError(f"--rates {rates!r} must be comma-separated numbers") from None
     if seconds is not None and seconds <= 0:
         raise CliError("--seconds must be positive")
+    if swap_rate is not None and swap_rate <= 0:
+        raise CliError("--swap-rate must be positive")
     try:
         report = run(Path(dataset), rates=rate_list, seconds=seconds, database_url=database_url,
                      memory_rows=memory_rows, paths=[p.strip() for p in paths.split(",") if p.strip()],
                      workers=workers, quick=quick, backbone=settings.backbone, cache_dir=settings.home / "cache",
-                     log=say)
+                     swap=swap, swap_rate=swap_rate, log=say)
     except RuntimeError as exc:
         if "wrk is not installed" in str(exc):
             raise CliError(str(exc)) from None
@@ -254,6 +258,14 @@ def serve(settings: Settings, *, dataset: Path = Path("../shared/data/dcrouter")
     if plot_out is not None:
         plot(report, plot_out)
     return report
+
+
+def _serve_failed(report: dict[str, Any]) -> bool:
+    """Exit 1 when an answer was not logged, or a hot swap failed a request or never served the new version."""
+    paths = report["paths"].values()
+    swaps = [p["swap"] for p in paths if p.get("swap")]
+    return (not all(p["all_logged"] for p in paths)
+            or any(not s["swapped"] or s["run"]["errors"] or s["window"]["non_2xx"] for s in swaps))
 
 
 def _show_serve(report: dict[str, Any]) -> None:
@@ -399,5 +411,8 @@ GROUP = Group("bench", "benchmarks (routing quality, the demo dataset, faults un
          arg("--json", dest="json_out", type=Path, help="also write the report here"),
          arg("--plot", dest="plot_out", type=Path, help="write latency p50/p95/p99 against the rate (PNG) here"),
          arg("--quick", action="store_true", help="rates 5,20, 2 s each, 128 embedded train prompts (about a minute)"),
-         show=_show_serve, fails=lambda report: not all(p["all_logged"] for p in report["paths"].values())),
+         arg("--no-swap", dest="swap", action="store_false",
+             help="skip the hot swap under load after each path's sweep"),
+         arg("--swap-rate", type=float, help="arrival rate during the hot swap (default: the path's sustained rate)"),
+         show=_show_serve, fails=_serve_failed),
 ))

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from benchmarks.serve import _parse, embed_cached, inference_of, memory_rows_from, run, table
+from benchmarks.serve import _parse, _samples, _window, embed_cached, inference_of, memory_rows_from, run, table
 from cli.main import main
 
 
@@ -24,6 +24,11 @@ def test_quick_run_answers_logs_every_request_and_the_fast_path_costs_less_than_
             assert row["scheduled"] == row["ok"] == row["answered"] == row["rate"] * report["seconds"]
             assert row["loader_cpu_s"] > 0 and row["daemon_cpu_s"] > 0 and row["daemon_rss_mb"] > 50
         assert path["all_logged"] and path["logged"] >= path["answered_2xx"] > 0
+        # The hot swap under load: the daemon served the other version, and no request failed meanwhile.
+        swap = path["swap"]
+        assert swap["swapped"] and swap["to_version"] == report["swap_version"] != report["router_version"], swap
+        assert swap["run"]["errors"] == 0 and swap["run"]["ok"] == swap["run"]["scheduled"], swap
+        assert swap["window"]["requests"] > 0 and swap["window"]["non_2xx"] == 0, swap
     assert report["paths"]["torch"]["inference"] == "torch (THALAMUS_INFERENCE=torch)"
     assert report["paths"]["fast"]["inference"].startswith("onnx-"), "the fast path's daemon served with PyTorch"
     # "Beats": the daemon's CPU per answered request over the quick rates, and its memory. Latency at 5 and
@@ -52,6 +57,16 @@ def test_parse_counts_errors_from_the_schedule() -> None:
     assert result.max_ms == 12000.0 and result.daemon_cpu_ms_per_request == 100.0
     assert result.wrk_socket_errors["read"] == 1 and result.loader_late == 2
     assert result.saturated and not result.sustained
+
+
+def test_swap_window_holds_the_answers_scheduled_in_it() -> None:
+    lines = ["@@R 200 10.0 9.0 1.010", "@@R 503 20.0 20.0 2.020", "@@R 200 300.0 5.0 2.300", "@@R 200 5.0 5.0 4.005"]
+    samples = _samples("\n".join([*lines, "@@E 0 0 0 0 0"]), start=100.0)
+    assert [round(s, 3) for s, _, _ in samples] == [101.0, 102.0, 102.0, 104.0]  # finish − latency, from start
+    window = _window(samples, 101.5, 103.0)
+    assert window["requests"] == 2 and window["non_2xx"] == 1 and window["max_ms"] == 300.0
+    assert _window(samples, 200.0, 201.0) == {"requests": 0, "non_2xx": 0, "p50_ms": None, "p99_ms": None,
+                                               "max_ms": None}
 
 
 def test_memory_rows_pad_with_unit_norm_copies_that_keep_their_losses() -> None:
