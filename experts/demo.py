@@ -40,7 +40,7 @@ step costs 0.10 s with 1,000, 0.13 with 1,500, 0.14 with 2,000; 1,000 cuts the p
 by a quarter (code 0.39 instead of 0.52: more, easier tokens per prompt), 2,000 widens them a little
 (code 0.55, docs 0.61) for a 10 % slower build. Measured (both full builds identical): code −0.52,
 docs −0.57, legal −1.24 nats against the generalist, which wins every other domain (by ≥ 0.35
-nats) and the mix; the whole build takes 140-147 s wall (4.3-4.5 CPU min on two threads) on the
+nats) and the mix; the whole build takes 141-151 s wall (4.3-4.6 CPU min on two threads) on the
 two-core machine.
 
 Losses of the two kinds are both nats per token of the same tokenization of the same prompt: the
