@@ -156,9 +156,9 @@ class Settings(BaseSettings):
     finetune_interval_minutes: float = Field(1440.0, ge=0)
     finetune_min_routed_prompts: int = Field(50, ge=1)  # fewer distinct routed prompts: a recorded skip
     finetune_max_prompts: int = Field(2000, gt=0)  # the most recent distinct routed prompts used
-    # full, not lora: measured in docs/benchmarks.md (Expert fine-tuning, several router seeds), LoRA at
-    # the same lr did not lower the routed held-out loss beyond noise; full fine-tuning at 5e-4 did.
-    finetune_method: str = Field("full", pattern="^(lora|full)$")
+    # LoRA (merged) by default: a small optimizer state, what large experts need; on the demo library build 6 both
+    # methods lower the routed held-out loss, full by 4x more (docs/benchmarks.md, "Expert fine-tuning on build 6").
+    finetune_method: str = Field("lora", pattern="^(lora|full)$")
     finetune_lora_r: int = Field(8, gt=0)
     finetune_lora_alpha: int = Field(16, gt=0)
     finetune_epochs: int = Field(2, gt=0)

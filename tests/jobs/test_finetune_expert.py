@@ -98,7 +98,7 @@ def test_job_writes_a_new_version_directory_and_a_candidate_with_metrics(db: Any
     with session_scope(db) as session:
         rows = {v.version: v for v in session.scalars(select(ExpertVersion).where(ExpertVersion.expert == expert))}
         assert (rows[1].status, rows[2].status, rows[2].uri) == ("active", "candidate", str(path))
-        assert rows[2].metrics["own"] == result["metrics"]["own"] and rows[2].training["method"] == db.finetune_method == "full"
+        assert rows[2].metrics["own"] == result["metrics"]["own"] and rows[2].training["method"] == db.finetune_method == "lora"
         from store.queries import expert_by_name
 
         served_row = expert_by_name(session, expert)
