@@ -100,8 +100,10 @@ def test_infer_swaps_expert_version_without_a_failed_request(request: pytest.Fix
     assert failures == []
     seen = [v for _, v in answers]
     assert set(seen) == {1, version}
-    after_rollback = seen[back:]
-    assert after_rollback and set(after_rollback) == {1}
+    # A request keeps the version it started with: when the first answer on version 1 came back, each of the
+    # other threads may still have had one request in flight on the new version (seen in CI). Past those, only 1.
+    after_rollback = seen[back + len(threads) - 1:]
+    assert after_rollback and set(after_rollback) == {1}, seen[back:]
 
 
 def test_a_request_in_flight_keeps_the_version_it_started_with(settings: Any, served: int, tmp_path: Any) -> None:
