@@ -41,7 +41,7 @@ from typing import Any
 import httpx
 from sqlalchemy.engine import make_url
 
-from benchmarks.loadgen import Sent, SteadyLoad
+from benchmarks.loadgen import Sent, SteadyLoad, poll_until
 from benchmarks.stack import ADMIN_URL, Stack, build_tiny_backbone, kill, route_bodies
 from benchmarks.tcpproxy import ProxyProcess
 
@@ -145,19 +145,6 @@ def settle(stack: Stack, row: FaultRow, ids: Sequence[str], timeout: float) -> f
     return time.monotonic()
 
 
-def _until(check: Callable[[], bool], timeout: float, poll: float = 0.1) -> float | None:
-    """Poll ``check`` until it holds; the moment it did, or None after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return time.monotonic()
-        except (httpx.HTTPError, ValueError, KeyError):
-            pass
-        time.sleep(poll)
-    return None
-
-
 def _serving(stack: Stack, version: int) -> bool:
     return bool(stack.status()["router_version"] == version)
 
@@ -188,7 +175,7 @@ def swap(plan: Plan, setup: Setup) -> list[FaultRow]:
                 else:
                     activate_version(session, second, actor="bench-faults", reason="bench faults: swap")
             committed = time.monotonic()
-            served = _until(functools.partial(_serving, stack, target), 30, poll=0.05)
+            served = poll_until(functools.partial(_serving, stack, target), 30, poll=0.05)
             if served is None:
                 row.problems.append(f"swap {k + 1} to version {target} not served after 30 s")
             else:
@@ -219,11 +206,12 @@ def _database_fault(stack: Stack, proxy: ProxyProcess, plan: Plan, name: str, fa
     time.sleep(plan.steady_s)
     down_at = time.monotonic()
     proxy.kill()
-    degraded = _until(lambda: httpx.get(f"{stack.base}/healthz", timeout=2).json()["status"] == "degraded", gap, 0.2)
+    degraded = poll_until(lambda: httpx.get(f"{stack.base}/healthz", timeout=2).json()["status"] == "degraded",
+                          gap, 0.2)
     time.sleep(max(0.0, down_at + gap - time.monotonic()))
     proxy.start()
     back_at = time.monotonic()
-    recovered = _until(lambda: httpx.get(f"{stack.base}/healthz", timeout=5).json()["status"] == "ok"
+    recovered = poll_until(lambda: httpx.get(f"{stack.base}/healthz", timeout=5).json()["status"] == "ok"
                        and stack.status()["writer"]["queue_depth"] == 0, 120)
     if recovered is None:
         row.problems.append("/healthz not ok with an empty writer queue 120 s after the database came back")
@@ -281,7 +269,7 @@ def worker_kill(plan: Plan, setup: Setup) -> list[FaultRow]:
             load = SteadyLoad(stack.base, route_bodies(), plan.rate, FEEDBACK_EVERY, headers=stack.headers).start()
             worker_args = ["worker", "--pool", "prefork", "--concurrency", "1"]
             first = stack.spawn(worker_args, "worker-a.log", stack.env())
-            if _until(lambda: "ready" in stack.log_tail("worker-a.log", 100_000), 180, 0.2) is None:
+            if poll_until(lambda: "ready" in stack.log_tail("worker-a.log", 100_000), 180, 0.2) is None:
                 raise RuntimeError(f"worker not ready: {stack.log_tail('worker-a.log')}")
             run_id = submit(settings, "train_router", SLOW_TRAINING, trigger="bench-faults")
 
@@ -291,12 +279,12 @@ def worker_kill(plan: Plan, setup: Setup) -> list[FaultRow]:
                     raise RuntimeError(f"run {run_id} finished before it could be killed: {run.status}")
                 return run.status == "running" and run.heartbeat_at is not None and run.progress > 0.1
 
-            if _until(training, 180) is None:
+            if poll_until(training, 180) is None:
                 raise RuntimeError(f"run {run_id} never started training")
             killed_at = time.monotonic()
             kill(first)
             stack.spawn(worker_args, "worker-b.log", stack.env())
-            lost_at = _until(lambda: current(run_id).status == "lost", 120, 0.2)
+            lost_at = poll_until(lambda: current(run_id).status == "lost", 120, 0.2)
             final = wait(settings, run_id, timeout=300)
             done_at = time.monotonic()
             if lost_at is None:

@@ -167,6 +167,20 @@ class SteadyLoad:
             return sorted(self.sent, key=lambda s: s.scheduled)
 
 
+def poll_until(check: Callable[[], bool], timeout: float, poll: float = 0.1) -> float | None:
+    """Poll ``check`` until it holds (an HTTP error or a malformed answer counts as not yet); the
+    ``time.monotonic()`` moment it did, or None after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return time.monotonic()
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass
+        time.sleep(poll)
+    return None
+
+
 def wait_healthy(base: str, process: subprocess.Popen[bytes], *, timeout: float, poll: float = 0.1,
                  log_tail: Callable[[], str] = lambda: "see its log") -> None:
     """Wait until the daemon at ``base`` answers ``/healthz`` with 200; RuntimeError (with ``log_tail()``)

@@ -72,7 +72,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from benchmarks.loadgen import wait_healthy
+from benchmarks.loadgen import poll_until, wait_healthy
 from benchmarks.tcpproxy import free_port
 from store.settings import Settings
 
@@ -238,32 +238,32 @@ def drive(base: str, bodies_file: Path, rate: float, seconds: float, daemon_pid:
                   usage.ru_utime + usage.ru_stime)
 
 
+def _answers(text: str) -> list[tuple[int, float, float, float]]:
+    """(status, latency ms from the schedule, ms from the send, finish s from the start) of every answer in
+    wrk's output (its ``@@R`` lines, see serve_open_loop.lua)."""
+    rows = (line.split() for line in text.splitlines())
+    return [(int(p[1]), float(p[2]), float(p[3]), float(p[4])) for p in rows if p and p[0] == "@@R"]
+
+
 def _samples(text: str, start: float) -> list[tuple[float, float, int]]:
-    """(scheduled epoch seconds, latency ms, status) of every answer in wrk's output (``@@R`` lines)."""
-    out = []
-    for line in text.splitlines():
-        parts = line.split()
-        if parts and parts[0] == "@@R":
-            latency, finish = float(parts[2]), float(parts[4])
-            out.append((start + finish - latency / 1000, latency, int(parts[1])))
-    return out
+    """(scheduled epoch seconds, latency ms, status) of every answer in wrk's output."""
+    return [(start + finish - latency / 1000, latency, status) for status, latency, _, finish in _answers(text)]
 
 
 def _parse(text: str, rate: float, seconds: float, threads: int, total: int, daemon_cpu: float,
            rss: tuple[float, float], loader_cpu: float) -> RateResult:
-    statuses, latency, service, finish = [], [], [], []
+    answers = _answers(text)
+    statuses = [status for status, _, _, _ in answers]
+    latency = [ms for _, ms, _, _ in answers]
+    service = [ms for _, _, ms, _ in answers]
+    finish = [at for _, _, _, at in answers]
     socket_errors: dict[str, int] = {}
     loader_late = 0
     for line in text.splitlines():
         parts = line.split()
         if not parts:
             continue
-        if parts[0] == "@@R":
-            statuses.append(int(parts[1]))
-            latency.append(float(parts[2]))
-            service.append(float(parts[3]))
-            finish.append(float(parts[4]))
-        elif parts[0] == "@@S":
+        if parts[0] == "@@S":
             loader_late += int(parts[4])
         elif parts[0] == "@@E":
             socket_errors = dict(zip(("connect", "read", "write", "status", "timeout"), map(int, parts[1:]),
@@ -323,19 +323,15 @@ def swap_under_load(settings: Settings, base: str, bodies_file: Path, rate: floa
     activated = time.time()
     with session_scope(settings) as session:
         activate_version(session, to_version, actor="bench", reason="bench serve: hot swap under load")
-    served = None
     with httpx.Client(timeout=CLIENT_TIMEOUT_S) as client:
-        while time.time() - activated < SWAP_WAIT_S:
-            served = client.get(f"{base}/v1/status").json().get("router_version")
-            if served == to_version:
-                break
-            time.sleep(0.05)
-    swapped = time.time()
+        served = poll_until(lambda: client.get(f"{base}/v1/status").json()["router_version"] == to_version,
+                            SWAP_WAIT_S, poll=0.05)
+    swapped = time.time() if served is None else served + (time.time() - time.monotonic())  # as epoch seconds
     thread.join()
     if "error" in outcome:
         raise outcome["error"]
     result: RateResult = outcome["result"]
-    return {"rate": rate, "to_version": to_version, "swapped": served == to_version,
+    return {"rate": rate, "to_version": to_version, "swapped": served is not None,
             "swap_seconds": round(swapped - activated, 3),
             "run": asdict(result) | {"saturated": result.saturated, "sustained": result.sustained},
             "window": _window(samples, activated, swapped + SWAP_TAIL_S)}
