@@ -51,5 +51,5 @@ def check_text(value: Any) -> Any:
 
 
 def printable(value: object) -> str:
-    """``str(value)`` safe to encode as UTF-8 (lone surrogates become ``\\udXXX`` escapes)."""
+    """``str(value)`` safe to encode as UTF-8 (a lone surrogate becomes a backslash escape such as ``\\udc80``)."""
     return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
