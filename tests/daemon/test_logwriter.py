@@ -67,6 +67,26 @@ def test_submit_never_blocks_and_returns_quickly(settings) -> None:  # type: ign
     assert _count(settings, Request.id) == 2000
 
 
+def test_flush_wakes_a_writer_blocked_on_the_queue(settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # A feedback post flushes the writer for its request's row. The writer blocks on the queue for up to
+    # _IDLE_WAIT while it gathers a batch; flush must wake it, not wait out that timeout (it did: ~100 ms
+    # per feedback post). With the timeout stretched to 5 s, only the wake makes flush fast.
+    monkeypatch.setattr("daemon.logwriter._IDLE_WAIT", 5.0)
+    slow = settings.model_copy(update={"log_flush_seconds": 60.0})
+    writer = RequestLogWriter(slow, metrics=Metrics())
+    writer.start()
+    try:
+        for i in range(3):
+            writer.submit(_row(f"p{i}"))
+            time.sleep(0.2)  # the writer took the row and blocks on the queue for the next one
+            started = time.perf_counter()
+            assert writer.flush(10)
+            assert time.perf_counter() - started < 2.5
+        assert _count(settings, Request.id) == 3 and writer.depth == 0
+    finally:
+        writer.close()
+
+
 def test_close_drains_everything(settings) -> None:  # type: ignore[no-untyped-def]
     slow = settings.model_copy(update={"log_flush_seconds": 60.0, "log_batch_size": 100_000})
     writer = RequestLogWriter(slow, metrics=Metrics())
