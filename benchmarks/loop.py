@@ -61,6 +61,9 @@ class LoopPlan:
     # selected by CV): ~50× cheaper per training on a CPU, and LoRA did not measurably help routing on
     # dcrouter (docs/benchmarks.md). On with ``--quick``; otherwise the settings' recipe (LoRA by default).
     frozen_encoder: bool = False
+    # Score each candidate and the router it would replace on the held-out prompts at the cycle (the truth
+    # the off-policy gate estimates; one batched prediction per version, cached).
+    truth: bool = True
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -109,6 +112,9 @@ class Cycle:
     off_policy: dict[str, Any] | None = None
     holdout: dict[str, Any] | None = None
     gate: str | None = None
+    # What the benchmark knows and the gate cannot: candidate and active router on the held-out prompts
+    # (never streamed), scored by the world as it is at ``t`` (:func:`_heldout_truth`).
+    truth: dict[str, Any] | None = None
 
 
 @dataclass
@@ -211,6 +217,41 @@ def _offline_router(base: Settings, stream: Stream, attributes: dict[str, dict[s
     return choice[:len(stream.pool.prompts)], choice[len(stream.pool.prompts):], seconds
 
 
+def _heldout_choice(settings: Settings, version_id: int, stream: Stream,
+                    cache: dict[int, np.ndarray]) -> np.ndarray:
+    """A registered router version's argmin (index into the pool's experts) on every held-out prompt."""
+    if version_id not in cache:
+        from jobs.router_store import load_version
+        from store.db import session_scope
+        from store.schema import RouterVersion
+
+        with session_scope(settings) as session:
+            router = load_version(session.get(RouterVersion, version_id))
+        names = [str(n) for n in router.expert_names]
+        predicted = router.predict(stream.heldout.prompts, batch_size=64)
+        cache[version_id] = np.array([stream.pool.experts.index(names[i]) for i in predicted.argmin(axis=1)])
+    return cache[version_id]
+
+
+def _heldout_truth(settings: Settings, stream: Stream, t: int, candidate: int, active: int | None,
+                   cache: dict[int, np.ndarray]) -> dict[str, Any]:
+    """Candidate and active router's true mean loss on the held-out prompts at ``t``, and candidate −
+    active with a 95 % paired bootstrap interval: what the off-policy estimate tries to tell the gate."""
+    from router.metrics import paired_bootstrap
+
+    names, rows = stream.pool.experts, range(len(stream.heldout.prompts))
+
+    def losses(version_id: int) -> np.ndarray:
+        choice = _heldout_choice(settings, version_id, stream, cache)
+        return np.array([stream.loss(t, names[int(c)], stream.heldout, i) for i, c in zip(rows, choice, strict=True)])
+
+    out: dict[str, Any] = {"candidate_loss": float(losses(candidate).mean()), "n": len(stream.heldout.prompts)}
+    if active is not None and active != candidate:
+        value, low, high = paired_bootstrap(losses(candidate), losses(active), n=2000, seed=0)
+        out.update(active_loss=float(losses(active).mean()), difference={"value": value, "low": low, "high": high})
+    return out
+
+
 def _frozen_embed(base: Settings) -> Callable[[Sequence[str]], np.ndarray]:
     from benchmarks.quality import frozen_embeddings
 
@@ -261,6 +302,7 @@ def run(dataset: Path, plan: LoopPlan, base: Settings, *, say: Say | None = None
         _register(settings, stream.available(0), attributes)
         app = create_app(settings)
         serve_seconds = 0.0
+        choices: dict[int, np.ndarray] = {}  # held-out argmin per router version (the truth per cycle)
         with TestClient(app) as client:
             holder, writer = app.state.holder, app.state.writer
             for t in range(len(stream)):
@@ -276,7 +318,10 @@ def run(dataset: Path, plan: LoopPlan, base: Settings, *, say: Say | None = None
                     holder.load_active()
                 if (t + 1) % plan.cycle == 0 and t + 1 < len(stream):
                     writer.flush(timeout=30)
+                    active_before = holder.current.version_id if holder.current else None
                     cycle = _run_jobs(settings, t + 1, say)
+                    if plan.truth and cycle.version is not None:
+                        cycle.truth = _heldout_truth(settings, stream, t + 1, cycle.version, active_before, choices)
                     holder.load_active()
                     cycle.active_after = holder.current.version_id if holder.current else None
                     loop.cycles.append(cycle)

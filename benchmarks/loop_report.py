@@ -200,6 +200,7 @@ def build(loop: LoopRun) -> dict[str, Any]:
                    "exploration_cost": cost},
         "windows": wins, "promotions": proms, "heldout": final,
         "cycles": [asdict(c) for c in loop.cycles], "failures": loop.failures[:20],
+        "gate_truth": gate_truth([asdict(c) for c in loop.cycles]),
         "targets": targets(loop, wins, proms, final, cost),
         "seconds": {k: round(v, 1) for k, v in loop.seconds.items()},
     }
@@ -236,6 +237,12 @@ def format_report(report: dict[str, Any]) -> str:
             real = f"{p['realised_loss']:.3f}" if p["realised_loss"] is not None else "–"
             basis = (p.get("gate") or "–").split(":")[0]
             lines.append(f"| {p['t']} | {p['version']} | {basis} | {est} | {real} | {p.get('inside', '–')} |")
+    judged = [c for c in report["cycles"] if c.get("version") is not None]
+    if judged:
+        lines += ["", "| jobs at | candidate | gate | off-policy DR candidate − active (loss) | held-out truth "
+                      "candidate − active | truth inside |", "|---|---|---|---|---|---|"]
+        for c in judged:
+            lines.append(_cycle_row(c))
     final = report["heldout"]
     if final:
         offline = f" · offline {final['offline']:.4f}" if "offline" in final else ""
@@ -244,6 +251,10 @@ def format_report(report: dict[str, Any]) -> str:
         d = final["online_minus_single"]
         captured = f" · gap captured {final['gap_captured']:.2f}" if final.get("gap_captured") is not None else ""
         lines.append(f"online − best single = {d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]{captured}")
+    truth = report.get("gate_truth")
+    if truth:
+        lines.append(f"off-policy DR intervals holding the held-out truth: {truth['covered']:.0%} of {truth['n']}; "
+                     f"held although better by > 0.01: {truth['held_but_better_by_0.01'] or 'none'}")
     cost = report["stream"].get("exploration_cost")
     if cost:
         lines.append(f"exploration: {cost['explored']:.1%} of requests explored; cost in score against the argmin on "
@@ -256,6 +267,34 @@ def format_report(report: dict[str, Any]) -> str:
     s = report["seconds"]
     lines.append("\n" + " · ".join(f"{k} {v:.0f} s" for k, v in s.items()))
     return "\n".join(lines)
+
+
+def _interval(d: dict[str, Any] | None) -> str:
+    return "–" if not d or d.get("value") is None else f"{d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+
+
+def _cycle_row(cycle: dict[str, Any]) -> str:
+    """One training cycle: the gate's decision and estimate beside the truth on the held-out prompts."""
+    dr = ((cycle.get("off_policy") or {}).get("difference") or {}).get("dr")
+    truth = (cycle.get("truth") or {}).get("difference")
+    inside = "–"
+    if dr and truth and dr.get("value") is not None:
+        inside = "yes" if dr["low"] <= truth["value"] <= dr["high"] else "no"
+    decision = (cycle.get("gate") or cycle.get("error") or "–").split(":")[0]
+    return f"| {cycle['t']} | {cycle['version']} | {decision} | {_interval(dr)} | {_interval(truth)} | {inside} |"
+
+
+def gate_truth(report_cycles: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """How the gate's off-policy DR intervals relate to the truth on the held-out prompts: the share
+    that contain the true difference, and the held candidates that were in truth better by > 0.01."""
+    pairs = [(((c.get("off_policy") or {}).get("difference") or {}).get("dr"), (c.get("truth") or {}).get("difference"),
+              c) for c in report_cycles]
+    pairs = [(dr, truth, c) for dr, truth, c in pairs if dr and truth and dr.get("value") is not None]
+    if not pairs:
+        return None
+    covered = [dr["low"] <= truth["value"] <= dr["high"] for dr, truth, _ in pairs]
+    missed = [c["t"] for _, truth, c in pairs if not c.get("promoted") and truth["value"] < -0.01]
+    return {"n": len(pairs), "covered": float(np.mean(covered)), "held_but_better_by_0.01": missed}
 
 
 def plot(report: dict[str, Any], out: Path) -> None:

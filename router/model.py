@@ -227,19 +227,58 @@ class Router(nn.Module):
         out[np.asarray(order)] = stacked
         return out.astype(np.float32)
 
+    def _feature_space(self, kind: str) -> tuple[object, ...]:
+        """What a head-only router's frozen features depend on besides the prompt (router/feature_cache.py)."""
+        fingerprint = getattr(self, "_backbone_fingerprint", None)
+        if fingerprint is None:
+            weight = self.backbone.get_submodule("embeddings").word_embeddings.weight
+            fingerprint = (str(self.config.backbone), tuple(weight.shape), float(weight[:16].double().sum()))
+            object.__setattr__(self, "_backbone_fingerprint", fingerprint)
+        return (kind, fingerprint, self.config.max_length, self.split, self.config.pool_layers, self.config.pooling)
+
+    def pooled_features(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """The head's input (N, pool_layers · H), float32. A head-only router's are remembered per
+        process (:data:`router.feature_cache.FEATURES`): they do not change with training."""
+        def compute(part: Sequence[str]) -> np.ndarray:
+            return self._batched(part, batch_size, lambda ids, mask: self.upper(self.lower(ids, mask), mask))
+
+        if len(texts) == 0:
+            return np.zeros((0, self.head_input_size), dtype=np.float32)
+        if not self.head_only:
+            return compute(texts)
+        from router.feature_cache import FEATURES
+
+        return FEATURES.get(self._feature_space("pooled"), texts, compute)
+
+    @property
+    def head_input_size(self) -> int:
+        return int(self.backbone.config.hidden_size) * self.config.pool_layers
+
+    def _from_pooled(self, texts: Sequence[str], batch_size: int,
+                     fn: Callable[[torch.Tensor], torch.Tensor], width: int) -> np.ndarray:
+        """``fn`` (the heads) applied to the pooled features of ``texts``, in eval mode without gradients."""
+        pooled = torch.from_numpy(self.pooled_features(texts, batch_size))
+        if pooled.shape[0] == 0:
+            return np.zeros((0, width), dtype=np.float32)
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                return fn(pooled).float().numpy().astype(np.float32)
+        finally:
+            self.train(was_training)
+
     def predict(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Predicted losses (N, E), float32, in eval mode without gradients."""
-        out = self._batched(texts, batch_size, self.forward)
-        return out if out.size else np.zeros((0, len(self.expert_names)), dtype=np.float32)
+        return self._from_pooled(texts, batch_size, lambda pooled: self.denormalize(self.normalized(pooled)),
+                                 len(self.expert_names))
 
     def predict_stacked(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Predicted losses and their spreads side by side, (N, 2E): one encoder pass for both."""
-        def both(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            pooled = self.upper(self.lower(ids, mask), mask)
-            return torch.cat([self.denormalize(self.normalized(pooled)), self.spread(pooled)], dim=1)
-
-        out = self._batched(texts, batch_size, both)
-        return out if out.size else np.zeros((0, 2 * len(self.expert_names)), dtype=np.float32)
+        return self._from_pooled(
+            texts, batch_size,
+            lambda pooled: torch.cat([self.denormalize(self.normalized(pooled)), self.spread(pooled)], dim=1),
+            2 * len(self.expert_names))
 
     def predict_with_spread(self, texts: Sequence[str], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
         """(predicted losses (N, E), spread (N, E)): the spread is the half-width of an interval
@@ -250,15 +289,19 @@ class Router(nn.Module):
         return stacked[:, :n], stacked[:, n:]
 
     def embed(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """Pooled encoder embeddings (N, H) — the head's input (LoRA included), for baselines."""
-        out = self._batched(texts, batch_size, lambda ids, mask: self.upper(self.lower(ids, mask), mask))
-        return out if out.size else np.zeros((0, int(self.backbone.config.hidden_size)), dtype=np.float32)
+        """Pooled encoder embeddings (N, pool_layers · H) — the head's input (LoRA included), for baselines."""
+        return self.pooled_features(texts, batch_size)
 
     def frozen_embed(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Mean-pooled output of the frozen lower stage (N, H): features that no training changed, so a
-        model fit beside the router on them (the off-policy direct model) never learns from its training."""
-        out = self._batched(texts, batch_size, lambda ids, mask: pool(self.lower(ids, mask), mask, "mean"))
-        return out if out.size else np.zeros((0, int(self.backbone.config.hidden_size)), dtype=np.float32)
+        model fit beside the router on them (the off-policy direct model) never learns from its training.
+        Remembered per process like :meth:`pooled_features` (the lower stage never trains)."""
+        from router.feature_cache import FEATURES
+
+        if len(texts) == 0:
+            return np.zeros((0, int(self.backbone.config.hidden_size)), dtype=np.float32)
+        return FEATURES.get(self._feature_space("lower-mean"), texts, lambda part: self._batched(
+            part, batch_size, lambda ids, mask: pool(self.lower(ids, mask), mask, "mean")))
 
     # ---- trainable state ----------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

@@ -154,6 +154,7 @@ class _Data:
     def __init__(self, router: Router, prompts: Sequence[str], config: TrainConfig, report: _Throttle,
                  span: tuple[float, float]) -> None:
         self.router = router
+        self.texts = [str(p) for p in prompts]
         encoded = router.tokenizer(list(prompts), truncation=True, max_length=router.config.max_length,
                                    padding=False)
         self.ids: list[list[int]] = [list(x) for x in encoded["input_ids"]]
@@ -166,6 +167,12 @@ class _Data:
 
     def _build(self, config: TrainConfig, report: _Throttle, span: tuple[float, float]) -> None:
         dtype = torch.float16 if config.cache_dtype == "float16" else torch.float32
+        if self.head_only:  # the frozen encoder's pooled states, remembered across runs (router/feature_cache.py)
+            report(span[0], f"encoding {len(self.texts)} prompts (frozen encoder)")
+            features = self.router.pooled_features(self.texts, config.eval_batch_size)
+            self.items = torch.from_numpy(features).to(dtype)
+            report(span[1], f"encoded {len(self.texts)} prompts")
+            return
         order = sorted(range(len(self.ids)), key=lambda i: len(self.ids[i]))
         out: list[torch.Tensor | None] = [None] * len(self.ids)
         router = self.router
