@@ -21,6 +21,8 @@ __all__ = ["Router", "RouterConfig", "expand_experts", "init_head_cold_start", "
 INIT_SEED = 0
 """LoRA and head initialisation are seeded so the same config always builds the same router."""
 MEMORY_LIMIT = 50_000
+CACHED_STATES = 3
+"""Top encoder states whose pools a head-only router remembers per prompt (the head-selection grid's largest)."""
 """Most prompts a neighbour head remembers (a seeded sample when training has more)."""
 
 
@@ -227,28 +229,37 @@ class Router(nn.Module):
         out[np.asarray(order)] = stacked
         return out.astype(np.float32)
 
-    def _feature_space(self, kind: str) -> tuple[object, ...]:
-        """What a head-only router's frozen features depend on besides the prompt (router/feature_cache.py)."""
+    def _feature_space(self, kind: str, *detail: object) -> tuple[object, ...]:
+        """What frozen features depend on besides the prompt (router/feature_cache.py)."""
         fingerprint = getattr(self, "_backbone_fingerprint", None)
         if fingerprint is None:
             weight = self.backbone.get_submodule("embeddings").word_embeddings.weight
             fingerprint = (str(self.config.backbone), tuple(weight.shape), float(weight[:16].double().sum()))
             object.__setattr__(self, "_backbone_fingerprint", fingerprint)
-        return (kind, fingerprint, self.config.max_length, self.split, self.config.pool_layers, self.config.pooling)
+        return (kind, fingerprint, self.config.max_length, self.config.pooling, *detail)
 
     def pooled_features(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """The head's input (N, pool_layers · H), float32. A head-only router's are remembered per
-        process (:data:`router.feature_cache.FEATURES`): they do not change with training."""
-        def compute(part: Sequence[str]) -> np.ndarray:
-            return self._batched(part, batch_size, lambda ids, mask: self.upper(self.lower(ids, mask), mask))
-
+        process (:data:`router.feature_cache.FEATURES`): they do not change with training. The cache
+        holds the top ``CACHED_STATES`` states (at least ``pool_layers``), so routers that pool fewer
+        (head selection picks 1, 2 or 3) share one entry per prompt."""
         if len(texts) == 0:
             return np.zeros((0, self.head_input_size), dtype=np.float32)
         if not self.head_only:
-            return compute(texts)
+            return self._batched(texts, batch_size, lambda ids, mask: self.upper(self.lower(ids, mask), mask))
         from router.feature_cache import FEATURES
 
-        return FEATURES.get(self._feature_space("pooled"), texts, compute)
+        states = min(max(self.config.pool_layers, CACHED_STATES), self.num_layers + 1)
+
+        def top_states(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            hidden = self.backbone.get_submodule("embeddings")(input_ids=ids)
+            pooled = [pool(s, mask, self.config.pooling) for s in self._layers(hidden, mask, 0, self.num_layers)[-states:]]
+            return torch.cat(pooled, dim=-1)
+
+        features = FEATURES.get(self._feature_space("pooled", states), texts,
+                                lambda part: self._batched(part, batch_size, top_states))
+        width = int(self.backbone.config.hidden_size)
+        return features[:, (states - self.config.pool_layers) * width:]
 
     @property
     def head_input_size(self) -> int:
@@ -300,7 +311,7 @@ class Router(nn.Module):
 
         if len(texts) == 0:
             return np.zeros((0, int(self.backbone.config.hidden_size)), dtype=np.float32)
-        return FEATURES.get(self._feature_space("lower-mean"), texts, lambda part: self._batched(
+        return FEATURES.get(self._feature_space("lower-mean", self.split), texts, lambda part: self._batched(
             part, batch_size, lambda ids, mask: pool(self.lower(ids, mask), mask, "mean")))
 
     # ---- trainable state ----------------------------------------------------------------

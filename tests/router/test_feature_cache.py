@@ -56,3 +56,19 @@ def test_a_router_predicts_the_same_with_and_without_remembered_features(tiny_be
     # router's upper layers do change, so its are always computed.
     assert remembered == (len(TEXTS) if lora_r == 0 else 0)
     assert router.predict([]).shape == (0, 2) and router.pooled_features([]).shape == (0, 2 * 32)
+
+
+def test_head_only_routers_pooling_fewer_states_share_the_remembered_rows(tiny_bert: str) -> None:
+    def make(pool_layers: int) -> Router:
+        return Router.from_config(RouterConfig(backbone=tiny_bert, expert_names=["a"], lora_r=0,
+                                               pool_layers=pool_layers))
+
+    FEATURES.clear()
+    three = make(3).pooled_features(TEXTS)
+    misses = FEATURES.misses
+    one = make(1)
+    sliced = one.pooled_features(TEXTS)
+    assert FEATURES.misses == misses  # head selection's 1-state router reads the 3-state rows
+    np.testing.assert_allclose(sliced, three[:, -32:], atol=1e-6)
+    computed = one._batched(TEXTS, 8, lambda ids, mask: one.upper(one.lower(ids, mask), mask))  # what the head sees
+    np.testing.assert_allclose(sliced, computed, atol=1e-5)
