@@ -58,9 +58,10 @@ class LoopPlan:
     offline: bool = True  # train the offline full-information router baseline
     heldout_share: float = 0.2
     # The production job with the encoder frozen (THALAMUS_TRAIN_LORA_R=0, one epoch: the head is still
-    # selected by CV): ~50× cheaper per training on a CPU, and LoRA did not measurably help routing on
-    # dcrouter (docs/benchmarks.md). On with ``--quick``; otherwise the settings' recipe (LoRA by default).
-    frozen_encoder: bool = False
+    # selected by CV), the default: each cycle encodes only new prompts (router/feature_cache.py), ~10x cheaper
+    # than LoRA on a CPU, and LoRA did not measurably help routing on dcrouter (docs/benchmarks.md). False
+    # (``--lora``) trains with the settings' own recipe (LoRA by default).
+    frozen_encoder: bool = True
     # Score each candidate and the router it would replace on the held-out prompts at the cycle (the truth
     # the off-policy gate estimates; one batched prediction per version, cached).
     truth: bool = True
@@ -115,6 +116,9 @@ class Cycle:
     # What the benchmark knows and the gate cannot: candidate and active router on the held-out prompts
     # (never streamed), scored by the world as it is at ``t`` (:func:`_heldout_truth`).
     truth: dict[str, Any] | None = None
+    # On a promotion: the replaced router's argmin on each request of the next window ({t: expert index}),
+    # so the report compares the two routers on the same requests (loop_report.promotions).
+    replaced: dict[str, Any] | None = None
 
 
 @dataclass
@@ -217,19 +221,23 @@ def _offline_router(base: Settings, stream: Stream, attributes: dict[str, dict[s
     return choice[:len(stream.pool.prompts)], choice[len(stream.pool.prompts):], seconds
 
 
+def _router_choice(settings: Settings, version_id: int, prompts: Sequence[str], experts: Sequence[str]) -> np.ndarray:
+    """A registered router version's argmin (index into ``experts``) on each prompt (no λ, as the stream routes)."""
+    from jobs.router_store import load_version
+    from store.db import session_scope
+    from store.schema import RouterVersion
+
+    with session_scope(settings) as session:
+        router = load_version(session.get(RouterVersion, version_id))
+    names = [str(n) for n in router.expert_names]
+    predicted = router.predict(list(prompts), batch_size=64)
+    return np.array([list(experts).index(names[i]) for i in predicted.argmin(axis=1)], dtype=np.int64)
+
+
 def _heldout_choice(settings: Settings, version_id: int, stream: Stream,
                     cache: dict[int, np.ndarray]) -> np.ndarray:
-    """A registered router version's argmin (index into the pool's experts) on every held-out prompt."""
     if version_id not in cache:
-        from jobs.router_store import load_version
-        from store.db import session_scope
-        from store.schema import RouterVersion
-
-        with session_scope(settings) as session:
-            router = load_version(session.get(RouterVersion, version_id))
-        names = [str(n) for n in router.expert_names]
-        predicted = router.predict(stream.heldout.prompts, batch_size=64)
-        cache[version_id] = np.array([stream.pool.experts.index(names[i]) for i in predicted.argmin(axis=1)])
+        cache[version_id] = _router_choice(settings, version_id, stream.heldout.prompts, stream.pool.experts)
     return cache[version_id]
 
 
@@ -322,6 +330,12 @@ def run(dataset: Path, plan: LoopPlan, base: Settings, *, say: Say | None = None
                     cycle = _run_jobs(settings, t + 1, say)
                     if plan.truth and cycle.version is not None:
                         cycle.truth = _heldout_truth(settings, stream, t + 1, cycle.version, active_before, choices)
+                    if cycle.promoted and active_before is not None and active_before != cycle.version:
+                        ahead = range(t + 1, min(t + 1 + plan.window, len(stream)))
+                        picked = _router_choice(settings, active_before, [stream.pool.prompts[int(stream.order[i])]
+                                                                          for i in ahead], stream.pool.experts)
+                        cycle.replaced = {"version": active_before,
+                                          "choice": {str(i): int(c) for i, c in zip(ahead, picked, strict=True)}}
                     holder.load_active()
                     cycle.active_after = holder.current.version_id if holder.current else None
                     loop.cycles.append(cycle)

@@ -167,7 +167,7 @@ def _show_shadow(report: dict[str, Any]) -> None:
 
 def loop(settings: Settings, *, dataset: Path, scenario: str = "cold", feedback: str = "bandit",
          requests: int | None = None, cycle: int = 500, window: int = 250, seed: int = 0,
-         explore: str | None = None, offline: bool = True, quick: bool = False, frozen_encoder: bool = False,
+         explore: str | None = None, offline: bool = True, quick: bool = False, lora: bool = False,
          json_out: Path | None = None, plot_out: Path | None = None, progress: bool = False) -> dict[str, Any]:
     """Replay a dataset as a stream through the daemon and the production jobs: does the loop learn?"""
     from benchmarks import loop_report
@@ -178,7 +178,7 @@ def loop(settings: Settings, *, dataset: Path, scenario: str = "cold", feedback:
         raise CliError(f"dataset {dataset} does not exist")
     try:
         plan = LoopPlan(scenario=scenario, feedback=feedback, requests=requests, cycle=cycle, window=window,
-                        seed=seed, quick=quick, explore=explore, offline=offline, frozen_encoder=frozen_encoder)
+                        seed=seed, quick=quick, explore=explore, offline=offline, frozen_encoder=not lora)
     except ValueError as exc:
         raise CliError(str(exc)) from None
     report = loop_report.build(run(dataset, plan, settings, say=say if progress else None))
@@ -367,8 +367,9 @@ GROUP = Group("bench", "benchmarks (routing quality, the demo dataset, faults un
              help="skip the offline full-information router baseline"),
          arg("--quick", action="store_true",
              help="900 rows, 600 requests, jobs every 150, encoder frozen (about 2 min)"),
-         arg("--frozen-encoder", action="store_true",
-             help="train with the encoder frozen (THALAMUS_TRAIN_LORA_R=0, 1 epoch; the head is still selected)"),
+         arg("--lora", action="store_true",
+             help="train the router with the settings' own recipe (LoRA by default) instead of the frozen encoder "
+                  "(THALAMUS_TRAIN_LORA_R=0, 1 epoch, the head still selected); ~10x slower per cycle on a CPU"),
          arg("--json", dest="json_out", type=Path, help="write the full report here"),
          arg("--plot", dest="plot_out", type=Path, help="write the score-over-stream plot (PNG) here"),
          show=_show_loop, fails=lambda report: bool(report["failures"]), cli={"progress": True}),

@@ -64,3 +64,27 @@ def test_a_degraded_expert_loses_its_traffic_within_one_cycle_of_the_first_train
     assert cost["n"] == 600 and cost["cost"] == pytest.approx(manual) and cost["low"] <= manual <= cost["high"]
     text = loop_report.format_report(report)
     assert "degraded_share_below_10pct_within_one_cycle" in text
+
+
+def test_quick_run_on_the_benchmark_data_recovers_from_a_degraded_expert(dcrouter: Path, tmp_path: Path,
+                                                                         thalamus_env: None, capsys) -> None:  # type: ignore[no-untyped-def]
+    """``thalamus bench loop --quick`` on dcrouter, as a user runs it (production defaults otherwise): the
+    stream, the feedback path and the jobs on the real data; the degraded expert's traffic falls below
+    10 % within one cycle of the first training after the drop, and no request fails."""
+    from cli.main import main
+
+    make_settings(tmp_path / "home")
+    out = tmp_path / "loop.json"
+    main(["bench", "loop", "--dataset", str(dcrouter), "--scenario", "degraded", "--quick", "--no-offline",
+          "--json", str(out)])
+    report = json.loads(out.read_text())
+    printed = capsys.readouterr().out
+    assert "degraded_share_below_10pct_within_one_cycle" in printed
+    assert report["plan"]["quick"] and report["stream"]["n"] == 600 and report["failures"] == []
+    targets = report["targets"]
+    assert targets["degraded_share_below_10pct_within_one_cycle"]["passed"], targets
+    assert targets["zero_failed_requests"]["passed"]
+    trained = [c for c in report["cycles"] if c["version"] is not None]
+    assert len(trained) == 3 and all(c["truth"] is not None for c in trained)
+    # The loop learnt: its last window serves well above the cold start's first one.
+    assert report["windows"][-1]["score"] > report["windows"][0]["score"] + 0.1, report["windows"]
