@@ -228,7 +228,10 @@ def _router_choice(settings: Settings, version_id: int, prompts: Sequence[str], 
     from store.schema import RouterVersion
 
     with session_scope(settings) as session:
-        router = load_version(session.get(RouterVersion, version_id))
+        version = session.get(RouterVersion, version_id)
+        if version is None:
+            raise ValueError(f"router version {version_id} does not exist")
+        router = load_version(version)
     names = [str(n) for n in router.expert_names]
     predicted = router.predict(list(prompts), batch_size=64)
     return np.array([list(experts).index(names[i]) for i in predicted.argmin(axis=1)], dtype=np.int64)

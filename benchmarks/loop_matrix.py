@@ -76,7 +76,8 @@ def summarize(reports: dict[str, list[dict[str, Any]]], costs: list[dict[str, An
         out[scenario] = {
             "seeds": [r["plan"]["seed"] for r in runs], "targets": rows,
             "heldout": {k: float(np.mean([h[k] for h in held if h.get(k) is not None]))
-                        for k in ("online", "best_single", "offline", "oracle") if any(h.get(k) is not None for h in held)},
+                        for k in ("online", "best_single", "offline", "oracle")
+                        if any(h.get(k) is not None for h in held)},
             "promotions": [len(r["promotions"]) for r in runs],
             "gate_truth": [r.get("gate_truth") for r in runs],
             "wall_seconds": [r["seconds"]["wall"] for r in runs],
@@ -101,7 +102,8 @@ def table(summary: dict[str, Any]) -> str:
         for name, t in s["targets"].items():
             per = ", ".join("–" if v is None else f"{v:.4g}" for v in t["values"])
             mean = "–" if t["mean"] is None else f"{t['mean']:.4g}"
-            lines.append(f"| {scenario} | {name} | {per} | {mean} | {t['threshold']} | {'yes' if t['passed'] else 'NO'} |")
+            met = "yes" if t["passed"] else "NO"
+            lines.append(f"| {scenario} | {name} | {per} | {mean} | {t['threshold']} | {met} |")
     return "\n".join(lines)
 
 

@@ -257,8 +257,10 @@ def format_report(report: dict[str, Any]) -> str:
             real = f"{p['realised_loss']:.3f}" if p["realised_loss"] is not None else "–"
             basis = (p.get("gate") or "–").split(":")[0]
             vs = p.get("vs_replaced")
-            versus = f"{vs['loss_difference']:+.4f} [{vs['low']:+.4f}, {vs['high']:+.4f}] vs v{vs['version']}" if vs else "–"
-            lines.append(f"| {p['t']} | {p['version']} | {basis} | {est} | {real} | {p.get('inside', '–')} | {versus} |")
+            versus = (f"{vs['loss_difference']:+.4f} [{vs['low']:+.4f}, {vs['high']:+.4f}] vs v{vs['version']}"
+                      if vs else "–")
+            lines.append(f"| {p['t']} | {p['version']} | {basis} | {est} | {real} | {p.get('inside', '–')} | "
+                         f"{versus} |")
     judged = [c for c in report["cycles"] if c.get("version") is not None]
     if judged:
         lines += ["", "| jobs at | candidate | gate | off-policy DR candidate − active (loss) | held-out truth "
@@ -309,9 +311,12 @@ def _cycle_row(cycle: dict[str, Any]) -> str:
 def gate_truth(report_cycles: list[dict[str, Any]]) -> dict[str, Any] | None:
     """How the gate's off-policy DR intervals relate to the truth on the held-out prompts: the share
     that contain the true difference, and the held candidates that were in truth better by > 0.01."""
-    pairs = [(((c.get("off_policy") or {}).get("difference") or {}).get("dr"), (c.get("truth") or {}).get("difference"),
-              c) for c in report_cycles]
-    pairs = [(dr, truth, c) for dr, truth, c in pairs if dr and truth and dr.get("value") is not None]
+    pairs: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = []
+    for c in report_cycles:
+        dr = ((c.get("off_policy") or {}).get("difference") or {}).get("dr")
+        truth = (c.get("truth") or {}).get("difference")
+        if dr and truth and dr.get("value") is not None:
+            pairs.append((dr, truth, c))
     if not pairs:
         return None
     covered = [dr["low"] <= truth["value"] <= dr["high"] for dr, truth, _ in pairs]

@@ -11,6 +11,7 @@ spool still holds, and this writer releases each row from the spool once it is i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -145,10 +146,8 @@ class RequestLogWriter:
             self.spool.close()
 
     def _wake(self) -> None:
-        try:
+        with contextlib.suppress(queue.Full):  # a full queue never blocks the writer
             self._queue.put_nowait(_WAKE)
-        except queue.Full:  # a full queue never blocks the writer
-            pass
 
     # -- writer side ---------------------------------------------------------------------------
 

@@ -199,7 +199,7 @@ class LocalExpert:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         # generate()'s self-type is transformers' GenerativePreTrainedModel protocol, written for the ty checker;
         # mypy does not match it against a PreTrainedModel narrowed to GenerationMixin.
-        out = self.model.generate(**batch, max_new_tokens=max_new_tokens,  # type: ignore[misc]
+        out = self.model.generate(**batch, max_new_tokens=max_new_tokens,  # type: ignore[misc, unused-ignore]
                                   do_sample=False, pad_token_id=pad)
         new = out[0, batch["input_ids"].shape[1] :]
         return {"kind": "generation", "text": self.tokenizer.decode(new, skip_special_tokens=True),

@@ -7,6 +7,7 @@ import copy
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -233,7 +234,7 @@ class Router(nn.Module):
         """What frozen features depend on besides the prompt (router/feature_cache.py)."""
         fingerprint = getattr(self, "_backbone_fingerprint", None)
         if fingerprint is None:
-            weight = self.backbone.get_submodule("embeddings").word_embeddings.weight
+            weight = cast(torch.Tensor, self.backbone.get_input_embeddings().weight)
             fingerprint = (str(self.config.backbone), tuple(weight.shape), float(weight[:16].double().sum()))
             object.__setattr__(self, "_backbone_fingerprint", fingerprint)
         return (kind, fingerprint, self.config.max_length, self.config.pooling, *detail)
@@ -253,7 +254,8 @@ class Router(nn.Module):
 
         def top_states(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             hidden = self.backbone.get_submodule("embeddings")(input_ids=ids)
-            pooled = [pool(s, mask, self.config.pooling) for s in self._layers(hidden, mask, 0, self.num_layers)[-states:]]
+            top = self._layers(hidden, mask, 0, self.num_layers)[-states:]
+            pooled = [pool(s, mask, self.config.pooling) for s in top]
             return torch.cat(pooled, dim=-1)
 
         features = FEATURES.get(self._feature_space("pooled", states), texts,
