@@ -323,6 +323,10 @@ def ridge_fit(features: np.ndarray, observed: np.ndarray, alphas: Sequence[float
 
     ``observed`` (n, E) holds the known losses (NaN = unknown). An expert with fewer than ``min_rows``
     training rows is predicted by its training mean, or by the mean of every training loss, or 0.
+    Predictions are clipped to the range of the training losses: a conditional mean lies within the
+    losses' support, and an unclipped ridge on a few rows in high dimension extrapolates far outside it
+    (found by ``bench loop``: a direct model predicting losses below 0 made DR values of −0.7 for scores
+    in [0, 1], and promoted candidates' value intervals missed what they then served).
     """
     x_all = np.asarray(features, dtype=np.float64)
     y_all = np.asarray(observed, dtype=np.float64)
@@ -333,6 +337,7 @@ def ridge_fit(features: np.ndarray, observed: np.ndarray, alphas: Sequence[float
         y_train = y_all[train]
         seen_all = y_train[~np.isnan(y_train)]
         fallback = float(seen_all.mean()) if seen_all.size else 0.0
+        low, high = (float(seen_all.min()), float(seen_all.max())) if seen_all.size else (-np.inf, np.inf)
         models: list[tuple[np.ndarray, np.ndarray, np.ndarray, float]] = []  # (mean, scale, weight, bias)
         for e in range(y_all.shape[1]):
             rows = train[~np.isnan(y_all[train, e])]
@@ -349,7 +354,8 @@ def ridge_fit(features: np.ndarray, observed: np.ndarray, alphas: Sequence[float
 
         def score(rows: np.ndarray) -> np.ndarray:
             x = x_all[rows]
-            return np.stack([((x - mean) / scale) @ weight + bias for mean, scale, weight, bias in models], axis=1)
+            predicted = np.stack([((x - mean) / scale) @ weight + bias for mean, scale, weight, bias in models], axis=1)
+            return np.clip(predicted, low, high)
 
         return score
 

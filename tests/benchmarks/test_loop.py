@@ -86,5 +86,12 @@ def test_quick_run_on_the_benchmark_data_recovers_from_a_degraded_expert(dcroute
     assert targets["zero_failed_requests"]["passed"]
     trained = [c for c in report["cycles"] if c["version"] is not None]
     assert len(trained) == 3 and all(c["truth"] is not None for c in trained)
-    # The loop learnt: its last window serves well above the cold start's first one.
-    assert report["windows"][-1]["score"] > report["windows"][0]["score"] + 0.1, report["windows"]
+    # The loop learnt: after the first training it serves well above the cold start (0.2-0.3 before,
+    # 0.4-0.6 after in the runs of docs/benchmarks.md; exploration draws differ between runs).
+    def mean_score(windows: list[dict]) -> float:  # type: ignore[type-arg]
+        return sum(w["score"] * w["n"] for w in windows) / sum(w["n"] for w in windows)
+
+    first = trained[0]["t"]
+    before = [w for w in report["windows"] if w["end"] <= first]
+    after = [w for w in report["windows"] if w["start"] >= first]
+    assert mean_score(after) > mean_score(before) + 0.1, report["windows"]

@@ -179,3 +179,17 @@ def test_the_ridge_direct_model_learns_per_context_losses_and_falls_back_to_mean
     predicted = score(np.arange(4))
     assert np.abs(predicted[:, :2] - MEANS[contexts[:4], :2]).max() < 0.02
     assert predicted[:, 2] == pytest.approx([0.2] * 4)
+
+
+def test_the_ridge_direct_model_never_predicts_outside_the_training_losses() -> None:
+    # Few rows in many dimensions: an unclipped ridge extrapolates to far-away prompts well outside [0, 1]
+    # (bench loop saw DR values of -0.7); the fit is clipped to the range of the losses it was trained on.
+    rng = np.random.default_rng(1)
+    features = rng.normal(0, 1, (40, 200))
+    observed = np.clip(features[:, :3] * 0.3 + 0.5, 0, 1)
+    far = np.vstack([features, 25 * rng.normal(0, 1, (20, 200))])
+    score = ridge_fit(far, np.vstack([observed, np.full((20, 3), np.nan)]))(np.arange(40))
+    predicted = score(np.arange(40, 60))
+    assert predicted.min() >= observed.min() - 1e-12 and predicted.max() <= observed.max() + 1e-12
+    unclipped_spread = np.ptp(score(np.arange(40)))
+    assert unclipped_spread > 0.3  # the rows it was fitted on keep their (in-range) predictions
