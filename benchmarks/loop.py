@@ -256,10 +256,12 @@ def _heldout_truth(settings: Settings, stream: Stream, t: int, candidate: int, a
         choice = _heldout_choice(settings, version_id, stream, cache)
         return np.array([stream.loss(t, names[int(c)], stream.heldout, i) for i, c in zip(rows, choice, strict=True)])
 
-    out: dict[str, Any] = {"candidate_loss": float(losses(candidate).mean()), "n": len(stream.heldout.prompts)}
+    new = losses(candidate)
+    out: dict[str, Any] = {"candidate_loss": float(new.mean()), "n": len(stream.heldout.prompts)}
     if active is not None and active != candidate:
-        value, low, high = paired_bootstrap(losses(candidate), losses(active), n=2000, seed=0)
-        out.update(active_loss=float(losses(active).mean()), difference={"value": value, "low": low, "high": high})
+        old = losses(active)
+        value, low, high = paired_bootstrap(new, old, n=2000, seed=0)
+        out.update(active_loss=float(old.mean()), difference={"value": value, "low": low, "high": high})
     return out
 
 

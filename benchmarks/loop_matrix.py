@@ -1,15 +1,15 @@
 """Every loop scenario over several seeds, and the issue's targets as means over the seeds.
 
     python -m benchmarks.loop_matrix --dataset ../shared/data/dcrouter --out DIR [--seeds 0,1,2]
-        [--scenarios cold,drift,new-expert,degraded] [--summary-only]
+        [--scenarios cold,drift,new-expert,degraded] [--no-cost]
 
 One process runs the runs one after another (each exactly ``thalamus bench loop --dataset D
 --scenario S --seed K``), so the frozen encoder's features are computed once for all of them
 (router/feature_cache.py); each run's report goes to ``DIR/S-K.json`` and its plot to ``DIR/S-K.png``
-(a run whose JSON exists is not run again). The summary (``DIR/summary.json`` and a Markdown table on
-stdout) gives, per scenario, each target's value per seed, its mean over the seeds, and whether the
-mean meets it. Plus the exploration-cost target: ``cold`` with full feedback, exploration on (the
-product default) against off, per seed.
+(a run whose JSON exists is not run again, so a second invocation only summarises). The summary
+(``DIR/summary.json`` and a Markdown table on stdout) gives, per scenario, each target's value per
+seed, its mean over the seeds, and whether the mean meets it. Plus the exploration-cost target:
+``cold`` with full feedback, exploration on (the product default) against off, per seed.
 """
 
 from __future__ import annotations

@@ -297,12 +297,17 @@ def _interval(d: dict[str, Any] | None) -> str:
     return "–" if not d or d.get("value") is None else f"{d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
 
 
+def _estimate_and_truth(cycle: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """A cycle's off-policy DR difference (candidate − active) and its held-out truth, each None when absent."""
+    dr = ((cycle.get("off_policy") or {}).get("difference") or {}).get("dr")
+    return (dr if dr and dr.get("value") is not None else None), (cycle.get("truth") or {}).get("difference")
+
+
 def _cycle_row(cycle: dict[str, Any]) -> str:
     """One training cycle: the gate's decision and estimate beside the truth on the held-out prompts."""
-    dr = ((cycle.get("off_policy") or {}).get("difference") or {}).get("dr")
-    truth = (cycle.get("truth") or {}).get("difference")
+    dr, truth = _estimate_and_truth(cycle)
     inside = "–"
-    if dr and truth and dr.get("value") is not None:
+    if dr and truth:
         inside = "yes" if dr["low"] <= truth["value"] <= dr["high"] else "no"
     decision = (cycle.get("gate") or cycle.get("error") or "–").split(":")[0]
     return f"| {cycle['t']} | {cycle['version']} | {decision} | {_interval(dr)} | {_interval(truth)} | {inside} |"
@@ -313,9 +318,8 @@ def gate_truth(report_cycles: list[dict[str, Any]]) -> dict[str, Any] | None:
     that contain the true difference, and the held candidates that were in truth better by > 0.01."""
     pairs: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = []
     for c in report_cycles:
-        dr = ((c.get("off_policy") or {}).get("difference") or {}).get("dr")
-        truth = (c.get("truth") or {}).get("difference")
-        if dr and truth and dr.get("value") is not None:
+        dr, truth = _estimate_and_truth(c)
+        if dr and truth:
             pairs.append((dr, truth, c))
     if not pairs:
         return None

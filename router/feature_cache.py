@@ -58,12 +58,11 @@ class FeatureCache:
         self.hits += len(found)
         self.misses += len(missing)
         if missing:
-            distinct = list(dict.fromkeys(keys[i] for i in missing))
-            first: dict[tuple[Hashable, bytes], int] = {}
+            first: dict[tuple[Hashable, bytes], int] = {}  # each distinct missing key, at its first position
             for i in missing:
                 first.setdefault(keys[i], i)
-            computed = np.asarray(compute([str(texts[first[key]]) for key in distinct]), dtype=np.float32)
-            fresh = dict(zip(distinct, computed, strict=True))
+            computed = np.asarray(compute([str(texts[i]) for i in first.values()]), dtype=np.float32)
+            fresh = dict(zip(first, computed, strict=True))
             for i in missing:
                 found[i] = fresh[keys[i]]
             self._remember(fresh)

@@ -22,9 +22,9 @@ __all__ = ["Router", "RouterConfig", "expand_experts", "init_head_cold_start", "
 INIT_SEED = 0
 """LoRA and head initialisation are seeded so the same config always builds the same router."""
 MEMORY_LIMIT = 50_000
+"""Most prompts a neighbour head remembers (a seeded sample when training has more)."""
 CACHED_STATES = 3
 """Top encoder states whose pools a head-only router remembers per prompt (the head-selection grid's largest)."""
-"""Most prompts a neighbour head remembers (a seeded sample when training has more)."""
 
 
 class Router(nn.Module):
@@ -277,7 +277,7 @@ class Router(nn.Module):
         self.eval()
         try:
             with torch.no_grad():
-                return fn(pooled).float().numpy().astype(np.float32)
+                return fn(pooled).float().numpy()
         finally:
             self.train(was_training)
 

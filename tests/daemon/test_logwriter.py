@@ -1,10 +1,11 @@
-"""The asynchronous request log writer on a real SQLite database."""
+"""The asynchronous request log writer on a real database (SQLite; the wake-up on PostgreSQL too)."""
 
 from __future__ import annotations
 
 import threading
 import time
 
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
@@ -67,10 +68,12 @@ def test_submit_never_blocks_and_returns_quickly(settings) -> None:  # type: ign
     assert _count(settings, Request.id) == 2000
 
 
-def test_flush_wakes_a_writer_blocked_on_the_queue(settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_flush_wakes_a_writer_blocked_on_the_queue(backend, request, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     # A feedback post flushes the writer for its request's row. The writer blocks on the queue for up to
     # _IDLE_WAIT while it gathers a batch; flush must wake it, not wait out that timeout (it did: ~100 ms
     # per feedback post). With the timeout stretched to 5 s, only the wake makes flush fast.
+    settings = request.getfixturevalue("settings" if backend == "sqlite" else "pg_daemon_settings")
     monkeypatch.setattr("daemon.logwriter._IDLE_WAIT", 5.0)
     slow = settings.model_copy(update={"log_flush_seconds": 60.0})
     writer = RequestLogWriter(slow, metrics=Metrics())
