@@ -109,6 +109,7 @@ class Cycle:
     promoted: bool = False
     active_after: int | None = None
     error: str | None = None
+    failed: bool = False  # the job raised (an error of the product, not a refusal): counted by the report
     seconds: float = 0.0
     off_policy: dict[str, Any] | None = None
     holdout: dict[str, Any] | None = None
@@ -176,6 +177,9 @@ def _run_jobs(settings: Settings, t: int, say: Say) -> Cycle:
             result = train.run(settings, lambda f, m: None, {})
         except (JobInputError, CandidateRejected) as exc:
             cycle.error = str(exc)
+        except Exception as exc:  # the job run fails and the daemon goes on, as under the scheduler
+            log.exception("train_router failed at t=%d", t)
+            cycle.error, cycle.failed = f"job failed: {type(exc).__name__}: {exc}", True
         else:
             cycle.version = result.get("version_id")
             cycle.promoted = bool(result.get("auto_approved"))

@@ -33,7 +33,7 @@ TARGETS: dict[str, list[tuple[str, float, str]]] = {
     "drift": [],
 }
 EVERY = [("gate_intervals_cover_90pct", 0.9, ">="), ("no_promotion_worse_by_0.01", 0.01, "<="),
-         ("zero_failed_requests", 0, "<=")]
+         ("zero_failed_requests", 0, "<="), ("zero_failed_jobs", 0, "<=")]
 
 
 def _run_one(dataset: Path, out: Path, scenario: str, seed: int, feedback: str = "bandit",

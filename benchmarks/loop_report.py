@@ -189,6 +189,8 @@ def targets(loop: LoopRun, wins: list[dict[str, Any]], proms: list[dict[str, Any
     if cost is not None and cost["explored"] > 0:
         out["exploration_costs_at_most_0.01"] = {"value": cost["cost"], "passed": cost["cost"] <= 0.01}
     out["zero_failed_requests"] = {"value": len(loop.failures), "passed": not loop.failures}
+    failed_jobs = [c.t for c in loop.cycles if c.failed]
+    out["zero_failed_jobs"] = {"value": len(failed_jobs), "at": failed_jobs, "passed": not failed_jobs}
     return out
 
 

@@ -8,8 +8,9 @@ quantisation of the weights first (measured 1.7-2× faster than fp32 on this CPU
 fp32 when int8 fails the check, and, for a memory large enough to be searched by an approximate
 index (router/neighbours.py), fp32 with the exact scan last. The check serves the exported model
 exactly as a daemon would (:class:`router.inference.OnnxRouter` on the written files) and compares it with the PyTorch
-router on held-out prompts: the largest absolute difference of predicted losses and the share of prompts
-whose argmin expert is the same. A bundle whose export fails the check at every precision is not
+router on held-out prompts: the largest absolute difference of predicted losses, the share of spreads
+within the same tolerance (a neighbour statistic, which may jump where neighbours are nearly tied) and the
+share of prompts whose argmin expert is the same. A bundle whose export fails the check at every precision is not
 written (:class:`ExportCheckFailed`), so it is never registered.
 """
 
@@ -40,6 +41,12 @@ MIN_AGREEMENT = 0.99
 """Share of check prompts whose argmin expert the export must reproduce."""
 MAX_DIFF_SCALE = 0.25
 """Largest tolerated |exported − PyTorch| predicted loss, in units of the router's loss scale."""
+MIN_SPREADS_WITHIN = 0.99
+"""Share of check spreads (prompt × expert) the export must reproduce within the tolerance. A spread is
+the dispersion of the nearest memory prompts' losses: where two memory prompts are nearly equidistant a
+rounding difference swaps a neighbour and the spread jumps by a whole loss (binary losses: 0 → 0.5), so
+requiring every spread within the tolerance failed faithful fp32 exports (``bench loop``: one of 272 check
+prompts, a spread of 4.29 against 0.40, every predicted loss within 0.02, and the training job failed)."""
 CHECK_PROMPTS = (
     "Write a Python function that returns the n-th Fibonacci number.",
     "What is the capital of Australia?",
@@ -77,6 +84,7 @@ class ExportCheck:
     seconds_per_prompt: float  # the exported path's, measured during the check
     passed: bool
     error: str | None = None  # the step raised instead of answering
+    spreads_within: float = 1.0  # share of the spreads within the tolerance (see MIN_SPREADS_WITHIN)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -118,9 +126,11 @@ def export_inference(router: Router, directory: Path, check_prompts: Sequence[st
     finally:
         fp32.unlink(missing_ok=True)
     summary = "; ".join(f"{c.precision}/{c.neighbours}: " + (c.error or f"agreement {c.agreement:.3f}, "
-                                                             f"max |Δ| {c.max_abs_diff:.4f}") for c in checks)
+                                                             f"max |Δ loss| {c.max_abs_diff:.4f}, spreads within "
+                                                             f"{c.spreads_within:.3f}") for c in checks)
     raise ExportCheckFailed(f"the exported router does not reproduce the PyTorch router on {len(prompts)} prompts "
-                            f"(needs agreement ≥ {MIN_AGREEMENT} and max |Δ| ≤ {tolerance:.4f}): {summary}")
+                            f"(needs agreement ≥ {MIN_AGREEMENT}, max |Δ loss| ≤ {tolerance:.4f} and "
+                            f"{MIN_SPREADS_WITHIN:.0%} of spreads within it): {summary}")
 
 
 class _Exportable(torch.nn.Module):
@@ -196,11 +206,27 @@ def _check(directory: Path, router: Router, prompts: list[str], expected: np.nda
     start = time.perf_counter()
     actual = exported.predict_stacked(prompts)
     seconds = (time.perf_counter() - start) / max(1, len(prompts))
-    finite = np.isfinite(expected) & np.isfinite(actual)
-    same_nan = bool(np.array_equal(np.isfinite(expected), np.isfinite(actual)))
-    diff = float(np.max(np.abs(actual[finite] - expected[finite]))) if finite.any() else 0.0
-    n = len(router.expert_names)  # the decision is the argmin of the predicted losses (the first n columns)
-    agreement = float(np.mean(np.argmin(actual[:, :n], axis=1) == np.argmin(expected[:, :n], axis=1)))
-    passed = same_nan and diff <= tolerance and agreement >= MIN_AGREEMENT
+    diff, spreads_within, agreement, passed = compare_outputs(expected, actual, len(router.expert_names), tolerance)
     return ExportCheck(precision, search, len(prompts), round(diff, 6), round(agreement, 4), round(seconds, 5),
-                       passed)
+                       passed, spreads_within=round(spreads_within, 4))
+
+
+def compare_outputs(expected: np.ndarray, actual: np.ndarray, n_experts: int,
+                    tolerance: float) -> tuple[float, float, float, bool]:
+    """(max |Δ| of the predicted losses, share of spreads within ``tolerance``, argmin agreement, passed) of
+    two (N, 2E) :meth:`Router.predict_stacked` outputs. Passes when both have NaN in the same places, every
+    predicted loss is within ``tolerance``, at least :data:`MIN_SPREADS_WITHIN` of the spreads are, and
+    at least :data:`MIN_AGREEMENT` of the argmins agree."""
+    expected, actual = np.asarray(expected, dtype=np.float64), np.asarray(actual, dtype=np.float64)
+    same_nan = bool(np.array_equal(np.isfinite(expected), np.isfinite(actual)))
+    losses, spreads = slice(0, n_experts), slice(n_experts, None)
+    gap = np.abs(actual - expected)
+    finite = np.isfinite(gap)
+    loss_gap = gap[:, losses][finite[:, losses]]
+    diff = float(loss_gap.max()) if loss_gap.size else 0.0
+    spread_gap = gap[:, spreads][finite[:, spreads]]
+    within = float(np.mean(spread_gap <= tolerance)) if spread_gap.size else 1.0
+    agreement = float(np.mean(np.argmin(actual[:, losses], axis=1) == np.argmin(expected[:, losses], axis=1))) \
+        if expected.shape[0] else 1.0
+    passed = same_nan and diff <= tolerance and within >= MIN_SPREADS_WITHIN and agreement >= MIN_AGREEMENT
+    return diff, within, agreement, passed

@@ -137,6 +137,9 @@ class Settings(BaseSettings):
     # least this many logged requests (on holdout prompts, with the served expert's loss) back it;
     # with fewer, the holdout's paired bootstrap interval decides.
     gate_min_logged_rows: int = Field(200, ge=1)
+    # A candidate trained on at least this many times the active router's prompts is auto-approved unless
+    # the gate's interval says it is worse (jobs/promotion_gate.py); 0 turns the rule off.
+    gate_growth: float = Field(1.5, ge=0)
     # Off-policy evaluation (jobs/evaluate_candidate.py): the newest this many logged requests are
     # read, and the intervals are percentile bootstraps of this many resamples.
     ope_max_rows: int = Field(20_000, gt=0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.promotion_gate import HOLD, PROMOTE, policy, refusal, stale_experts, verdict
+from jobs.promotion_gate import HOLD, PROMOTE, grown, policy, refusal, stale_experts, verdict
 
 
 def _off(low: float, high: float, n_rows: int = 500, active: int = 1) -> dict:
@@ -75,3 +75,26 @@ def test_over_a_stale_active_router_the_candidate_is_promoted_unless_worse(metri
     if decision == PROMOTE and not v.better:
         assert policy(v, ["api v1 → v2"])[1].startswith("auto-approved: the active router was trained before "
                                                         "api v1 → v2, and ")
+
+
+def test_grown_names_a_candidate_trained_on_a_multiple_of_the_active_routers_prompts() -> None:
+    assert grown(1200, 800, 1.5) == "trained on 1,200 prompts, at least 1.5× the active router's 800"
+    assert grown(1199, 800, 1.5) is None
+    assert grown(5000, 800, 0) is None  # THALAMUS_GATE_GROWTH=0 turns the rule off
+    assert grown(None, 800, 1.5) is None and grown(1200, None, 1.5) is None  # a count not recorded
+
+
+@pytest.mark.parametrize(("metrics", "decision"), [
+    ({"off_policy": _off(-0.30, 0.15)}, PROMOTE),  # undecided (the bench loop case): the evidence grew
+    ({"off_policy": _off(-0.05, -0.01)}, PROMOTE),  # better: promoted for that reason
+    ({"off_policy": _off(0.01, 0.05)}, HOLD),  # worse by its interval: never promoted
+    ({}, HOLD),  # no interval at all: more data alone is not enough
+])
+def test_a_candidate_trained_on_more_evidence_is_promoted_unless_worse(metrics: dict, decision: str) -> None:
+    v = verdict(metrics, active_version=1, min_logged_rows=200)
+    growth = grown(1600, 800, 1.5)
+    assert policy(v, growth=growth)[0] == decision
+    assert policy(v)[0] == (PROMOTE if v.better else HOLD)  # without the growth, the plain rule
+    if decision == PROMOTE and not v.better:
+        assert policy(v, growth=growth)[1] == ("auto-approved: the candidate was trained on 1,600 prompts, at least "
+                                               f"1.5× the active router's 800, and {v.describe()} is not above 0")
