@@ -57,15 +57,30 @@ def test_every_row_from_many_threads_is_written_after_flush(settings) -> None:  
     writer.close()
 
 
-def test_submit_never_blocks_and_returns_quickly(settings) -> None:  # type: ignore[no-untyped-def]
+def test_submit_never_waits_for_a_stalled_database(settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # The database write is held until the test releases it: if submit waited on the writer, the 2,000
+    # submits could not finish while it is held. (A wall-clock bound was flaky on a loaded 2-core machine.)
+    released = threading.Event()
+    insert = RequestLogWriter._insert
+
+    def stalled_insert(self, rows):  # type: ignore[no-untyped-def]
+        released.wait(60)
+        insert(self, rows)
+
+    monkeypatch.setattr(RequestLogWriter, "_insert", stalled_insert)
     writer = RequestLogWriter(settings, metrics=Metrics())
     writer.start()
-    started = time.perf_counter()
-    for i in range(2000):
-        writer.submit(_row(f"p{i}"))
-    assert time.perf_counter() - started < 1.0
-    writer.close()
-    assert _count(settings, Request.id) == 2000
+    accepted: list[bool] = []
+    submitter = threading.Thread(target=lambda: accepted.extend(writer.submit(_row(f"p{i}")) for i in range(2000)))
+    submitter.start()
+    submitter.join(30)
+    try:
+        assert not submitter.is_alive() and not released.is_set()
+        assert accepted == [True] * 2000 and writer.depth == 2000
+    finally:
+        released.set()
+        writer.close()
+    assert _count(settings, Request.id) == 2000 and writer.dropped == 0
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
