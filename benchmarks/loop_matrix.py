@@ -32,7 +32,8 @@ TARGETS: dict[str, list[tuple[str, float, str]]] = {
     "new-expert": [("new_expert_share_at_least_0.8_of_offline", 0.8, ">=")],
     "drift": [],
 }
-EVERY = [("gate_intervals_cover_90pct", 0.9, ">="), ("no_promotion_worse_by_0.01", 0.01, "<="),
+EVERY = [("gate_intervals_cover_90pct", 0.9, ">="), ("gate_window_intervals_cover_90pct", 0.9, ">="),
+         ("no_promotion_worse_by_0.01", 0.01, "<="),
          ("zero_failed_requests", 0, "<="), ("zero_failed_jobs", 0, "<=")]
 
 

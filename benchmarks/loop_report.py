@@ -7,6 +7,7 @@ suffers a degradation like any fixed choice); "best remaining" excludes the scen
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -90,8 +91,28 @@ def promotions(loop: LoopRun) -> list[dict[str, Any]]:
         on_policy_basis = (cycle.gate or "").startswith("promote (off-policy)")
         if estimate is not None and realised is not None and on_policy_basis:  # judged only where it decided
             row["inside"] = estimate["low"] <= realised <= estimate["high"]
+            window = window_interval(estimate, [r.loss for r in after])
+            if window is not None:
+                row["window_interval"] = window
+                row["inside_window_interval"] = window["low"] <= realised <= window["high"]
         out.append(row)
     return out
+
+
+def window_interval(estimate: dict[str, float], window_losses: list[float]) -> dict[str, float] | None:
+    """A 95 % prediction interval for the mean loss of one window of ``len(window_losses)`` requests.
+
+    The DR interval is for the candidate's *expected* loss; one window's mean also carries its own
+    sampling noise (about ±0.06 for 250 scores in {0, 1}), so even an exact estimate's interval misses
+    most realised windows. Widen it: half-width 1.96 · √(se² + σ²/n), se from the DR interval, σ² the
+    window's sample variance. None for a window of fewer than two requests.
+    """
+    n = len(window_losses)
+    if n < 2:
+        return None
+    se = (estimate["high"] - estimate["low"]) / (2 * 1.959964)
+    half = 1.959964 * math.sqrt(se**2 + float(np.var(window_losses, ddof=1)) / n)
+    return {"low": estimate["loss"] - half, "high": estimate["loss"] + half, "n": n}
 
 
 def _against_replaced(loop: LoopRun, cycle: Any, after: list[Any]) -> dict[str, Any] | None:
@@ -180,6 +201,10 @@ def targets(loop: LoopRun, wins: list[dict[str, Any]], proms: list[dict[str, Any
     if judged:
         inside = float(np.mean([p["inside"] for p in judged]))
         out["gate_intervals_cover_90pct"] = {"value": inside, "n": len(judged), "passed": inside >= 0.9}
+    windowed = [p for p in proms if "inside_window_interval" in p]
+    if windowed:
+        inside = float(np.mean([p["inside_window_interval"] for p in windowed]))
+        out["gate_window_intervals_cover_90pct"] = {"value": inside, "n": len(windowed), "passed": inside >= 0.9}
     # Worse than the router it replaced, on the same requests of the next window (not the previous window's
     # requests: two windows' prompts differ by more than 0.01 on their own).
     regressions = [p["vs_replaced"]["loss_difference"] for p in proms if p.get("vs_replaced")]
@@ -261,8 +286,10 @@ def format_report(report: dict[str, Any]) -> str:
             vs = p.get("vs_replaced")
             versus = (f"{vs['loss_difference']:+.4f} [{vs['low']:+.4f}, {vs['high']:+.4f}] vs v{vs['version']}"
                       if vs else "–")
+            win = p.get("window_interval")
+            inside_window = f"{p['inside_window_interval']} [{win['low']:.3f}, {win['high']:.3f}]" if win else "–"
             lines.append(f"| {p['t']} | {p['version']} | {basis} | {est} | {real} | {p.get('inside', '–')} | "
-                         f"{versus} |")
+                         f"{inside_window} | {versus} |")
     judged = [c for c in report["cycles"] if c.get("version") is not None]
     if judged:
         lines += ["", "| jobs at | candidate | gate | off-policy DR candidate − active (loss) | held-out truth "

@@ -177,6 +177,8 @@ class ExploreStatus(BaseModel):
     value: float
     margin: float = Field(description="THALAMUS_EXPLORE_MARGIN, in units of the router's loss scale")
     scope: str = Field("margin", description="THALAMUS_EXPLORE_SCOPE: margin, or overlap (calibrated intervals)")
+    top: int = Field(0, description="THALAMUS_EXPLORE_TOP: only this many alternatives nearest the argmin are "
+                                    "explored (0: every eligible one)")
     loss_scale: float | None = Field(description="the served router's loss scale (mean per-expert loss std)")
     opt_out_apps: list[str]
 class ShadowStatus(BaseModel):

@@ -43,6 +43,12 @@ where it cannot tell the experts apart and serves the argmin where it can. An ex
 calibrated spread (a router trained without one, or no calibration data for that expert) counts
 as uncertain, so ``overlap`` falls back to ``margin`` for it.
 
+**Top** (``THALAMUS_EXPLORE_TOP``, ``k``; 0, the default, for no limit): only the ``k`` eligible
+experts nearest the argmin's objective may be explored, so ε is shared by ``k`` instead of up to
+E − 1: each explored action has propensity ≥ ε / k, which bounds the off-policy estimators'
+importance weights at k / ε instead of (E − 1) / ε, and the exploring goes where the decision is
+close. The warm-up still reaches every unproven expert.
+
 **Determinism**: the draw uses ``u = stable_fraction("request_id:prompt", salt=Salt.EXPLORE)``, so a
 replay of (prompt, request id, objective) reproduces the same choice and propensities.
 """
@@ -86,6 +92,7 @@ class ExplorePolicy:
     warmup_share: float = 0.0
     warmup_rows: int = 0
     scope: Scope = "margin"  # "overlap": only experts whose calibrated interval overlaps the argmin's
+    top: int = 0  # > 0: only the ``top`` eligible experts nearest the argmin's objective may be explored
 
     @property
     def active(self) -> bool:
@@ -99,7 +106,7 @@ class ExplorePolicy:
 
     def as_dict(self) -> dict[str, object]:
         return {"policy": self.spec, "kind": self.kind, "value": self.value, "margin": self.margin,
-                "scope": self.scope}
+                "scope": self.scope, "top": self.top}
 
 
 OFF = ExplorePolicy("off", 0.0, 0.0)
@@ -183,6 +190,8 @@ def _policy_probabilities(objective: np.ndarray, policy: ExplorePolicy, scale: f
         eligible &= _overlaps_best(flat, np.asarray(spread, dtype=np.float64).reshape(flat.shape), greedy)
     others = eligible.copy()
     others[rows, greedy] = False
+    if policy.top > 0:
+        others &= _nearest(gap, others, policy.top)
     if policy.kind == "epsilon":
         count = others.sum(axis=1, keepdims=True)
         probs = np.where(others, policy.value / np.maximum(count, 1), 0.0)
@@ -191,6 +200,14 @@ def _policy_probabilities(objective: np.ndarray, policy: ExplorePolicy, scale: f
         probs = np.where(others, weights / weights.sum(axis=1, keepdims=True), 0.0)
     probs[rows, greedy] = 1.0 - probs.sum(axis=1)
     return probs.reshape(values.shape)
+
+
+def _nearest(gap: np.ndarray, others: np.ndarray, top: int) -> np.ndarray:
+    """(N, E) True for the ``top`` experts of ``others`` with the smallest gap (ties to the lower index)."""
+    ranked = np.argsort(np.where(others, gap, np.inf), axis=1, kind="stable")[:, :top]
+    keep = np.zeros_like(others)
+    np.put_along_axis(keep, ranked, True, axis=1)
+    return keep & others
 
 
 def _overlaps_best(values: np.ndarray, spread: np.ndarray, greedy: np.ndarray) -> np.ndarray:

@@ -124,6 +124,8 @@ class Settings(BaseSettings):
     # interval (the router's spread, router/selection.py) overlaps the argmin's, so the router explores
     # where it cannot tell the experts apart.
     explore_scope: str = "margin"
+    # > 0: only the explore_top eligible experts nearest the argmin may be explored (router/exploration.py).
+    explore_top: int = Field(0, ge=0)
     # Silent regressions of external experts (jobs/regressions.py): checked before each training; a
     # residual shift this significant and this large (in residual standard deviations, net of the other
     # experts' shift) bumps the expert's version so its older loss rows stop training the router.
@@ -236,7 +238,7 @@ class Settings(BaseSettings):
     def explore_policy(self) -> ExplorePolicy:
         """The parsed exploration policy (cached by value, so cheap on the request path)."""
         return _explore_policy(self.explore, self.explore_margin, self.explore_warmup_share, self.explore_warmup_rows,
-                               self.explore_scope)
+                               self.explore_scope, self.explore_top)
 
     @property
     def db_url(self) -> str:
@@ -294,9 +296,9 @@ def settings_problem(exc: ValidationError) -> str:
 
 @functools.lru_cache(maxsize=32)
 def _explore_policy(text: str, margin: float, warmup_share: float, warmup_rows: int,
-                    scope: str = "margin") -> ExplorePolicy:
+                    scope: str = "margin", top: int = 0) -> ExplorePolicy:
     return dataclasses.replace(parse_policy(text, margin), warmup_share=warmup_share, warmup_rows=warmup_rows,
-                               scope=parse_scope(scope))
+                               scope=parse_scope(scope), top=top)
 
 
 @functools.lru_cache(maxsize=1)

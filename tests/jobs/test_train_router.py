@@ -257,6 +257,45 @@ def test_a_candidate_over_an_active_router_trained_before_an_expert_changed_is_p
         assert held.decision == "hold" and held.reason.startswith("not auto-approved: ")
 
 
+def test_a_candidate_trained_on_half_as_much_again_is_promoted_unless_worse(small_best) -> None:  # type: ignore[no-untyped-def]
+    """The "more evidence" rule (``THALAMUS_GATE_GROWTH``, default 1.5) on both databases, through the job:
+    a candidate the holdout cannot tell from the active router is promoted once its training set has
+    grown 1.5-fold, and held when it has not."""
+    from jobs.train_router import train_router
+
+    settings = small_best.model_copy(update={"auto_approve": True})
+    assert settings.gate_growth == 1.5
+    first = train_router(settings)
+    assert first["auto_approved"] is True
+    more = [f"another prompt {i} about {topic}" for i, topic in enumerate(["code", "law", "docs", "math"] * 5)]
+    with session_scope(settings) as session:
+        upsert_losses(session, [{"prompt_hash": h, "expert": name, "expert_version": 1, "source": "reported",
+                                 "loss": loss}
+                                for i, h in enumerate(ensure_prompts(session, more))
+                                for name, loss in (("big", 0.3 + i % 4 / 10), ("small", 0.1))])
+    second = train_router(settings)
+    grown_by = second["metrics"]["n_train"] / first["metrics"]["n_train"]
+    assert grown_by >= 1.5 and second["metrics"]["holdout_difference"]["high"] >= 0  # undecided on its own
+    assert second["auto_approved"] is True and _version(settings, second["version_id"]).status == "active"
+    reason = _activations(settings)[-1][3]
+    assert reason is not None and reason.startswith(
+        f"auto-approved: the candidate was trained on {second['metrics']['n_train']:,} prompts, at least 1.5×")
+    # No new evidence since: the next candidate, again undecided, stays a candidate.
+    third = train_router(settings)
+    assert third["metrics"]["n_train"] == second["metrics"]["n_train"]
+    assert (third["auto_approved"], _version(settings, third["version_id"]).status) == (False, "candidate")
+    # And with the rule off, a grown candidate is held like any undecided one.
+    off = settings.model_copy(update={"gate_growth": 0.0})
+    with session_scope(off) as session:
+        upsert_losses(session, [{"prompt_hash": h, "expert": name, "expert_version": 1, "source": "reported",
+                                 "loss": loss}
+                                for i, h in enumerate(ensure_prompts(session, [p + " again" for p in SMALL_BEST + more]))
+                                for name, loss in (("big", 0.3 + i % 4 / 10), ("small", 0.1))])
+    fourth = train_router(off)
+    assert fourth["metrics"]["n_train"] >= 1.5 * second["metrics"]["n_train"]
+    assert (fourth["auto_approved"], _version(off, fourth["version_id"]).status) == (False, "candidate")
+
+
 def test_a_new_expert_joins_the_parents_head(small_best) -> None:  # type: ignore[no-untyped-def]
     """Training after ``experts add``: the active router (two experts) is evaluated on its own columns
     (it used to crash the job on a shape mismatch) and the candidate's head grows a row."""

@@ -37,7 +37,7 @@ def test_parse_accepts_the_three_forms() -> None:
     assert parse_policy(" Softmax : 0.2 ") == ExplorePolicy("softmax", 0.2, 0.25)
     assert parse_policy("epsilon:1").spec == "epsilon:1" and parse_policy("epsilon:0").active is False
     assert parse_policy("softmax:0.1").as_dict() == {"policy": "softmax:0.1", "kind": "softmax", "value": 0.1,
-                                                     "margin": 0.25, "scope": "margin"}
+                                                     "margin": 0.25, "scope": "margin", "top": 0}
 
 
 @pytest.mark.parametrize(("text", "margin", "words"), [
@@ -72,6 +72,21 @@ def test_epsilon_spreads_epsilon_over_the_eligible_alternatives() -> None:
     # Nothing within the margin: the argmin gets everything; the same for off.
     assert action_probabilities(objective, ExplorePolicy("epsilon", 0.1, 0.05)) == pytest.approx([0, 1, 0, 0])
     assert action_probabilities(objective, OFF) == pytest.approx([0, 1, 0, 0])
+
+
+def test_top_limits_the_explored_experts_to_the_nearest_eligible_ones() -> None:
+    objective = np.array([[0.30, 0.20, 0.25, 0.40, 0.21], [0.5, 0.5, 0.1, 0.5, 0.9]])
+    probs = action_probabilities(objective, ExplorePolicy("epsilon", 0.1, 0.25, top=2))
+    # Row 0: argmin index 1; nearest alternatives 4 (gap 0.01) and 2 (0.05); 0 and 3 are eligible but not kept.
+    assert probs[0] == pytest.approx([0.0, 0.9, 0.05, 0.0, 0.05])
+    # Row 1: three alternatives tied at gap 0.4 > margin: none eligible, so top changes nothing.
+    assert probs[1] == pytest.approx([0, 0, 1, 0, 0])
+    wide = ExplorePolicy("epsilon", 0.1, 1.0, top=2)  # ties within the margin go to the lower index
+    assert action_probabilities(objective[1], wide) == pytest.approx([0.05, 0.05, 0.9, 0.0, 0.0])
+    # Warm-up still reaches an unproven expert outside the top.
+    unproven = np.array([False, False, False, True, False])
+    warm = ExplorePolicy("epsilon", 0.1, 0.25, warmup_share=0.2, warmup_rows=30, top=2)
+    assert action_probabilities(objective[0], warm, unproven=unproven)[3] == pytest.approx(0.2)
 
 
 def test_softmax_weights_by_the_standardised_gap_within_the_margin() -> None:

@@ -110,7 +110,7 @@ def test_explore_defaults_and_opt_out_apps_from_the_environment(clean_env: pytes
     settings = Settings()
     assert (settings.explore, settings.explore_margin, settings.explore_opt_out_apps) == ("epsilon:0.1", 0.25, [])
     assert settings.explore_policy.as_dict() == {"policy": "epsilon:0.1", "kind": "epsilon", "value": 0.1,
-                                                 "margin": 0.25, "scope": "margin"}
+                                                 "margin": 0.25, "scope": "margin", "top": 0}
     clean_env.setenv("THALAMUS_EXPLORE", " Softmax:0.20 ")
     clean_env.setenv("THALAMUS_EXPLORE_MARGIN", "0.5")
     clean_env.setenv("THALAMUS_EXPLORE_OPT_OUT_APPS", "batch, billing")
@@ -118,6 +118,8 @@ def test_explore_defaults_and_opt_out_apps_from_the_environment(clean_env: pytes
     settings = Settings()
     assert (settings.explore, settings.explore_policy.margin) == ("softmax:0.2", 0.5)
     assert settings.explore_policy.scope == "overlap"
+    clean_env.setenv("THALAMUS_EXPLORE_TOP", "2")
+    assert Settings().explore_policy.top == 2
     assert settings.explore_opt_out_apps == ["batch", "billing"]
     assert Settings(**{k.removeprefix("THALAMUS_").lower(): v for k, v in settings.as_env().items()
                        if k.startswith("THALAMUS_EXPLORE")}).explore_opt_out_apps == ["batch", "billing"]

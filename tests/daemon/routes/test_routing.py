@@ -139,7 +139,7 @@ def test_exploration_on_by_default_logs_the_policys_distribution(client: TestCli
     settings = client.app.state.settings
     assert (settings.explore, settings.explore_margin) == ("epsilon:0.1", 0.25)
     assert client.get("/v1/status").json()["explore"] == {
-        "policy": "epsilon:0.1", "kind": "epsilon", "value": 0.1, "margin": 0.25, "scope": "margin", "loss_scale": 1.0,
+        "policy": "epsilon:0.1", "kind": "epsilon", "value": 0.1, "margin": 0.25, "scope": "margin", "top": 0, "loss_scale": 1.0,
         "opt_out_apps": []}
     policy, names = settings.explore_policy, list(EXPERTS)
     assert (policy.warmup_share, policy.warmup_rows) == (0.2, 30)
