@@ -181,10 +181,9 @@ def targets(loop: LoopRun, wins: list[dict[str, Any]], proms: list[dict[str, Any
             share = float(np.mean([r.expert == stream.event_expert for r in after])) if after else None
             out["degraded_share_below_10pct_within_one_cycle"] = {
                 "value": share, "window": [first.t, horizon], "passed": share is not None and share < 0.10}
-            tail = [w for w in wins if w["start"] >= horizon]
-            if tail:
-                gap = tail[-1]["best_remaining"] - tail[-1]["score"]
-                out["degraded_score_within_0.01_of_best_remaining"] = {"value": gap, "passed": gap <= 0.01}
+            recovered = [r for r in loop.records if r.t >= horizon]
+            if len(recovered) >= 2:
+                out["degraded_score_within_0.01_of_best_remaining"] = _behind_remaining(loop, recovered, wins, horizon)
     if plan.scenario == "new-expert" and stream.event_at is not None and loop.offline_choice is not None:
         start = stream.event_at + 2 * plan.cycle
         part = [r for r in loop.records if start <= r.t < start + plan.window] or \
@@ -217,6 +216,22 @@ def targets(loop: LoopRun, wins: list[dict[str, Any]], proms: list[dict[str, Any
     failed_jobs = [c.t for c in loop.cycles if c.failed]
     out["zero_failed_jobs"] = {"value": len(failed_jobs), "at": failed_jobs, "passed": not failed_jobs}
     return out
+
+
+def _behind_remaining(loop: LoopRun, recovered: list[Any], wins: list[dict[str, Any]],
+                      horizon: int) -> dict[str, Any]:
+    """Best remaining expert's score − served score over every request from ``horizon`` (one cycle after
+    the first training after the drop) to the end, paired per request, with a 95 % bootstrap interval.
+    One window alone (the last one holds 141 requests at full size) is ±0.08 of noise in scores in {0, 1};
+    the last window's gap is kept beside it."""
+    remaining = _fixed(loop, exclude=loop.stream.event_expert)
+    served = np.array([r.loss for r in recovered])
+    best = np.array([loop.stream.loss(r.t, remaining) for r in recovered])
+    value, low, high = paired_bootstrap(served, best, n=2000, seed=0)  # served − best loss = best − served score
+    tail = [w for w in wins if w["start"] >= horizon]
+    last = tail[-1]["best_remaining"] - tail[-1]["score"] if tail else None
+    return {"value": value, "low": low, "high": high, "n": len(recovered), "from": horizon,
+            "last_window": last, "passed": value <= 0.01}
 
 
 def exploration_cost(loop: LoopRun) -> dict[str, Any] | None:

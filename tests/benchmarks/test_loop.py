@@ -55,6 +55,12 @@ def test_a_degraded_expert_loses_its_traffic_within_one_cycle_of_the_first_train
     assert targets["degraded_share_below_10pct_within_one_cycle"]["passed"], targets
     last = report["windows"][-1]
     assert last["score"] >= last["best_remaining"] - 0.05, last  # back near the best remaining expert
+    behind = targets["degraded_score_within_0.01_of_best_remaining"]  # every request from one cycle after
+    recovered = [r for r in loop.records if r.t >= behind["from"]]    # the first training after the drop
+    remaining = [w for w in report["windows"] if w["start"] >= behind["from"]]
+    by_hand = float(np.mean([w["best_remaining"] - w["score"] for w in remaining]))  # windows of 50: equal weights
+    assert behind["n"] == len(recovered) > 0 and behind["value"] == pytest.approx(by_hand)
+    assert behind["low"] <= behind["value"] <= behind["high"] and behind["last_window"] is not None
     assert targets["zero_failed_requests"]["passed"] and targets["zero_failed_jobs"]["passed"]
     # Exploration's cost on the same requests: the argmin's loss is the served one unless it explored.
     assert all(r.greedy_loss == r.loss for r in loop.records if not r.explored)
