@@ -292,7 +292,8 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if report["promotions"]:
         lines += ["", "| promoted at | version | gate | off-policy loss [95 % CI] | realised next window | inside | "
-                      "promoted − replaced, next window (loss) |", "|---|---|---|---|---|---|---|"]
+                      "inside the window's 95 % prediction interval | promoted − replaced, next window (loss) |",
+                  "|---|---|---|---|---|---|---|---|"]
         for p in report["promotions"]:
             e = p["estimate"]
             est = f"{e['loss']:.3f} [{e['low']:.3f}, {e['high']:.3f}]" if e else "–"
@@ -330,7 +331,10 @@ def format_report(report: dict[str, Any]) -> str:
     lines += ["", "| target | value | passed |", "|---|---|---|"]
     for name, t in report["targets"].items():
         value = t["value"]
-        lines.append(f"| {name} | {value:.4g} |" if isinstance(value, float) else f"| {name} | {value} |")
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        if "low" in t and "high" in t:
+            shown += f" [{t['low']:.4g}, {t['high']:.4g}]"
+        lines.append(f"| {name} | {shown} |")
         lines[-1] += f" {'yes' if t['passed'] else 'NO'} |"
     s = report["seconds"]
     lines.append("\n" + " · ".join(f"{k} {v:.0f} s" for k, v in s.items()))

@@ -36,7 +36,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from store.schema import GateDecision
+from store.schema import Activation, GateDecision, RouterVersion
 
 OFF_POLICY, HOLDOUT, NONE = "off-policy", "holdout", "none"
 PROMOTE, HOLD, REFUSE, FORCED = "promote", "hold", "refuse", "forced"
@@ -136,15 +136,29 @@ def stale_experts(active_trained_on: Mapping[str, int] | None, current: Mapping[
     return changes
 
 
-def grown(candidate_prompts: int | None, active_prompts: int | None, growth: float) -> str | None:
-    """The reason's clause when the candidate's training set is ``growth`` times the active's or more, e.g.
-    ``trained on 1,600 prompts, at least 1.5× the active router's 800``; None otherwise (also when a count
-    is unknown or ``growth`` is 0)."""
-    if growth <= 0 or candidate_prompts is None or not active_prompts or active_prompts <= 0:
+def grown(candidate_prompts: int | None, served_prompts: int | None, growth: float) -> str | None:
+    """The reason's clause when the candidate's training set is ``growth`` times ``served_prompts`` (see
+    :func:`most_prompts_served`) or more, e.g. ``trained on 1,600 prompts, at least 1.5× the 800 of any
+    router that has served``; None otherwise (also when a count is unknown or ``growth`` is 0)."""
+    if growth <= 0 or candidate_prompts is None or not served_prompts or served_prompts <= 0:
         return None
-    if candidate_prompts < growth * active_prompts:
+    if candidate_prompts < growth * served_prompts:
         return None
-    return f"trained on {candidate_prompts:,} prompts, at least {growth:g}× the active router's {active_prompts:,}"
+    return (f"trained on {candidate_prompts:,} prompts, at least {growth:g}× the {served_prompts:,} of any router "
+            "that has served")
+
+
+def most_prompts_served(session: Session) -> int | None:
+    """The most prompts any router that was ever active had been trained on (None when none records it).
+
+    Against the *active* router alone, an admin's rollback to an older, smaller router would let the
+    next scheduled candidate through at once; against every router that has served, a rollback holds
+    until the data has grown past what the rolled-back-from router knew."""
+    activated = select(Activation.router_version_id).distinct()
+    counts = [(metrics or {}).get("n_train") for metrics in
+              session.scalars(select(RouterVersion.metrics).where(RouterVersion.id.in_(activated)))]
+    known = [int(n) for n in counts if isinstance(n, (int, float))]
+    return max(known) if known else None
 
 
 def policy(v: Verdict, stale: Sequence[str] = (), growth: str | None = None) -> tuple[str, str]:

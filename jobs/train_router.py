@@ -199,8 +199,8 @@ def _auto_approve(settings: Settings, version_id: int) -> str:
         else:
             current = {e.name: int(e.version) for e in active_experts(session)}
             stale = gate.stale_experts((active.metrics or {}).get("expert_versions") if active else None, current)
-            growth = gate.grown((version.metrics or {}).get("n_train"),
-                                (active.metrics or {}).get("n_train") if active else None, settings.gate_growth)
+            growth = gate.grown((version.metrics or {}).get("n_train"), gate.most_prompts_served(session),
+                                settings.gate_growth)
             decision, reason = gate.policy(verdict, stale, growth)
         gate.record(session, version_id, verdict, decision, "policy", reason)
         if decision != gate.PROMOTE:

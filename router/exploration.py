@@ -46,8 +46,9 @@ as uncertain, so ``overlap`` falls back to ``margin`` for it.
 **Top** (``THALAMUS_EXPLORE_TOP``, ``k``; 0, the default, for no limit): only the ``k`` eligible
 experts nearest the argmin's objective may be explored, so ε is shared by ``k`` instead of up to
 E − 1: each explored action has propensity ≥ ε / k, which bounds the off-policy estimators'
-importance weights at k / ε instead of (E − 1) / ε, and the exploring goes where the decision is
-close. The warm-up still reaches every unproven expert.
+importance weights at k / ε instead of (E − 1) / ε (with the warm-up on, (1 − w) · ε / k for a
+proven expert), and the exploring goes where the decision is close. Under ``softmax`` the weights
+are normalised over the argmin and those ``k``. The warm-up still reaches every unproven expert.
 
 **Determinism**: the draw uses ``u = stable_fraction("request_id:prompt", salt=Salt.EXPLORE)``, so a
 replay of (prompt, request id, objective) reproduces the same choice and propensities.
@@ -196,7 +197,9 @@ def _policy_probabilities(objective: np.ndarray, policy: ExplorePolicy, scale: f
         count = others.sum(axis=1, keepdims=True)
         probs = np.where(others, policy.value / np.maximum(count, 1), 0.0)
     else:
-        weights = np.where(eligible, np.exp(-np.where(eligible, gap, 0.0) / policy.value), 0.0)
+        pool = others.copy()  # the argmin and the alternatives it may explore (all eligible ones unless top)
+        pool[rows, greedy] = True
+        weights = np.where(pool, np.exp(-np.where(pool, gap, 0.0) / policy.value), 0.0)
         probs = np.where(others, weights / weights.sum(axis=1, keepdims=True), 0.0)
     probs[rows, greedy] = 1.0 - probs.sum(axis=1)
     return probs.reshape(values.shape)

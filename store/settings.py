@@ -140,8 +140,8 @@ class Settings(BaseSettings):
     # with fewer, the holdout's paired bootstrap interval decides.
     gate_min_logged_rows: int = Field(200, ge=1)
     # A candidate trained on at least this many times the active router's prompts is auto-approved unless
-    # the gate's interval says it is worse (jobs/promotion_gate.py); 0 turns the rule off.
-    gate_growth: float = Field(1.5, ge=0)
+    # the gate's interval says it is worse (jobs/promotion_gate.py); 0 turns the rule off, else > 1.
+    gate_growth: float = Field(1.5, ge=0, allow_inf_nan=False)
     # Off-policy evaluation (jobs/evaluate_candidate.py): the newest this many logged requests are
     # read, and the intervals are percentile bootstraps of this many resamples.
     ope_max_rows: int = Field(20_000, gt=0)
@@ -206,6 +206,13 @@ class Settings(BaseSettings):
     @classmethod
     def _explore_scope(cls, value: str) -> str:
         return parse_scope(value)  # raises ExploreError (a ValueError) with one sentence
+
+    @field_validator("gate_growth")
+    @classmethod
+    def _gate_growth(cls, value: float) -> float:
+        if 0 < value <= 1:  # 1 would promote a retrain on the same data; below 1, one trained on less
+            raise ValueError(f"must be 0 (off) or greater than 1, got {value:g}")
+        return value
 
     @field_validator("explore_opt_out_apps", mode="before")
     @classmethod

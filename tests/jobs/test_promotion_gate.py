@@ -78,7 +78,7 @@ def test_over_a_stale_active_router_the_candidate_is_promoted_unless_worse(metri
 
 
 def test_grown_names_a_candidate_trained_on_a_multiple_of_the_active_routers_prompts() -> None:
-    assert grown(1200, 800, 1.5) == "trained on 1,200 prompts, at least 1.5× the active router's 800"
+    assert grown(1200, 800, 1.5) == "trained on 1,200 prompts, at least 1.5× the 800 of any router that has served"
     assert grown(1199, 800, 1.5) is None
     assert grown(5000, 800, 0) is None  # THALAMUS_GATE_GROWTH=0 turns the rule off
     assert grown(None, 800, 1.5) is None and grown(1200, None, 1.5) is None  # a count not recorded
@@ -97,4 +97,4 @@ def test_a_candidate_trained_on_more_evidence_is_promoted_unless_worse(metrics: 
     assert policy(v)[0] == (PROMOTE if v.better else HOLD)  # without the growth, the plain rule
     if decision == PROMOTE and not v.better:
         assert policy(v, growth=growth)[1] == ("auto-approved: the candidate was trained on 1,600 prompts, at least "
-                                               f"1.5× the active router's 800, and {v.describe()} is not above 0")
+                                               f"1.5× the 800 of any router that has served, and {v.describe()} is not above 0")

@@ -279,11 +279,21 @@ def test_a_candidate_trained_on_half_as_much_again_is_promoted_unless_worse(smal
     assert second["auto_approved"] is True and _version(settings, second["version_id"]).status == "active"
     reason = _activations(settings)[-1][3]
     assert reason is not None and reason.startswith(
-        f"auto-approved: the candidate was trained on {second['metrics']['n_train']:,} prompts, at least 1.5×")
+        f"auto-approved: the candidate was trained on {second['metrics']['n_train']:,} prompts, at least 1.5× "
+        f"the {first['metrics']['n_train']:,} of any router that has served")
     # No new evidence since: the next candidate, again undecided, stays a candidate.
     third = train_router(settings)
     assert third["metrics"]["n_train"] == second["metrics"]["n_train"]
     assert (third["auto_approved"], _version(settings, third["version_id"]).status) == (False, "candidate")
+    # An admin rolls back to the first router: the next candidate (no new data) has twice the first's
+    # prompts, but not 1.5× those of the router rolled back from, so the rollback holds.
+    from jobs.promote import rollback
+
+    with session_scope(settings) as session:
+        assert rollback(session, actor="admin").id == first["version_id"]
+    after_rollback = train_router(settings)
+    assert after_rollback["metrics"]["n_train"] >= 1.5 * first["metrics"]["n_train"]
+    assert after_rollback["auto_approved"] is False
     # And with the rule off, a grown candidate is held like any undecided one.
     off = settings.model_copy(update={"gate_growth": 0.0})
     with session_scope(off) as session:

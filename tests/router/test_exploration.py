@@ -83,6 +83,10 @@ def test_top_limits_the_explored_experts_to_the_nearest_eligible_ones() -> None:
     assert probs[1] == pytest.approx([0, 0, 1, 0, 0])
     wide = ExplorePolicy("epsilon", 0.1, 1.0, top=2)  # ties within the margin go to the lower index
     assert action_probabilities(objective[1], wide) == pytest.approx([0.05, 0.05, 0.9, 0.0, 0.0])
+    # Softmax: the weights of the argmin and the two kept alternatives, normalised over those three.
+    soft = action_probabilities(objective[0], ExplorePolicy("softmax", 0.1, 0.25, top=2))
+    weights = np.exp(-np.array([0.0, 0.05, 0.01]) / 0.1)
+    assert soft[[1, 2, 4]] == pytest.approx(weights / weights.sum()) and soft[[0, 3]] == pytest.approx([0, 0])
     # Warm-up still reaches an unproven expert outside the top.
     unproven = np.array([False, False, False, True, False])
     warm = ExplorePolicy("epsilon", 0.1, 0.25, warmup_share=0.2, warmup_rows=30, top=2)

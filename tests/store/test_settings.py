@@ -61,7 +61,8 @@ def test_environment_variables_are_parsed_into_types(clean_env: pytest.MonkeyPat
 @pytest.mark.parametrize("field, value", [
     ("label_share", 1.5), ("label_share", -0.1), ("max_loss", 0), ("max_loss", float("inf")),
     ("train_holdout_share", 1.0), ("train_holdout_share", 0.0), ("train_epochs", 0), ("port", "eighty"),
-    ("max_prompt_chars", 0), ("log_batch_size", 0), ("train_max_length", 8),
+    ("max_prompt_chars", 0), ("log_batch_size", 0), ("train_max_length", 8), ("gate_growth", 1.0),
+    ("gate_growth", 0.5), ("gate_growth", -1), ("explore_top", -1),
 ])
 def test_out_of_range_values_are_refused(clean_env: pytest.MonkeyPatch, field: str, value: object) -> None:
     with pytest.raises(ValidationError, match=field):
