@@ -206,10 +206,14 @@ def targets(loop: LoopRun, wins: list[dict[str, Any]], proms: list[dict[str, Any
         out["gate_window_intervals_cover_90pct"] = {"value": inside, "n": len(windowed), "passed": inside >= 0.9}
     # Worse than the router it replaced, on the same requests of the next window (not the previous window's
     # requests: two windows' prompts differ by more than 0.01 on their own).
-    regressions = [p["vs_replaced"]["loss_difference"] for p in proms if p.get("vs_replaced")]
-    if regressions:
-        worst = float(max(regressions))
-        out["no_promotion_worse_by_0.01"] = {"value": worst, "n": len(regressions), "passed": worst <= 0.01}
+    compared = [p["vs_replaced"] for p in proms if p.get("vs_replaced")]
+    if compared:
+        worst = float(max(c["loss_difference"] for c in compared))
+        # The verdict is on the point values; beside it, how many were worse by more than 0.01 beyond doubt
+        # (their whole interval above 0.01): one window's paired difference is about ±0.02 of noise.
+        surely = sum(c["low"] > 0.01 for c in compared)
+        out["no_promotion_worse_by_0.01"] = {"value": worst, "n": len(compared), "surely_worse_by_0.01": surely,
+                                             "passed": worst <= 0.01}
     if cost is not None and cost["explored"] > 0:
         out["exploration_costs_at_most_0.01"] = {"value": cost["cost"], "passed": cost["cost"] <= 0.01}
     out["zero_failed_requests"] = {"value": len(loop.failures), "passed": not loop.failures}

@@ -61,6 +61,10 @@ def test_a_degraded_expert_loses_its_traffic_within_one_cycle_of_the_first_train
     by_hand = float(np.mean([w["best_remaining"] - w["score"] for w in remaining]))  # windows of 50: equal weights
     assert behind["n"] == len(recovered) > 0 and behind["value"] == pytest.approx(by_hand)
     assert behind["low"] <= behind["value"] <= behind["high"] and behind["last_window"] is not None
+    compared = [p["vs_replaced"] for p in report["promotions"] if p.get("vs_replaced")]
+    worse = targets["no_promotion_worse_by_0.01"]
+    assert compared and worse["value"] == max(c["loss_difference"] for c in compared)
+    assert worse["surely_worse_by_0.01"] == sum(c["low"] > 0.01 for c in compared) <= worse["n"] == len(compared)
     assert targets["zero_failed_requests"]["passed"] and targets["zero_failed_jobs"]["passed"]
     # Exploration's cost on the same requests: the argmin's loss is the served one unless it explored.
     assert all(r.greedy_loss == r.loss for r in loop.records if not r.explored)
