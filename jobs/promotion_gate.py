@@ -136,6 +136,24 @@ def stale_experts(active_trained_on: Mapping[str, int] | None, current: Mapping[
     return changes
 
 
+def learnt_since(active_rows: Mapping[str, int] | None, candidate_rows: Mapping[str, int]) -> list[str]:
+    """Experts the active router was trained on no loss of and the candidate was, e.g.
+    ``["fresh's first losses (24)"]``: the active router's head holds only a placeholder for them.
+
+    Found by ``bench loop --scenario new-expert``: a new expert joins the head of the first router trained
+    after its registration with a placeholder loss above every known mean (router/model.py,
+    ``expand_experts``), because no request can be routed to it before a router knows it. That router was
+    promoted (the expert was new to its parent); once the warm-up's losses came in (the expert was the
+    best of the registry: mean loss 0.31 against 0.40), the candidate that had learnt it (it sent the
+    expert half of the prompts) was held as undecided, and the placeholder router, which never sends the
+    expert a request once the warm-up ends, served for the next 1,500 requests.
+    ``active_rows`` is its ``metrics["expert_rows"]`` (None for a router trained before they were recorded)."""
+    if active_rows is None:
+        return []
+    return [f"{name}'s first losses ({int(n)})" for name, n in sorted(candidate_rows.items())
+            if int(n) > 0 and int(active_rows.get(name, 0)) == 0]
+
+
 def grown(candidate_prompts: int | None, served_prompts: int | None, growth: float) -> str | None:
     """The reason's clause when the candidate's training set is ``growth`` times ``served_prompts`` (see
     :func:`most_prompts_served`) or more, e.g. ``trained on 1,600 prompts, at least 1.5× the 800 of any

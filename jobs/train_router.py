@@ -136,6 +136,8 @@ def train_router(settings: Settings, progress: Progress | None = None, params: d
         "regressions": shifts,
         # what the router learnt about: the promotion gate calls it stale once one of these changes
         "expert_versions": {e.name: int(e.version) for e in experts},
+        # training prompts with a loss per expert: 0 for an expert the head holds only a placeholder for
+        "expert_rows": {name: int(n) for name, n in zip(names, (~np.isnan(train.targets)).sum(axis=0), strict=True)},
     }
     if getattr(history, "selection", None) is not None:
         metrics["head_selection"] = history.selection
@@ -199,6 +201,8 @@ def _auto_approve(settings: Settings, version_id: int) -> str:
         else:
             current = {e.name: int(e.version) for e in active_experts(session)}
             stale = gate.stale_experts((active.metrics or {}).get("expert_versions") if active else None, current)
+            stale += gate.learnt_since((active.metrics or {}).get("expert_rows") if active else None,
+                                       (version.metrics or {}).get("expert_rows") or {})
             growth = gate.grown((version.metrics or {}).get("n_train"), gate.most_prompts_served(session),
                                 settings.gate_growth)
             decision, reason = gate.policy(verdict, stale, growth)

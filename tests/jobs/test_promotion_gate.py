@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.promotion_gate import HOLD, PROMOTE, grown, policy, refusal, stale_experts, verdict
+from jobs.promotion_gate import HOLD, PROMOTE, grown, learnt_since, policy, refusal, stale_experts, verdict
 
 
 def _off(low: float, high: float, n_rows: int = 500, active: int = 1) -> dict:
@@ -98,3 +98,11 @@ def test_a_candidate_trained_on_more_evidence_is_promoted_unless_worse(metrics: 
     if decision == PROMOTE and not v.better:
         assert policy(v, growth=growth)[1] == ("auto-approved: the candidate was trained on 1,600 prompts, at least "
                                                f"1.5× the 800 of any router that has served, and {v.describe()} is not above 0")
+
+
+def test_learnt_since_names_the_experts_the_active_router_had_no_loss_of() -> None:
+    assert learnt_since({"a": 10, "fresh": 0}, {"a": 12, "fresh": 24}) == ["fresh's first losses (24)"]
+    assert learnt_since({"a": 10}, {"a": 12, "fresh": 3}) == ["fresh's first losses (3)"]  # not in its head
+    assert learnt_since({"a": 10, "fresh": 0}, {"a": 12, "fresh": 0}) == []  # the candidate knows no more
+    assert learnt_since({"a": 10, "fresh": 5}, {"a": 12, "fresh": 24}) == []  # already learnt, just less
+    assert learnt_since(None, {"a": 12, "fresh": 24}) == []  # a router from before the counts were recorded

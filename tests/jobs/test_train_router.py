@@ -327,6 +327,36 @@ def test_a_new_expert_joins_the_parents_head(small_best) -> None:  # type: ignor
     assert load_version(version).predict(SMALL_BEST[:3]).shape == (3, 3)
 
 
+def test_a_router_holding_a_placeholder_for_a_new_expert_is_replaced_once_a_candidate_learnt_it(small_best) -> None:  # type: ignore[no-untyped-def]
+    """No request reaches a new expert before a router knows it, so the first router trained after
+    ``experts add`` holds a placeholder for it (trained on no loss of it). Once the expert's first losses
+    are in, a candidate that learnt them replaces it unless its interval says worse (found by bench loop
+    --scenario new-expert: the candidate was held as undecided and the placeholder served on)."""
+    from jobs.train_router import train_router
+
+    settings = small_best.model_copy(update={"auto_approve": True})
+    assert train_router(settings)["auto_approved"] is True
+    with session_scope(settings) as session:
+        session.add(Expert(name="fresh", kind="external", attributes={"params": 3e9}))
+    placeholder = train_router(settings)
+    assert placeholder["metrics"]["expert_rows"]["fresh"] == 0
+    assert placeholder["auto_approved"] is True  # fresh is new to its parent: the stale-active rule
+    with session_scope(settings) as session:
+        upsert_losses(session, [{"prompt_hash": h, "expert": "fresh", "expert_version": 1, "source": "reported",
+                                 "loss": 0.1} for h in ensure_prompts(session, SMALL_BEST)])
+    learnt = train_router(settings)
+    n = learnt["metrics"]["expert_rows"]["fresh"]
+    assert n == learnt["metrics"]["n_train"] > 0
+    assert learnt["metrics"]["holdout_difference"]["high"] >= 0  # as good as small: undecided on its own
+    assert learnt["auto_approved"] is True and _version(settings, learnt["version_id"]).status == "active"
+    reason = _activations(settings)[-1][3]
+    assert reason is not None and reason.startswith(f"auto-approved: the active router was trained before fresh's "
+                                                    f"first losses ({n})")
+    # Nothing new since: the next undecided candidate stays a candidate.
+    again = train_router(settings)
+    assert (again["auto_approved"], _version(settings, again["version_id"]).status) == (False, "candidate")
+
+
 def test_a_table_of_fewer_than_four_prompts_is_refused_and_nothing_is_written(small_best) -> None:  # type: ignore[no-untyped-def]
     from jobs.errors import JobInputError
     from jobs.train_router import train_router
