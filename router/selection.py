@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -118,7 +119,8 @@ def fold_ids(n: int, folds: int, seed: int) -> np.ndarray:
 
 def normalizer(targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-expert mean and std over observed entries (std 1 where undefined)."""
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():  # an expert with no loss yet: an empty column
+        warnings.simplefilter("ignore", RuntimeWarning)
         mean = np.nanmean(targets, axis=0)
         std = np.nanstd(targets, axis=0)
     mean = np.where(np.isfinite(mean), mean, 0.0)
