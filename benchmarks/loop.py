@@ -136,6 +136,7 @@ class LoopRun:
     online_heldout: np.ndarray | None = None  # (len(heldout),) the final active router's choice
     online_names: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    policy: dict[str, Any] = field(default_factory=dict)  # the exploration and gate settings the run used
 
 
 def _loop_settings(base: Settings, home: Path, plan: LoopPlan) -> Settings:
@@ -314,6 +315,8 @@ def run(dataset: Path, plan: LoopPlan, base: Settings, *, say: Say | None = None
         from store.migrate import upgrade
 
         settings = _loop_settings(base, home_dir, plan)
+        loop.policy = {"explore": settings.explore_policy.as_dict(), "gate_growth": settings.gate_growth,
+                       "gate_min_logged_rows": settings.gate_min_logged_rows}
         settings.ensure_home()
         upgrade(settings)
         _register(settings, stream.available(0), attributes)

@@ -258,7 +258,8 @@ def build(loop: LoopRun) -> dict[str, Any]:
     wins, proms, final, cost = windows(loop), promotions(loop), heldout(loop), exploration_cost(loop)
     records = loop.records
     return {
-        "plan": asdict(loop.plan), "scenario": loop.stream.scenario, "experts": loop.stream.pool.experts,
+        "plan": asdict(loop.plan), "policy": loop.policy, "scenario": loop.stream.scenario,
+        "experts": loop.stream.pool.experts,
         "n_pool": len(loop.stream.pool.prompts), "n_heldout": len(loop.stream.heldout.prompts),
         "event": {"at": loop.stream.event_at, "expert": loop.stream.event_expert},
         "stream": {"n": len(records), "score": float(1 - np.mean([r.loss for r in records])) if records else None,
@@ -276,7 +277,7 @@ def format_report(report: dict[str, Any]) -> str:
     """Plain-text tables for a person."""
     plan = report["plan"]
     lines = [f"scenario {report['scenario']} · {plan['feedback']} feedback · {report['stream']['n']} requests · "
-             f"jobs every {plan['cycle']} · seed {plan['seed']} · explore {plan['explore'] or 'product default'}"]
+             f"jobs every {plan['cycle']} · seed {plan['seed']} · explore {_explore(report)}"]
     if report["event"]["at"] is not None:
         lines.append(f"event at request {report['event']['at']}: {report['event']['expert']}")
     has_offline = any("offline" in w for w in report["windows"])
@@ -343,6 +344,15 @@ def format_report(report: dict[str, Any]) -> str:
     s = report["seconds"]
     lines.append("\n" + " · ".join(f"{k} {v:.0f} s" for k, v in s.items()))
     return "\n".join(lines)
+
+
+def _explore(report: dict[str, Any]) -> str:
+    """The policy the run served with, e.g. ``epsilon:0.1 (margin 0.25)`` or ``epsilon:0.1 (margin 0.25, top 2)``."""
+    explore = (report.get("policy") or {}).get("explore")
+    if not explore:
+        return str(report["plan"].get("explore") or "product default")
+    top = f", top {explore['top']}" if explore.get("top") else ""
+    return f"{explore['policy']} (margin {explore['margin']:g}{top})"
 
 
 def _interval(d: dict[str, Any] | None) -> str:

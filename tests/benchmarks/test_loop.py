@@ -74,6 +74,8 @@ def test_a_degraded_expert_loses_its_traffic_within_one_cycle_of_the_first_train
     assert cost["n"] == 600 and cost["cost"] == pytest.approx(manual) and cost["low"] <= manual <= cost["high"]
     text = loop_report.format_report(report)
     assert "degraded_share_below_10pct_within_one_cycle" in text
+    assert report["policy"]["explore"]["policy"] == loop_settings.explore_policy.spec == "epsilon:0.1"
+    assert "explore epsilon:0.1 (margin 0.25)" in text and report["policy"]["gate_growth"] == 1.5
 
 
 def test_quick_run_on_the_benchmark_data_learns_beyond_the_cold_start(dcrouter: Path, tmp_path: Path,
