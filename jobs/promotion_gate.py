@@ -15,8 +15,10 @@ current one are not used. Losses: below 0 is better.
   logged rows that could show it (rows at the current versions) are few right after the change, so
   the burden of proof flips: a candidate trained on the current versions is promoted unless its
   interval says it is worse.
-  A second exception: a candidate trained on at least ``THALAMUS_GATE_GROWTH`` times the prompts the
-  active router was trained on (the same recipe on a superset of the evidence, :func:`grown`) is promoted
+  The same holds over an active router trained on no loss of an expert the candidate learnt
+  (:func:`learnt_since`: the placeholder a new expert gets in the first head after its registration).
+  A second exception: a candidate trained on at least ``THALAMUS_GATE_GROWTH`` times the prompts of any
+  router that has served (the same recipe on a superset of the evidence, :func:`grown`) is promoted
   unless its interval says it is worse, provided there is an interval. Found by ``bench loop --scenario
   cold``: the DR intervals of candidate − active were ±0.15 to ±0.3 wide on a few hundred logged rows
   while successive candidates were truly better by 0.05 to 0.09 (the held-out truth, ±0.03), so the gate
@@ -182,7 +184,7 @@ def most_prompts_served(session: Session) -> int | None:
 def policy(v: Verdict, stale: Sequence[str] = (), growth: str | None = None) -> tuple[str, str]:
     """The auto-approve policy: (decision, reason). Promote only on an interval below 0, or with nothing
     active, or over a stale active router (``stale``: :func:`stale_experts`) unless the interval is above 0,
-    or when the candidate was trained on a multiple of the active's evidence (``growth``: :func:`grown`) and
+    or when the candidate was trained on a multiple of the served routers' evidence (``growth``: :func:`grown`) and
     there is an interval that is not above 0."""
     if v.active_version is None:
         return PROMOTE, "auto-approved: no router is active"

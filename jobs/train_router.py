@@ -192,19 +192,17 @@ def _auto_approve(settings: Settings, version_id: int) -> str:
         if version is None or version.status != VersionStatus.CANDIDATE:  # an admin decided meanwhile
             return ""
         active = active_router_version(session)
-        verdict = gate.verdict(version.metrics or {}, active.id if active is not None else None,
-                               settings.gate_min_logged_rows)
-        if (active.metrics or {}).get("cold_start") if active is not None else False:
+        candidate, trained = version.metrics or {}, (active.metrics or {}) if active is not None else {}
+        verdict = gate.verdict(candidate, active.id if active is not None else None, settings.gate_min_logged_rows)
+        if trained.get("cold_start"):
             # A cold start was trained on nothing: there is no belief to protect, and with bandit
             # feedback no estimator can beat it until a trained router has served (and explored).
             decision, reason = gate.PROMOTE, "auto-approved: the active router is a cold start, trained on no data"
         else:
             current = {e.name: int(e.version) for e in active_experts(session)}
-            stale = gate.stale_experts((active.metrics or {}).get("expert_versions") if active else None, current)
-            stale += gate.learnt_since((active.metrics or {}).get("expert_rows") if active else None,
-                                       (version.metrics or {}).get("expert_rows") or {})
-            growth = gate.grown((version.metrics or {}).get("n_train"), gate.most_prompts_served(session),
-                                settings.gate_growth)
+            stale = gate.stale_experts(trained.get("expert_versions"), current)
+            stale += gate.learnt_since(trained.get("expert_rows"), candidate.get("expert_rows") or {})
+            growth = gate.grown(candidate.get("n_train"), gate.most_prompts_served(session), settings.gate_growth)
             decision, reason = gate.policy(verdict, stale, growth)
         gate.record(session, version_id, verdict, decision, "policy", reason)
         if decision != gate.PROMOTE:

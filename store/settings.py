@@ -139,7 +139,7 @@ class Settings(BaseSettings):
     # least this many logged requests (on holdout prompts, with the served expert's loss) back it;
     # with fewer, the holdout's paired bootstrap interval decides.
     gate_min_logged_rows: int = Field(200, ge=1)
-    # A candidate trained on at least this many times the active router's prompts is auto-approved unless
+    # A candidate trained on at least this many times the prompts of any router that has served is auto-approved unless
     # the gate's interval says it is worse (jobs/promotion_gate.py); 0 turns the rule off, else > 1.
     gate_growth: float = Field(1.5, ge=0, allow_inf_nan=False)
     # Off-policy evaluation (jobs/evaluate_candidate.py): the newest this many logged requests are
