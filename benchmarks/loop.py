@@ -18,13 +18,17 @@ targets and a plot.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import random
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 
@@ -137,6 +141,26 @@ class LoopRun:
     online_names: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     policy: dict[str, Any] = field(default_factory=dict)  # the exploration and gate settings the run used
+
+
+class _SeededUUIDs:
+    """``uuid4`` from a seeded generator: the request ids the daemon draws, and so its exploration draws
+    (which hash the id), are the same in every run of a seed, so a run reproduces."""
+
+    def __init__(self, seed: int) -> None:
+        self._random = random.Random(seed)
+
+    def uuid4(self) -> uuid.UUID:
+        return uuid.UUID(int=self._random.getrandbits(128), version=4)
+
+
+@contextlib.contextmanager
+def _seeded_request_ids(seed: int) -> Iterator[None]:
+    """The daemon's request ids (``daemon.routes.routing``) drawn from :class:`_SeededUUIDs` meanwhile."""
+    from daemon.routes import routing
+
+    with mock.patch.object(routing, "uuid", _SeededUUIDs(seed)):
+        yield
 
 
 def _loop_settings(base: Settings, home: Path, plan: LoopPlan) -> Settings:
@@ -323,7 +347,7 @@ def run(dataset: Path, plan: LoopPlan, base: Settings, *, say: Say | None = None
         app = create_app(settings)
         serve_seconds = 0.0
         choices: dict[int, np.ndarray] = {}  # held-out argmin per router version (the truth per cycle)
-        with TestClient(app) as client:
+        with TestClient(app) as client, _seeded_request_ids(plan.seed):
             holder, writer = app.state.holder, app.state.writer
             for t in range(len(stream)):
                 if t == stream.event_at and plan.scenario == "new-expert":
