@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -33,6 +34,12 @@ class RouterConfig:
         an expert none of the k neighbours observed. 0 = parametric head only.
     head_blend: weight of the parametric head where the neighbour head answers (0 = the neighbour
         head alone, 0.5 = the average of the two; chosen by head selection, router/selection.py).
+    head_shrink: κ ≥ 0, a pseudo-count: where the neighbour head answers, an expert's prediction is
+        (Σ observed losses + κ · parametric prediction) / (observed count + κ) over the k neighbours,
+        the neighbour mean shrunk toward the parametric head as if κ more neighbours had observed
+        it (0 = no shrinkage). Under bandit feedback most experts are observed by one or two of a
+        prompt's neighbours; their plain mean is one or two losses, and the argmin over such means
+        picks the luckiest (chosen by head selection, router/selection.py).
     spread_neighbors: k > 0 = each prediction carries a spread (half-width of a calibrated interval,
         see :meth:`router.model.Router.predict_with_spread`) from the dispersion of the losses of its
         k nearest prompts in the memory; 0 = no spread.
@@ -51,6 +58,7 @@ class RouterConfig:
     pool_layers: int = 1
     head_neighbors: int = 0
     head_blend: float = 0.0
+    head_shrink: float = 0.0
     spread_neighbors: int = 0
 
     def __post_init__(self) -> None:
@@ -83,6 +91,8 @@ class RouterConfig:
             raise ValueError(f"head_neighbors must be >= 0, got {self.head_neighbors}")
         if not 0.0 <= self.head_blend <= 1.0:
             raise ValueError(f"head_blend must be in [0, 1], got {self.head_blend}")
+        if not (self.head_shrink >= 0.0 and math.isfinite(self.head_shrink)):
+            raise ValueError(f"head_shrink must be a finite number >= 0, got {self.head_shrink}")
         if self.spread_neighbors < 0:
             raise ValueError(f"spread_neighbors must be >= 0, got {self.spread_neighbors}")
         if self.head_hidden < 0:

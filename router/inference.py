@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from router.checkpoint import WEIGHTS
-from router.neighbours import EXACT_UP_TO, NeighbourIndex, neighbour_mean, neighbour_mean_std
+from router.neighbours import EXACT_UP_TO, NeighbourIndex, neighbour_mean, neighbour_mean_std, neighbour_sums
 
 FILE = "inference.onnx"
 """The export's file in a bundle (written by router/export.py)."""
@@ -53,6 +53,7 @@ class OnnxRouter:
         self._k_head = int(config.get("head_neighbors", 0) or 0)
         self._k_spread = int(config.get("spread_neighbors", 0) or 0)
         self._blend = float(config.get("head_blend", 0.0) or 0.0)
+        self._shrink = float(config.get("head_shrink", 0.0) or 0.0)
         self.index = None
         if keys.shape[0] > 0 and (self._k_head or self._k_spread):
             self.index = NeighbourIndex.build(keys, exact_up_to=keys.shape[0] if exact_neighbours else EXACT_UP_TO)
@@ -151,7 +152,11 @@ class OnnxRouter:
 
     def _losses(self, head: np.ndarray, nearest: np.ndarray | None) -> np.ndarray:
         out = head
-        if self._k_head > 0 and nearest is not None:
+        if self._k_head > 0 and nearest is not None and self._shrink > 0:
+            total, count = neighbour_sums(self.memory_losses, nearest[:, :self._k_head])
+            total = (total - count * self.loss_mean) / self.loss_std  # normalised units, as Router.normalized
+            out = (total + self._shrink * head) / (count + self._shrink)
+        elif self._k_head > 0 and nearest is not None:
             near = neighbour_mean(self.memory_losses, nearest[:, :self._k_head])
             near = (near - self.loss_mean) / self.loss_std
             if self._blend > 0:

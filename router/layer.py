@@ -47,17 +47,29 @@ class RegressionHead(nn.Module):
         return self.last(self.body(pooled))
 
 
-def neighbour_losses(query: torch.Tensor, keys: torch.Tensor, losses: torch.Tensor, k: int) -> torch.Tensor:
-    """Mean observed loss of each query's k most cosine-similar memory rows, (B, E).
+def neighbour_sums(query: torch.Tensor, keys: torch.Tensor, losses: torch.Tensor, k: int,
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum and count of the observed losses of each query's k most cosine-similar memory rows, (B, E) each.
 
     ``keys`` (N, D) are unit-norm memory embeddings, ``losses`` (N, E) their losses with NaN for
-    unobserved entries. An expert that none of the k neighbours observed gets NaN.
+    unobserved entries (which count 0 and add 0).
     """
     k = max(1, min(int(k), keys.shape[0]))
     unit = query.float() / query.float().norm(dim=1, keepdim=True).clamp(min=1e-12)
     nearest = (unit @ keys.float().T).topk(k, dim=1).indices  # (B, k)
     values = losses[nearest]  # (B, k, E)
     seen = ~torch.isnan(values)
-    total = torch.where(seen, values, torch.zeros_like(values)).sum(dim=1)
-    count = seen.sum(dim=1)
+    return torch.where(seen, values, torch.zeros_like(values)).sum(dim=1), seen.sum(dim=1).to(values.dtype)
+
+
+def neighbour_losses(query: torch.Tensor, keys: torch.Tensor, losses: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean observed loss of each query's k most cosine-similar memory rows, (B, E)
+    (:func:`neighbour_sums`). An expert that none of the k neighbours observed gets NaN."""
+    total, count = neighbour_sums(query, keys, losses, k)
     return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, float("nan")))
+
+
+def shrunk_neighbour_mean(total: torch.Tensor, count: torch.Tensor, prior: torch.Tensor, kappa: float) -> torch.Tensor:
+    """(Σ observed + κ · prior) / (count + κ): the neighbour mean shrunk toward ``prior`` as if κ more
+    neighbours had observed it (``RouterConfig.head_shrink``); ``prior`` where none observed the expert."""
+    return (total + kappa * prior) / (count + kappa)

@@ -15,7 +15,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from router.config import RouterConfig
-from router.layer import RegressionHead, additive_mask, neighbour_losses, pool
+from router.layer import RegressionHead, additive_mask, neighbour_losses, neighbour_sums, pool, shrunk_neighbour_mean
 
 __all__ = ["Router", "RouterConfig", "expand_experts", "init_head_cold_start", "renormalize", "reshape_head"]
 
@@ -148,10 +148,16 @@ class Router(nn.Module):
     def normalized(self, pooled: torch.Tensor) -> torch.Tensor:
         """Predicted losses in normalised units, (B, E): the neighbour head where it has an
         answer (``head_neighbors > 0`` and a memory; blended with the parametric head by
-        ``head_blend``), the parametric head elsewhere."""
+        ``head_blend``, or shrunk toward it by ``head_shrink``), the parametric head elsewhere."""
         out = self.head(pooled)
         if self.config.head_neighbors <= 0 or self.memory_keys.shape[0] == 0:
             return out
+        kappa = float(self.config.head_shrink)
+        if kappa > 0:
+            total, count = neighbour_sums(pooled, self._float_keys(), self.memory_losses, self.config.head_neighbors)
+            # In normalised units: Σ (loss − mean) / std over the observed neighbours.
+            total = (total - count * self.loss_mean) / self.loss_std
+            return shrunk_neighbour_mean(total, count, out, kappa)
         near = neighbour_losses(pooled, self._float_keys(), self.memory_losses, self.config.head_neighbors)
         near = (near - self.loss_mean) / self.loss_std
         blend = float(self.config.head_blend)

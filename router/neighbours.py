@@ -7,7 +7,7 @@ most cosine-similar to its pooled embedding (``router.layer.neighbour_losses``,
 ``exact_up_to`` rows switches to a faiss inverted-file index over the fp16 keys (numbers and the
 choice: docs/benchmarks.md, "Neighbour search (issue 11)"; ``python -m benchmarks.neighbour_search``).
 
-The numpy twins :func:`neighbour_mean` and :func:`neighbour_mean_std` turn the neighbours into the
+The numpy twins :func:`neighbour_sums`, :func:`neighbour_mean` and :func:`neighbour_mean_std` turn the neighbours into the
 same predictions as the torch functions.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["EXACT_UP_TO", "NeighbourIndex", "exact_neighbours", "neighbour_mean", "neighbour_mean_std",
-           "recall_at_k"]
+           "neighbour_sums", "recall_at_k"]
 
 EXACT_UP_TO = 16_384
 """Memories with at most this many rows are scanned exactly (a float32 copy of the keys, one BLAS
@@ -215,11 +215,17 @@ def _gather(losses: np.ndarray, nearest: np.ndarray) -> tuple[np.ndarray, np.nda
     return np.where(seen, values, np.float32(0)), seen
 
 
+def neighbour_sums(losses: np.ndarray, nearest: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sum and count of the observed losses over each query's neighbours, (B, E) each
+    (``router.layer.neighbour_sums`` given the same neighbours)."""
+    filled, seen = _gather(losses, nearest)
+    return filled.sum(axis=1), seen.sum(axis=1).astype(np.float32)
+
+
 def neighbour_mean(losses: np.ndarray, nearest: np.ndarray) -> np.ndarray:
     """Mean observed loss over each query's neighbours, (B, E); NaN where none observed an expert
     (``router.layer.neighbour_losses`` given the same neighbours)."""
-    filled, seen = _gather(losses, nearest)
-    total, count = filled.sum(axis=1), seen.sum(axis=1)
+    total, count = neighbour_sums(losses, nearest)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > 0, total / np.maximum(count, 1), np.float32(np.nan)).astype(np.float32)
 

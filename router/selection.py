@@ -10,10 +10,13 @@ error when there are too few such rows). The candidates:
   centred Gram matrix, so the grid does not depend on the encoder's feature scale);
 * ``neighbour``: the mean observed loss of the k most cosine-similar training prompts;
 * ``blend``: the average of a ridge and a neighbour prediction;
+* ``shrink``: the neighbour mean shrunk toward the ridge prediction, (Σ observed + κ · ridge) /
+  (count + κ) over the k neighbours: an expert observed by few neighbours (bandit feedback: most
+  experts, on most prompts) leans on the ridge head, one observed by all of them on its neighbours;
 * ``mlp``: one hidden GELU layer trained by AdamW (on the pool setting of the best other head);
 
 each over the top p pooled hidden states for every p of the grid. The rule resists noise with the
-one-standard-error rule toward the simpler head family (ridge < neighbour < blend < mlp): the
+one-standard-error rule toward the simpler head family (ridge < neighbour < blend < shrink < mlp): the
 chosen family is the simplest one with a candidate whose excess over the best candidate is within
 ``PAIRED_SE`` (2) *paired* standard errors (of the per-row differences of their out-of-fold routed
 losses), and inside it the best-scoring candidate. Paired, because every candidate is scored on the
@@ -44,7 +47,7 @@ import torch
 
 from router.selection_config import SelectionConfig
 
-FAMILIES: tuple[str, ...] = ("ridge", "neighbour", "blend", "mlp")
+FAMILIES: tuple[str, ...] = ("ridge", "neighbour", "blend", "shrink", "mlp")
 """Head families from the simplest to the most complex (the one-SE rule prefers the earlier)."""
 
 PAIRED_SE = 2.0
@@ -60,7 +63,8 @@ class Candidate:
     family: str
     pool_layers: int
     alpha: float | None = None  # relative ridge α (ridge, blend)
-    k: int | None = None  # neighbour k (neighbour, blend)
+    k: int | None = None  # neighbour k (neighbour, blend, shrink)
+    kappa: float | None = None  # shrinkage pseudo-count (shrink)
     hidden: int | None = None  # MLP width
 
     @property
@@ -70,6 +74,8 @@ class Candidate:
             parts.append(f"α={self.alpha:g}")
         if self.k is not None:
             parts.append(f"k={self.k}")
+        if self.kappa is not None:
+            parts.append(f"κ={self.kappa:g}")
         if self.hidden is not None:
             parts.append(f"h={self.hidden}")
         return " ".join(parts)
@@ -210,6 +216,12 @@ def neighbour_stats(query: torch.Tensor, keys: torch.Tensor, losses: torch.Tenso
     ``query`` rows need not be unit-norm; ``keys`` must be. NaN where none of the k observed an expert
     (the std is 0 where exactly one did).
     """
+    return [(mean, std) for mean, std, _ in neighbour_moments(query, keys, losses, ks)]
+
+
+def neighbour_moments(query: torch.Tensor, keys: torch.Tensor, losses: torch.Tensor,
+                      ks: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """:func:`neighbour_stats` with the count of observed losses: (mean, std, count) per k."""
     n = keys.shape[0]
     k_max = max(1, min(max(int(k) for k in ks), n))
     nearest = (unit_rows(query) @ keys.float().T).topk(k_max, dim=1, sorted=True).indices
@@ -223,7 +235,7 @@ def neighbour_stats(query: torch.Tensor, keys: torch.Tensor, losses: torch.Tenso
         c = count[:, i]
         mean = torch.where(c > 0, total[:, i] / c.clamp(min=1), torch.full_like(c, float("nan")))
         var = (squares[:, i] / c.clamp(min=1) - torch.nan_to_num(mean) ** 2).clamp(min=0)
-        out.append((mean, torch.where(c > 0, var.sqrt(), torch.full_like(c, float("nan")))))
+        out.append((mean, torch.where(c > 0, var.sqrt(), torch.full_like(c, float("nan"))), c))
     return out
 
 
@@ -347,6 +359,8 @@ def candidates(config: SelectionConfig, dims: int) -> list[Candidate]:
         out += [Candidate("neighbour", p, k=k) for k in config.neighbors]
         if config.blend:
             out += [Candidate("blend", p, alpha=a, k=k) for a in config.alphas for k in config.neighbors]
+        out += [Candidate("shrink", p, alpha=a, k=k, kappa=kappa) for a in config.alphas for k in config.neighbors
+                for kappa in config.shrinks]
     return out
 
 
@@ -398,11 +412,12 @@ def _select_head(features: np.ndarray, targets: np.ndarray, config: SelectionCon
                              strict=True))
             ridge = {a: v * std + mean for a, v in ridge.items()}
             keys = unit_rows(xp[tr])
-            stats = neighbour_stats(torch.as_tensor(xp[te]), keys, torch.as_tensor(y[tr]), ks)
-            near = {}
-            for k, (m, s) in zip(ks, stats, strict=True):
+            stats = neighbour_moments(torch.as_tensor(xp[te]), keys, torch.as_tensor(y[tr]), ks)
+            near, counts = {}, {}
+            for k, (m, s, c) in zip(ks, stats, strict=True):
                 value = m.double().numpy()
                 near[k] = np.where(np.isnan(value), mean, value)  # no neighbour observed it: the fold mean
+                counts[k] = c.double().numpy()
                 dispersion[(p, k)][te] = s.double().numpy()
             for c in cands:
                 if c.pool_layers != p:
@@ -411,6 +426,9 @@ def _select_head(features: np.ndarray, targets: np.ndarray, config: SelectionCon
                     oof[c][te] = ridge[float(c.alpha or 0.0)]
                 elif c.family == "neighbour":
                     oof[c][te] = near[int(c.k or 0)]
+                elif c.family == "shrink":
+                    k, kappa, prior = int(c.k or 0), float(c.kappa or 0.0), ridge[float(c.alpha or 0.0)]
+                    oof[c][te] = (near[k] * counts[k] + kappa * prior) / (counts[k] + kappa)
                 else:
                     oof[c][te] = 0.5 * ridge[float(c.alpha or 0.0)] + 0.5 * near[int(c.k or 0)]
     scored = np.flatnonzero((~np.isnan(y)).sum(axis=1) >= 2)

@@ -16,6 +16,8 @@ class SelectionConfig:
     neighbors: k values of the neighbour head.
     pool_layers: how many of the top hidden states are pooled and concatenated.
     blend: also try ridge + neighbour averages (every α × k pair).
+    shrinks: pseudo-counts κ of the shrunk neighbour candidates (every α × k × κ: the neighbour mean
+        shrunk toward the ridge prediction, ``RouterConfig.head_shrink``); empty (the default) = none.
     mlp_hidden: width of the MLP head candidate; 0 = no MLP candidate.
     mlp_epochs: AdamW epochs of the MLP candidate.
     folds: K of the K-fold cross-validation.
@@ -26,6 +28,7 @@ class SelectionConfig:
     neighbors: tuple[int, ...] = (10, 30, 100, 300)
     pool_layers: tuple[int, ...] = (1, 2, 3)
     blend: bool = True
+    shrinks: tuple[float, ...] = ()
     mlp_hidden: int = 64
     mlp_epochs: int = 10
     folds: int = 5
@@ -36,6 +39,7 @@ class SelectionConfig:
         object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
         object.__setattr__(self, "neighbors", tuple(int(k) for k in self.neighbors))
         object.__setattr__(self, "pool_layers", tuple(int(p) for p in self.pool_layers))
+        object.__setattr__(self, "shrinks", tuple(float(k) for k in self.shrinks))
         self.validate()
 
     def validate(self) -> None:
@@ -50,6 +54,8 @@ class SelectionConfig:
             raise ValueError(f"every ridge α must be a finite number > 0, got {list(self.alphas)}")
         if any(k <= 0 for k in self.neighbors):
             raise ValueError(f"every neighbour k must be >= 1, got {list(self.neighbors)}")
+        if any(not (k > 0 and math.isfinite(k)) for k in self.shrinks):
+            raise ValueError(f"every shrinkage pseudo-count κ must be a finite number > 0, got {list(self.shrinks)}")
         if any(p <= 0 for p in self.pool_layers):
             raise ValueError(f"every pooled-layer count must be >= 1, got {list(self.pool_layers)}")
         if self.mlp_hidden < 0 or self.mlp_epochs < 1:

@@ -439,9 +439,10 @@ def apply_selection(router: Router, selection: Selection, features: np.ndarray, 
             weight, bias = RidgePath(x, normalized).solution(float(selection.ridge_alpha or chosen.alpha or 1.0))
             router.head.last.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
             router.head.last.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
-    uses_neighbours = chosen.family in ("neighbour", "blend")
+    uses_neighbours = chosen.family in ("neighbour", "blend", "shrink")
     router.config.head_neighbors = int(chosen.k or 0) if uses_neighbours else 0
     router.config.head_blend = 0.5 if chosen.family == "blend" else 0.0
+    router.config.head_shrink = float(chosen.kappa or 0.0) if chosen.family == "shrink" else 0.0
     router.config.spread_neighbors = int(selection.spread_k)
     router.set_memory(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(values, dtype=torch.float32),
                       seed=config.seed)

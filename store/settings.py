@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     train_select_neighbors: list[int] = Field(default_factory=lambda: [10, 30, 100, 300])
     train_select_pool_layers: list[int] = Field(default_factory=lambda: [1, 2, 3])
     train_select_blend: bool = True
+    # Pseudo-counts κ of the shrunk neighbour candidates, e.g. '[10, 30, 100]'; [] (the default) = none. Tried
+    # in `bench loop` and not adopted: chosen by CV regression error on bandit rows, it did not route better
+    # than the ridge head it shrinks toward (docs/benchmarks.md, "Shrunk neighbour heads").
+    train_select_shrinks: list[float] = Field(default_factory=list)
     train_select_mlp_hidden: int = Field(64, ge=0)
     train_select_folds: int = Field(5, ge=2)
     # Nominal coverage of the interval whose half-width is each prediction's spread.
@@ -237,7 +241,8 @@ class Settings(BaseSettings):
         from router.selection_config import SelectionConfig
 
         SelectionConfig(alphas=tuple(self.train_select_alphas), neighbors=tuple(self.train_select_neighbors),
-                        pool_layers=tuple(self.train_select_pool_layers), folds=self.train_select_folds,
+                        pool_layers=tuple(self.train_select_pool_layers), shrinks=tuple(self.train_select_shrinks),
+                        folds=self.train_select_folds,
                         mlp_hidden=self.train_select_mlp_hidden, coverage=self.train_spread_coverage)
         return self
 

@@ -444,8 +444,9 @@ def test_the_selected_head_is_what_the_registered_bundle_serves(selectable) -> N
     router = load_version(_version(selectable, result["version_id"]))
     config = router.config
     assert config.pool_layers == chosen["pool_layers"]
-    assert config.head_neighbors == (chosen["k"] if chosen["family"] in ("neighbour", "blend") else 0)
+    assert config.head_neighbors == (chosen["k"] if chosen["family"] in ("neighbour", "blend", "shrink") else 0)
     assert config.head_blend == (0.5 if chosen["family"] == "blend" else 0.0)
+    assert config.head_shrink == (chosen["kappa"] if chosen["family"] == "shrink" else 0.0)
     assert config.spread_neighbors == result["metrics"]["head_selection"]["spread_k"] > 0
     predicted, spread = router.predict_with_spread(SELECT_PROMPTS[:4])
     assert predicted.shape == spread.shape == (4, 3) and np.isfinite(spread).all() and (spread >= 0).all()
@@ -463,7 +464,8 @@ def test_bad_selection_settings_stop_the_cli_at_start_up(tmp_path: Path, thalamu
     cases: list[tuple[str, Any, str]] = [("train_select_neighbors", [], "k grid"),
                                          ("train_select_neighbors", [10, 0], "k must be >= 1"),
                                          ("train_select_alphas", [], "α grid"),
-                                         ("train_select_pool_layers", [], "pooled-layer grid")]
+                                         ("train_select_pool_layers", [], "pooled-layer grid"),
+                                         ("train_select_shrinks", [10, -1], "pseudo-count")]
     for field, value, words in cases:
         with pytest.raises(ValidationError, match=words):
             Settings(**{field: value})
@@ -473,3 +475,21 @@ def test_bad_selection_settings_stop_the_cli_at_start_up(tmp_path: Path, thalamu
     assert done.returncode == 2, done.stderr
     assert "k must be >= 1" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "home" / "thalamus.db").exists()
+
+
+def test_shrunk_neighbour_candidates_are_opt_in(selectable, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """THALAMUS_TRAIN_SELECT_SHRINKS adds the shrunk neighbour family to the CV table of the job, and the
+    head the job chose is what the registered bundle serves (head_shrink its κ when a shrink was chosen)."""
+    from jobs.router_store import load_version
+    from jobs.train_router import train_router
+
+    monkeypatch.setenv("THALAMUS_TRAIN_SELECT_SHRINKS", "[2, 50]")
+    settings = type(selectable)()
+    assert settings.train_select_shrinks == [2.0, 50.0]
+    result = train_router(settings)
+    selection = result["metrics"]["head_selection"]
+    shrinks = [row for row in selection["table"] if row["family"] == "shrink"]
+    assert {row["kappa"] for row in shrinks} == {2.0, 50.0}
+    chosen = selection["chosen"]
+    config = load_version(_version(settings, result["version_id"])).config
+    assert config.head_shrink == (chosen["kappa"] if chosen["family"] == "shrink" else 0.0)

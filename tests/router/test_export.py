@@ -40,11 +40,12 @@ def _trained_router(backbone: str, **config: object) -> Router:
     return router
 
 
-@pytest.fixture(params=["linear", "neighbours"])
+@pytest.fixture(params=["linear", "neighbours", "shrunk neighbours"])
 def router(request: pytest.FixtureRequest, tiny_bert: str) -> Router:
     if request.param == "linear":
         return _trained_router(tiny_bert)
-    return _trained_router(tiny_bert, head_neighbors=5, spread_neighbors=5, pool_layers=2)
+    shrink = 3.0 if request.param == "shrunk neighbours" else 0.0
+    return _trained_router(tiny_bert, head_neighbors=5, spread_neighbors=5, pool_layers=2, head_shrink=shrink)
 
 
 def _prompts() -> list[str]:

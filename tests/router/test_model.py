@@ -168,3 +168,17 @@ def test_neighbour_losses_average_observed_entries_of_the_k_nearest() -> None:
     np.testing.assert_allclose(neighbour_losses(query, keys, losses, 1).numpy(), [[1.0, np.nan], [3.0, np.nan]])
     np.testing.assert_allclose(neighbour_losses(query, keys, losses, 2).numpy(), [[2.0, np.nan], [4.0, 4.0]])
     np.testing.assert_allclose(neighbour_losses(query, keys, losses, 99).numpy(), [[3.0, 4.0], [3.0, 4.0]])
+
+
+def test_a_shrunk_neighbour_head_leans_on_the_parametric_head_where_few_neighbours_observed(tiny_bert: str) -> None:
+    """head_shrink κ: (Σ observed + κ · parametric) / (count + κ) over the k neighbours, in original units
+    the same as in normalised ones; the parametric head alone where no neighbour observed an expert."""
+    router = make(tiny_bert, head_neighbors=3, head_shrink=2.0)
+    init_head_cold_start(router, [5.0, 6.0, 7.0], [None, None, None])  # the parametric head: these means
+    pooled = torch.tensor(router.embed(TEXTS))
+    losses = torch.tensor([[1.0, 2.0, float("nan")], [3.0, float("nan"), float("nan")], [5.0, 4.0, float("nan")]])
+    router.set_memory(pooled, losses)  # k = 3 = every row: each prompt's neighbours are the whole memory
+    expected = [(1.0 + 3.0 + 5.0 + 2 * 5.0) / (3 + 2), (2.0 + 4.0 + 2 * 6.0) / (2 + 2), 7.0]
+    np.testing.assert_allclose(router.predict(TEXTS), [expected] * 3, atol=1e-4)
+    with pytest.raises(ValueError, match="head_shrink"):
+        make(tiny_bert, head_shrink=-1.0)

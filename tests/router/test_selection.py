@@ -164,3 +164,18 @@ def test_difficulty_shared_by_every_head_does_not_let_a_worse_simple_head_throug
     ridge = min((r for r in selection.table if r["family"] == "ridge"), key=lambda r: r["mean"])
     assert ridge["vs_best"] < best["se"]  # inside one fold s.e.: the old rule would have chosen ridge
     assert ridge["vs_best"] > 2 * ridge["vs_best_se"]  # far outside two paired s.e.
+
+
+def test_a_shrunk_neighbour_candidate_spans_the_neighbour_and_the_ridge_head() -> None:
+    """(Σ observed + κ · ridge) / (count + κ): with κ far below k it scores as the neighbour mean, far above
+    it as the ridge head of the same α (rows fully observed, so every neighbour counts)."""
+    rng = np.random.RandomState(3)
+    x = rng.normal(size=(300, 5))
+    y = np.c_[x[:, 0] + 0.3 * rng.normal(size=300), -x[:, 0] + 0.3 * rng.normal(size=300)]
+    config = SelectionConfig(alphas=(1.0,), neighbors=(20,), pool_layers=(1,), blend=False, shrinks=(1e-9, 1e9),
+                             mlp_hidden=0)
+    table = {row["label"]: row["mean"] for row in select_head(x, y, config).table}
+    assert table["shrink p=1 α=1 k=20 κ=1e-09"] == pytest.approx(table["neighbour p=1 k=20"], abs=1e-6)
+    assert table["shrink p=1 α=1 k=20 κ=1e+09"] == pytest.approx(table["ridge p=1 α=1"], abs=1e-6)
+    with pytest.raises(ValueError, match="pseudo-count"):
+        SelectionConfig(shrinks=(0.0,))

@@ -152,7 +152,7 @@ def test_lora_training_refreshes_the_neighbour_memory_with_the_adapted_encoder(t
     torch.testing.assert_close(keys, fresh, atol=2e-3, rtol=0)  # the memory holds the final embeddings
 
 
-@pytest.mark.parametrize("family", ["mlp", "blend", "ridge"])
+@pytest.mark.parametrize("family", ["mlp", "blend", "shrink", "ridge"])
 def test_every_selectable_head_becomes_what_the_router_serves(tiny_bert: str, family: str) -> None:
     """apply_selection turns each family into the router's own configuration: its predictions on the
     training prompts equal what the head fitted on the pooled features predicts, and a bundle-shaped
@@ -164,6 +164,7 @@ def test_every_selectable_head_becomes_what_the_router_serves(tiny_bert: str, fa
     prompts, targets = domain_data()
     features = router.embed(prompts).astype(np.float64)
     chosen = {"mlp": Candidate("mlp", 2, hidden=8), "blend": Candidate("blend", 1, alpha=1.0, k=5),
+              "shrink": Candidate("shrink", 1, alpha=1.0, k=5, kappa=4.0),
               "ridge": Candidate("ridge", 3, alpha=1.0)}[family]
     selection = Selection(chosen=chosen, table=[], objective="routed_loss", best=chosen.label, threshold=0.0,
                           folds=np.zeros(len(prompts), dtype=int), spread_k=5, spread_scale=np.ones(2),
@@ -184,11 +185,20 @@ def test_every_selectable_head_becomes_what_the_router_serves(tiny_bert: str, fa
         expected = x @ weight.T + bias
     np.testing.assert_allclose(router.head_normalized(torch.tensor(x, dtype=torch.float32)).detach().numpy(),
                                expected, atol=2e-3)
+    assert router.config.head_shrink == (4.0 if family == "shrink" else 0.0)
     predicted, spread = router.predict_with_spread(prompts)
     assert predicted.shape == spread.shape == (len(prompts), 2) and np.isfinite(spread).all()
+    if family == "shrink":  # the neighbour sums of the memory (the training rows), shrunk toward the ridge head
+        unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+        nearest = np.argsort(-(unit @ unit.T), axis=1, kind="stable")[:, :5]
+        values = targets[nearest]
+        seen = ~np.isnan(values)
+        total, count = np.where(seen, values, 0.0).sum(1), seen.sum(1)
+        shrunk = (total + 4.0 * (expected * std + mean)) / (count + 4.0)
+        np.testing.assert_allclose(predicted, shrunk, atol=5e-3)
     fresh = make(tiny_bert, **{k: v for k, v in router.config.to_dict().items()
                                if k in ("lora_r", "pool_layers", "head_hidden", "head_neighbors", "head_blend",
-                                        "spread_neighbors")})
+                                        "head_shrink", "spread_neighbors")})
     fresh.load_trainable_state_dict(router.trainable_state_dict())
     np.testing.assert_allclose(fresh.predict_with_spread(prompts)[1], spread, atol=1e-5)
 
