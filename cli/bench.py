@@ -168,10 +168,12 @@ def _show_shadow(report: dict[str, Any]) -> None:
 def loop(settings: Settings, *, dataset: Path, scenario: str = "cold", feedback: str = "bandit",
          requests: int | None = None, cycle: int = 500, window: int = 250, seed: int = 0,
          explore: str | None = None, offline: bool = True, quick: bool = False, lora: bool = False,
-         json_out: Path | None = None, plot_out: Path | None = None, progress: bool = False) -> dict[str, Any]:
+         json_out: Path | None = None, plot_out: Path | None = None, keep_home: Path | None = None,
+         progress: bool = False) -> dict[str, Any]:
     """Replay a dataset as a stream through the daemon and the production jobs: does the loop learn?"""
     from benchmarks import loop_report
-    from benchmarks.loop import LoopPlan, run
+    from benchmarks.head_truth import PLAN_FILE
+    from benchmarks.loop import LoopPlan, plan_dict, run
 
     dataset = Path(dataset)
     if not dataset.exists():
@@ -181,7 +183,12 @@ def loop(settings: Settings, *, dataset: Path, scenario: str = "cold", feedback:
                         seed=seed, quick=quick, explore=explore, offline=offline, frozen_encoder=not lora)
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    report = loop_report.build(run(dataset, plan, settings, say=say if progress else None))
+    if keep_home is not None:
+        if keep_home.exists() and (not keep_home.is_dir() or any(keep_home.iterdir())):
+            raise CliError(f"--keep-home {keep_home} must be a new or empty directory")
+        keep_home.mkdir(parents=True, exist_ok=True)
+        (keep_home / PLAN_FILE).write_text(json.dumps({"dataset": str(dataset.resolve()), "plan": plan_dict(plan)}))
+    report = loop_report.build(run(dataset, plan, settings, say=say if progress else None, home=keep_home))
     _write_json(json_out, report, default=str)
     if plot_out is not None:
         loop_report.plot(report, plot_out)
@@ -372,6 +379,8 @@ GROUP = Group("bench", "benchmarks (routing quality, the demo dataset, faults un
                   "(THALAMUS_TRAIN_LORA_R=0, 1 epoch, the head still selected); ~10x slower per cycle on a CPU"),
          arg("--json", dest="json_out", type=Path, help="write the full report here"),
          arg("--plot", dest="plot_out", type=Path, help="write the score-over-stream plot (PNG) here"),
+         arg("--keep-home", type=Path, help="run in this new directory and keep it (its database and router "
+                                            "versions), for python -m benchmarks.head_truth"),
          show=_show_loop, fails=lambda report: bool(report["failures"]), cli={"progress": True}),
     verb("finetune", finetune,
          arg("--traffic", type=positive_int, default=600, help="traffic prompts routed (default 600)"),

@@ -90,9 +90,9 @@ def test_quick_run_on_the_benchmark_data_learns_beyond_the_cold_start(dcrouter: 
     from cli.main import main
 
     make_settings(tmp_path / "home")
-    out = tmp_path / "loop.json"
+    out, kept = tmp_path / "loop.json", tmp_path / "kept"
     main(["bench", "loop", "--dataset", str(dcrouter), "--scenario", "degraded", "--quick", "--no-offline",
-          "--json", str(out)])
+          "--json", str(out), "--keep-home", str(kept)])
     report = json.loads(out.read_text())
     printed = capsys.readouterr().out
     assert "degraded_share_below_10pct_within_one_cycle" in printed
@@ -111,6 +111,17 @@ def test_quick_run_on_the_benchmark_data_learns_beyond_the_cold_start(dcrouter: 
     before = [w for w in report["windows"] if w["end"] <= first]
     after = [w for w in report["windows"] if w["start"] >= first and w["end"] <= drop]
     assert mean_score(after) > mean_score(before) + 0.1, report["windows"]
+    # The kept home: every head candidate of the last trained version, refitted and scored on the held-out truth.
+    from benchmarks import head_truth
+
+    assert head_truth.main(["--home", str(kept), "--json", str(tmp_path / "heads.json")]) == 0
+    heads = json.loads((tmp_path / "heads.json").read_text())
+    assert heads["version"] == trained[-1]["version"] and heads["heldout"] == report["n_heldout"]
+    assert heads["cv_objective"] == "mse"  # bandit feedback: one observed expert per row
+    assert heads["chosen"]["label"] in heads["routed"] and heads["candidates"] == len(heads["routed"])
+    reference = heads["reference"]
+    assert all(reference["oracle"] <= loss <= 1.0 for loss in heads["routed"].values())
+    assert reference["oracle"] <= reference["best_single"] <= reference["expert_with_lowest_logged_mean"]
 
 
 def test_a_job_that_raises_is_a_failed_cycle_and_the_stream_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,198 @@
+"""Which head would have routed best? Every head-selection candidate, refitted on a kept ``bench loop``
+home's training rows, scored on the stream's held-out prompts beside its cross-validation score.
+
+    thalamus bench loop --dataset D --scenario cold --seed 0 --requests 1501 --no-offline --keep-home DIR
+    python -m benchmarks.head_truth --home DIR [--version N] [--shrinks 10,30,100] [--json OUT]
+
+The training job chooses its head by K-fold CV on its own rows (``router/selection.py``). With bandit
+feedback no row has two observed experts, so the CV objective falls back to regression error on the
+one observed cell per row, which is not the routing objective. This diagnostic asks what that choice
+cost: it rebuilds the job's training rows (the loss table less its holdout), refits every candidate of
+the settings' grid on all of them (as ``apply_selection`` does for the chosen one), and scores each
+candidate's argmin on the stream's held-out prompts with the dataset's true losses at the end of the
+stream. It prints the chosen head, the best head by CV, the best head of each family by the truth,
+and the rank correlation between CV score and truth. Frozen-encoder features only (the loop's default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from router.selection import FAMILIES, Candidate, RidgePath, candidates, neighbour_moments, normalizer, top_layers, \
+    unit_rows
+from router.selection_config import SelectionConfig
+
+PLAN_FILE = "loop-plan.json"
+"""Written by ``bench loop --keep-home`` into the home: what rebuilds the stream."""
+
+
+def candidate_predictions(x: np.ndarray, y: np.ndarray, query: np.ndarray, config: SelectionConfig,
+                          max_pool: int) -> dict[Candidate, np.ndarray]:
+    """Every non-MLP candidate of ``config`` fitted on all of (x, y) and applied to ``query``, (Q, E) each.
+
+    ``x``/``query`` are pooled features over ``max_pool`` states, ``y`` losses with NaN where unobserved.
+    A neighbour mean with no observation falls back to the expert's mean loss, as in the CV.
+    """
+    import torch
+
+    mean, std = normalizer(y)
+    out: dict[Candidate, np.ndarray] = {}
+    for p in sorted(set(config.pool_layers)):
+        if p > max_pool:
+            continue
+        xp, qp = top_layers(x, p, max_pool), top_layers(query, p, max_pool)
+        ridge = {a: v * std + mean for a, v in zip(config.alphas, RidgePath(xp, (y - mean) / std).predict(qp, config.alphas),
+                                                   strict=True)}
+        ks = sorted(set(config.neighbors))
+        moments = neighbour_moments(torch.as_tensor(qp), unit_rows(xp), torch.as_tensor(y), ks)
+        near, counts = {}, {}
+        for k, (m, _s, c) in zip(ks, moments, strict=True):
+            value = m.double().numpy()
+            near[k], counts[k] = np.where(np.isnan(value), mean, value), c.double().numpy()
+        for c in candidates(config, max_pool):
+            if c.pool_layers != p:
+                continue
+            if c.family == "ridge":
+                out[c] = ridge[float(c.alpha or 0.0)]
+            elif c.family == "neighbour":
+                out[c] = near[int(c.k or 0)]
+            elif c.family == "blend":
+                out[c] = 0.5 * ridge[float(c.alpha or 0.0)] + 0.5 * near[int(c.k or 0)]
+            else:  # shrink
+                k, kappa = int(c.k or 0), float(c.kappa or 0.0)
+                out[c] = (near[k] * counts[k] + kappa * ridge[float(c.alpha or 0.0)]) / (counts[k] + kappa)
+    return out
+
+
+def routed_losses(predictions: dict[Candidate, np.ndarray], truth: np.ndarray) -> dict[Candidate, float]:
+    """Mean true loss of each candidate's argmin (``truth`` (Q, E), every entry known)."""
+    rows = np.arange(truth.shape[0])
+    return {c: float(truth[rows, p.argmin(axis=1)].mean()) for c, p in predictions.items()}
+
+
+def compare(cv: dict[str, float], routed: dict[str, float], chosen: str | None) -> dict[str, Any]:
+    """CV score against routed truth per candidate label: chosen, best by CV, best per family by truth, ρ."""
+    from scipy.stats import spearmanr
+
+    common = sorted(set(cv) & set(routed))
+    by_cv = min(common, key=lambda label: cv[label]) if common else None
+    families: dict[str, dict[str, Any]] = {}
+    for label in sorted(routed, key=lambda label: routed[label]):
+        family = label.split(" ", 1)[0]
+        families.setdefault(family, {"label": label, "routed_loss": routed[label]})
+    rho = float(spearmanr([cv[label] for label in common], [routed[label] for label in common])[0]) \
+        if len(common) > 2 else None
+    return {"chosen": None if chosen is None else {"label": chosen, "routed_loss": routed.get(chosen)},
+            "best_by_cv": None if by_cv is None else {"label": by_cv, "cv": cv[by_cv], "routed_loss": routed[by_cv]},
+            "best_per_family": {f: families[f] for f in FAMILIES if f in families}, "spearman_cv_vs_routed": rho,
+            "candidates": len(common)}
+
+
+def run(home: Path, *, version: int | None = None, shrinks: tuple[float, ...] | None = None) -> dict[str, Any]:
+    """The whole diagnostic on a kept home (see the module docstring); a JSON-able report."""
+    from sqlalchemy import select
+
+    from benchmarks.bandit_training import embed
+    from benchmarks.data import load_dataset
+    from benchmarks.loop import LoopPlan, _frozen_embed, _quick_train
+    from benchmarks.loop_stream import make_stream
+    from jobs.loss_table import holdout_mask, load_loss_table
+    from jobs.recipe import TrainRecipe
+    from store.db import session_scope
+    from store.schema import Expert, RouterVersion
+    from store.settings import Settings
+
+    saved = json.loads((home / PLAN_FILE).read_text())
+    plan = LoopPlan(**saved["plan"]).resolved()
+    base = Settings()
+    settings = Settings(**{**base.model_dump(), "home": home, "database_url": None, "broker_url": None})
+    train, _test, _ = load_dataset(Path(saved["dataset"]))
+    if plan.quick:
+        train = _quick_train(train, plan.seed)
+    stream = make_stream(train, plan.scenario, requests=plan.requests, seed=plan.seed,
+                         heldout_share=plan.heldout_share,
+                         embed=_frozen_embed(base) if plan.scenario == "drift" else None)
+    with session_scope(settings) as session:
+        experts = list(session.scalars(select(Expert).order_by(Expert.name)))
+        table = load_loss_table(session, experts, settings.max_loss)
+        query = select(RouterVersion).order_by(RouterVersion.id.desc())
+        row = session.get(RouterVersion, version) if version is not None else session.scalars(query).first()
+        metrics = dict(row.metrics or {}) if row is not None else {}
+    recipe = TrainRecipe.from_settings(settings)
+    config = recipe.selection() or SelectionConfig()
+    if shrinks is not None:
+        config = replace(config, shrinks=shrinks)
+    rows = np.flatnonzero(~holdout_mask(table.hashes, recipe.holdout_share))
+    names = table.experts
+    t_end = len(stream)
+    truth = np.array([[stream.loss(t_end, name, stream.heldout, i) for name in names]
+                      for i in range(len(stream.heldout.prompts))])
+    features = embed(recipe.backbone, [table.prompts[i] for i in rows] + stream.heldout.prompts,
+                     max_length=recipe.max_length, pool_layers=config.max_pool).astype(np.float64)
+    x, query_x = features[:rows.size], features[rows.size:]
+    predictions = candidate_predictions(x, table.targets[rows].astype(np.float64), query_x, config, config.max_pool)
+    routed = {c.label: value for c, value in routed_losses(predictions, truth).items()}
+    selection = metrics.get("head_selection") or {}
+    cv = {r["label"]: float(r["mean"]) for r in selection.get("table", [])}
+    chosen = (selection.get("chosen") or {}).get("label")
+    means = np.nanmean(table.targets[rows], axis=0)
+    report = {"home": str(home), "plan": saved["plan"], "version": None if row is None else row.id,
+              "training_rows": int(rows.size), "observed_cells": int((~np.isnan(table.targets[rows])).sum()),
+              "heldout": len(stream.heldout.prompts), "cv_objective": selection.get("objective"),
+              "reference": {"best_single": float(truth.mean(axis=0).min()),
+                            "expert_with_lowest_logged_mean": float(truth[:, int(np.nanargmin(means))].mean()),
+                            "oracle": float(truth.min(axis=1).mean())},
+              **compare(cv, routed, chosen), "routed": routed}
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    ref = report["reference"]
+    lines = [f"version {report['version']}: {report['training_rows']} training rows, {report['observed_cells']} "
+             f"observed cells, CV objective {report['cv_objective']}; {report['heldout']} held-out prompts",
+             f"held-out loss: best single {ref['best_single']:.4f} · the expert with the lowest logged mean "
+             f"{ref['expert_with_lowest_logged_mean']:.4f} · oracle {ref['oracle']:.4f}"]
+    for name in ("chosen", "best_by_cv"):
+        item = report[name]
+        if item is not None and item.get("routed_loss") is not None:
+            lines.append(f"{name.replace('_', ' ')}: {item['label']} routes at {item['routed_loss']:.4f}")
+    for family, item in report["best_per_family"].items():
+        lines.append(f"best {family} by the truth: {item['label']} routes at {item['routed_loss']:.4f}")
+    rho = report["spearman_cv_vs_routed"]
+    lines.append(f"Spearman ρ(CV score, routed loss) over {report['candidates']} candidates: "
+                 + ("n/a" if rho is None else f"{rho:+.2f}"))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--home", type=Path, required=True, help="a home kept by bench loop --keep-home")
+    parser.add_argument("--version", type=int, help="the router version whose CV table to compare (default: newest)")
+    parser.add_argument("--shrinks", help="shrink κ grid to add, e.g. 10,30,100 (default: the settings')")
+    parser.add_argument("--json", dest="json_out", type=Path)
+    args = parser.parse_args(argv)
+    if not (args.home / PLAN_FILE).is_file():
+        print(f"{args.home} holds no {PLAN_FILE}: keep a home with `thalamus bench loop ... --keep-home DIR`",
+              file=sys.stderr)
+        return 2
+    try:
+        shrinks = None if args.shrinks is None else tuple(float(v) for v in args.shrinks.split(",") if v.strip())
+    except ValueError:
+        print(f"--shrinks must be numbers separated by commas, got {args.shrinks!r}", file=sys.stderr)
+        return 2
+    report = run(args.home, version=args.version, shrinks=shrinks)
+    if args.json_out is not None:
+        args.json_out.write_text(json.dumps(report, indent=2))
+    print(format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

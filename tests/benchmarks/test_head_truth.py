@@ -1,0 +1,64 @@
+"""The head diagnostic: every candidate refitted and routed on held-out truth, compared with its CV score."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.head_truth import candidate_predictions, compare, main, routed_losses
+from router.selection import candidates
+from router.selection_config import SelectionConfig
+
+
+def _clusters(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two clusters; expert 0 is right (loss 0.1) in the first and wrong (0.9) in the second, expert 1 the reverse."""
+    rng = np.random.default_rng(seed)
+    side = rng.integers(0, 2, n)
+    x = np.c_[side * 2.0 - 1.0, rng.normal(size=(n, 3)) * 0.1]
+    y = np.where(side[:, None] == np.array([[0, 1]]), 0.1, 0.9) + rng.normal(0, 0.02, (n, 2))
+    return x, y
+
+
+def test_every_candidate_is_refitted_and_the_local_heads_route_to_the_truth() -> None:
+    x, y = _clusters(200, 0)
+    query, truth = _clusters(100, 1)
+    config = SelectionConfig(alphas=(0.1, 1e6), neighbors=(5,), pool_layers=(1,), shrinks=(2.0,), mlp_hidden=0)
+    predictions = candidate_predictions(x, y, query, config, max_pool=1)
+    assert set(predictions) == set(candidates(config, 1)) and all(p.shape == (100, 2) for p in predictions.values())
+    routed = {c.label: loss for c, loss in routed_losses(predictions, truth).items()}
+    assert routed["neighbour p=1 k=5"] == pytest.approx(truth.min(axis=1).mean())  # the oracle
+    assert routed["ridge p=1 α=1e+06"] > 0.45  # shrunk to a constant: one expert everywhere
+    y_partial = y.copy()
+    y_partial[::2, 0] = np.nan  # half the rows observe expert 0 only through the ridge prior
+    shrunk = candidate_predictions(x, y_partial, query, config, max_pool=1)
+    assert np.isfinite(np.concatenate(list(shrunk.values()))).all()
+
+
+def test_compare_names_the_chosen_the_cv_best_and_each_familys_best() -> None:
+    cv = {"ridge p=1 α=1": 0.5, "neighbour p=1 k=5": 0.4, "blend p=1 α=1 k=5": 0.45}
+    routed = {"ridge p=1 α=1": 0.30, "neighbour p=1 k=5": 0.20, "blend p=1 α=1 k=5": 0.25}
+    out = compare(cv, routed, "ridge p=1 α=1")
+    assert out["chosen"] == {"label": "ridge p=1 α=1", "routed_loss": 0.30}
+    assert out["best_by_cv"]["label"] == "neighbour p=1 k=5"
+    assert list(out["best_per_family"]) == ["ridge", "neighbour", "blend"]
+    assert out["spearman_cv_vs_routed"] == pytest.approx(1.0)
+
+
+def test_a_home_not_kept_by_bench_loop_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--home", str(tmp_path)]) == 2
+    assert "--keep-home" in capsys.readouterr().err
+
+
+def test_bench_loop_keeps_only_a_new_or_empty_home(tmp_path: Path, thalamus_env: None) -> None:
+    from cli.bench import loop
+    from cli._common import CliError
+    from tests.conftest import make_settings
+
+    settings = make_settings(tmp_path / "home")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "thalamus.db").write_text("")
+    with pytest.raises(CliError, match="new or empty"):
+        loop(settings, dataset=tmp_path, keep_home=tmp_path / "full")
+    assert (tmp_path / "full").is_dir() and not (tmp_path / "full" / "loop-plan.json").exists()
