@@ -25,8 +25,16 @@ from typing import Any
 
 import numpy as np
 
-from router.selection import FAMILIES, Candidate, RidgePath, candidates, neighbour_moments, normalizer, top_layers, \
-    unit_rows
+from router.selection import (
+    FAMILIES,
+    Candidate,
+    RidgePath,
+    candidates,
+    neighbour_moments,
+    normalizer,
+    top_layers,
+    unit_rows,
+)
 from router.selection_config import SelectionConfig
 
 PLAN_FILE = "loop-plan.json"
@@ -48,14 +56,14 @@ def candidate_predictions(x: np.ndarray, y: np.ndarray, query: np.ndarray, confi
         if p > max_pool:
             continue
         xp, qp = top_layers(x, p, max_pool), top_layers(query, p, max_pool)
-        ridge = {a: v * std + mean for a, v in zip(config.alphas, RidgePath(xp, (y - mean) / std).predict(qp, config.alphas),
-                                                   strict=True)}
+        path = RidgePath(xp, (y - mean) / std)
+        ridge = {a: v * std + mean for a, v in zip(config.alphas, path.predict(qp, config.alphas), strict=True)}
         ks = sorted(set(config.neighbors))
         moments = neighbour_moments(torch.as_tensor(qp), unit_rows(xp), torch.as_tensor(y), ks)
         near, counts = {}, {}
-        for k, (m, _s, c) in zip(ks, moments, strict=True):
+        for k, (m, _s, count) in zip(ks, moments, strict=True):
             value = m.double().numpy()
-            near[k], counts[k] = np.where(np.isnan(value), mean, value), c.double().numpy()
+            near[k], counts[k] = np.where(np.isnan(value), mean, value), count.double().numpy()
         for c in candidates(config, max_pool):
             if c.pool_layers != p:
                 continue
@@ -79,20 +87,24 @@ def routed_losses(predictions: dict[Candidate, np.ndarray], truth: np.ndarray) -
 
 def compare(cv: dict[str, float], routed: dict[str, float], chosen: str | None) -> dict[str, Any]:
     """CV score against routed truth per candidate label: chosen, best by CV, best per family by truth, ρ."""
-    from scipy.stats import spearmanr
-
     common = sorted(set(cv) & set(routed))
     by_cv = min(common, key=lambda label: cv[label]) if common else None
     families: dict[str, dict[str, Any]] = {}
     for label in sorted(routed, key=lambda label: routed[label]):
         family = label.split(" ", 1)[0]
         families.setdefault(family, {"label": label, "routed_loss": routed[label]})
-    rho = float(spearmanr([cv[label] for label in common], [routed[label] for label in common])[0]) \
+    rho = _spearman(np.array([cv[label] for label in common]), np.array([routed[label] for label in common])) \
         if len(common) > 2 else None
     return {"chosen": None if chosen is None else {"label": chosen, "routed_loss": routed.get(chosen)},
             "best_by_cv": None if by_cv is None else {"label": by_cv, "cv": cv[by_cv], "routed_loss": routed[by_cv]},
             "best_per_family": {f: families[f] for f in FAMILIES if f in families}, "spearman_cv_vs_routed": rho,
             "candidates": len(common)}
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Rank correlation (ties broken by order; CV scores and routed losses of distinct heads rarely tie)."""
+    ra, rb = a.argsort().argsort().astype(float), b.argsort().argsort().astype(float)
+    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def run(home: Path, *, version: int | None = None, shrinks: tuple[float, ...] | None = None) -> dict[str, Any]:

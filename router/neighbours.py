@@ -7,8 +7,8 @@ most cosine-similar to its pooled embedding (``router.layer.neighbour_losses``,
 ``exact_up_to`` rows switches to a faiss inverted-file index over the fp16 keys (numbers and the
 choice: docs/benchmarks.md, "Neighbour search (issue 11)"; ``python -m benchmarks.neighbour_search``).
 
-The numpy twins :func:`neighbour_sums`, :func:`neighbour_mean` and :func:`neighbour_mean_std` turn the neighbours into the
-same predictions as the torch functions.
+The numpy twins :func:`neighbour_sums`, :func:`neighbour_mean` and :func:`neighbour_mean_std` turn the
+neighbours into the same predictions as the torch functions.
 """
 
 from __future__ import annotations

@@ -414,10 +414,10 @@ def _select_head(features: np.ndarray, targets: np.ndarray, config: SelectionCon
             keys = unit_rows(xp[tr])
             stats = neighbour_moments(torch.as_tensor(xp[te]), keys, torch.as_tensor(y[tr]), ks)
             near, counts = {}, {}
-            for k, (m, s, c) in zip(ks, stats, strict=True):
+            for k, (m, s, count) in zip(ks, stats, strict=True):
                 value = m.double().numpy()
                 near[k] = np.where(np.isnan(value), mean, value)  # no neighbour observed it: the fold mean
-                counts[k] = c.double().numpy()
+                counts[k] = count.double().numpy()
                 dispersion[(p, k)][te] = s.double().numpy()
             for c in cands:
                 if c.pool_layers != p:

@@ -52,8 +52,8 @@ def test_a_home_not_kept_by_bench_loop_is_refused(tmp_path: Path, capsys: pytest
 
 
 def test_bench_loop_keeps_only_a_new_or_empty_home(tmp_path: Path, thalamus_env: None) -> None:
-    from cli.bench import loop
     from cli._common import CliError
+    from cli.bench import loop
     from tests.conftest import make_settings
 
     settings = make_settings(tmp_path / "home")
