@@ -41,6 +41,9 @@ def windows(loop: LoopRun) -> list[dict[str, Any]]:
         row: dict[str, Any] = {
             "start": start, "end": start + len(part), "n": len(part),
             "score": float(1 - served.mean()),
+            # What the router's own argmin would have served on the same requests: its knowledge, without
+            # the exploration's cost or gain.
+            "greedy_score": float(1 - np.mean([r.greedy_loss for r in part])),
             "oracle": float(1 - np.mean([r.oracle for r in part])),
             "best_single": float(1 - np.mean([stream.loss(r.t, single) for r in part])),
             "regret": float(np.mean([r.loss - r.oracle for r in part])),
@@ -347,7 +350,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def _explore(report: dict[str, Any]) -> str:
-    """The policy the run served with, e.g. ``epsilon:0.1 (margin 0.25)`` or ``epsilon:0.1 (margin 0.25, top 2)``."""
+    """The policy the run served with, e.g. ``epsilon:0.1 (margin 1)`` or ``epsilon:0.1 (margin 1, top 2)``."""
     explore = (report.get("policy") or {}).get("explore")
     if not explore:
         return str(report["plan"].get("explore") or "product default")

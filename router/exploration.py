@@ -26,14 +26,20 @@ masked-LM losses in nats (≈ 2–8, s ≈ 1), and a margin relative to the best
 near a loss of 0; the loss scale makes one setting work for both. (A cold-start router has
 s = 1, so its margin is absolute: wide for scores, which is when exploring matters most.)
 
-**Default** ``epsilon:0.1`` with margin 0.25, chosen in the loop benchmark (docs/benchmarks.md,
-"The exploration default"): from a cold start with bandit feedback, exploration off never learns
-(held-out −0.25 against the best single expert); ε = 0.05 stayed stuck on one of two seeds (−0.29),
-ε = 0.1 recovered on both (−0.04 and +0.02); with full feedback, where exploring can only cost,
-ε = 0.1 cost 0.002 in served score (≤ 0.01). With ε-greedy the expected regret per request, by the
-router's own predictions, is at most ε · m · s = 2.5 % of a loss standard deviation, a bound a
-softmax lacks (its exploration rate depends on the gaps); and every explored expert has propensity
-≥ ε / (E − 1), which bounds the importance weights of the off-policy estimators.
+**Default** ``epsilon:0.1`` with margin 1.0, chosen in the loop benchmark (docs/benchmarks.md, "The
+exploration default" and "Runs reproduced per seed, and where the cold loop stalls"): from a cold
+start with bandit feedback, exploration off never learns (held-out −0.25 against the best single
+expert); ε = 0.05 stayed stuck on one of two seeds (−0.29), ε = 0.1 recovered on both (−0.04 and
++0.02); with full feedback, where exploring can only cost, ε = 0.1 cost 0.002 in served score at
+margin 0.25 and 0.0067 at 1.0 (full-size cold run; ≤ 0.01). The margin was 0.25 until 2026-11-25: a
+first router trained on the warm-up's few losses per expert is often confidently wrong, and a margin
+that narrow kept the best single expert out of the exploration on 52–68 % of prompts (cold seed 1),
+so the data could never correct the belief and the loop stalled below the best single expert; at 1.0
+the same seeds' candidates routed 0.010–0.051 better at every cycle from t = 1,000 (seed 0, which
+had not stalled, lost 0.027). With ε-greedy the expected regret per request, by the router's own
+predictions, is at most ε · m · s = 10 % of a loss standard deviation, a bound a softmax lacks (its
+exploration rate depends on the gaps); and every explored expert has propensity ≥ ε / (E − 1), which
+bounds the importance weights of the off-policy estimators.
 
 **Scope** (``THALAMUS_EXPLORE_SCOPE``): ``margin`` (default) makes every expert within the margin
 eligible on every request. ``overlap`` uses the router's calibrated spreads (router/selection.py:
@@ -71,7 +77,7 @@ Scope = Literal["margin", "overlap"]
 SCOPES: tuple[Scope, ...] = ("margin", "overlap")
 
 DEFAULT_EXPLORE = "epsilon:0.1"
-DEFAULT_MARGIN = 0.25
+DEFAULT_MARGIN = 1.0
 
 _SPEC = re.compile(r"^\s*(off|epsilon|softmax)\s*(?::\s*(\S+)\s*)?$", re.IGNORECASE)
 

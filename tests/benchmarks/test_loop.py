@@ -75,7 +75,7 @@ def test_a_degraded_expert_loses_its_traffic_within_one_cycle_of_the_first_train
     text = loop_report.format_report(report)
     assert "degraded_share_below_10pct_within_one_cycle" in text
     assert report["policy"]["explore"]["policy"] == loop_settings.explore_policy.spec == "epsilon:0.1"
-    assert "explore epsilon:0.1 (margin 0.25)" in text and report["policy"]["gate_growth"] == 1.5
+    assert "explore epsilon:0.1 (margin 1)" in text and report["policy"]["gate_growth"] == 1.5
 
 
 def test_quick_run_on_the_benchmark_data_learns_beyond_the_cold_start(dcrouter: Path, tmp_path: Path,
@@ -102,10 +102,12 @@ def test_quick_run_on_the_benchmark_data_learns_beyond_the_cold_start(dcrouter: 
     trained = [c for c in report["cycles"] if c["version"] is not None]
     assert len(trained) == 3 and all(c["truth"] is not None for c in trained)
     assert trained[0]["promoted"]  # the cold-start rule
-    # Before the drop, the first trained router serves well above the cold start (0.26-0.30 before it,
-    # 0.48-0.62 after it in four runs; exploration draws differ between runs).
+    # Before the drop, the first trained router's argmin is well above the cold start's (served: 0.26-0.30
+    # before it, 0.48-0.62 after it in four runs at margin 0.25). The argmin's score on the same requests,
+    # not the served one: this is about what the router learnt; what exploring costs has its own target
+    # (at margin 1, seed 0: argmin 0.24 and 0.20 before, 0.43 and 0.39 after; served 0.33, 0.32 → 0.50, 0.35).
     def mean_score(windows: list[dict]) -> float:  # type: ignore[type-arg]
-        return sum(w["score"] * w["n"] for w in windows) / sum(w["n"] for w in windows)
+        return sum(w["greedy_score"] * w["n"] for w in windows) / sum(w["n"] for w in windows)
 
     first, drop = trained[0]["t"], report["event"]["at"]
     before = [w for w in report["windows"] if w["end"] <= first]

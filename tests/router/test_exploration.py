@@ -32,12 +32,12 @@ def _critical(df: int) -> float:
 
 
 def test_parse_accepts_the_three_forms() -> None:
-    assert parse_policy("off") == ExplorePolicy("off", 0.0, 0.25)
+    assert parse_policy("off") == ExplorePolicy("off", 0.0, 1.0)
     assert parse_policy("epsilon:0.05", 0.5) == ExplorePolicy("epsilon", 0.05, 0.5)
-    assert parse_policy(" Softmax : 0.2 ") == ExplorePolicy("softmax", 0.2, 0.25)
+    assert parse_policy(" Softmax : 0.2 ") == ExplorePolicy("softmax", 0.2, 1.0)
     assert parse_policy("epsilon:1").spec == "epsilon:1" and parse_policy("epsilon:0").active is False
     assert parse_policy("softmax:0.1").as_dict() == {"policy": "softmax:0.1", "kind": "softmax", "value": 0.1,
-                                                     "margin": 0.25, "scope": "margin", "top": 0}
+                                                     "margin": 1.0, "scope": "margin", "top": 0}
 
 
 @pytest.mark.parametrize(("text", "margin", "words"), [

@@ -109,9 +109,9 @@ def test_ensure_home_creates_the_folders(clean_env: pytest.MonkeyPatch, tmp_path
 
 def test_explore_defaults_and_opt_out_apps_from_the_environment(clean_env: pytest.MonkeyPatch) -> None:
     settings = Settings()
-    assert (settings.explore, settings.explore_margin, settings.explore_opt_out_apps) == ("epsilon:0.1", 0.25, [])
+    assert (settings.explore, settings.explore_margin, settings.explore_opt_out_apps) == ("epsilon:0.1", 1.0, [])
     assert settings.explore_policy.as_dict() == {"policy": "epsilon:0.1", "kind": "epsilon", "value": 0.1,
-                                                 "margin": 0.25, "scope": "margin", "top": 0}
+                                                 "margin": 1.0, "scope": "margin", "top": 0}
     clean_env.setenv("THALAMUS_EXPLORE", " Softmax:0.20 ")
     clean_env.setenv("THALAMUS_EXPLORE_MARGIN", "0.5")
     clean_env.setenv("THALAMUS_EXPLORE_OPT_OUT_APPS", "batch, billing")

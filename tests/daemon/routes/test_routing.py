@@ -131,15 +131,16 @@ def _explore_client(settings, **update) -> TestClient:  # type: ignore[no-untype
 
 
 def test_exploration_on_by_default_logs_the_policys_distribution(client: TestClient, served: int) -> None:
-    """The production default (epsilon:0.1, margin 0.25, warm-up 0.2); with λ_cost = 1 bundle A's objective
-    is large 0.3 < small 0.51 < api 1.1, so small (gap 0.21 loss-scale units) is eligible and api is not,
-    but no expert has a loss row yet: small and api are in warm-up and share 0.2 of the requests."""
+    """The production default (epsilon:0.1, margin 1, warm-up 0.2); with λ_cost = 1 bundle A's objective
+    is large 0.3 < small 0.51 < api 1.1, so small and api (gaps 0.21 and 0.8 loss-scale units) are both
+    eligible and share ε; no expert has a loss row yet: small and api are in warm-up and share 0.2 of the
+    requests. (An expert outside the margin: tests/router/test_exploration.py.)"""
     from router.exploration import action_probabilities, draw, explore_fraction
 
     settings = client.app.state.settings
-    assert (settings.explore, settings.explore_margin) == ("epsilon:0.1", 0.25)
+    assert (settings.explore, settings.explore_margin) == ("epsilon:0.1", 1.0)
     assert client.get("/v1/status").json()["explore"] == {
-        "policy": "epsilon:0.1", "kind": "epsilon", "value": 0.1, "margin": 0.25, "scope": "margin", "top": 0, "loss_scale": 1.0,
+        "policy": "epsilon:0.1", "kind": "epsilon", "value": 0.1, "margin": 1.0, "scope": "margin", "top": 0, "loss_scale": 1.0,
         "opt_out_apps": []}
     policy, names = settings.explore_policy, list(EXPERTS)
     assert (policy.warmup_share, policy.warmup_rows) == (0.2, 30)
@@ -150,8 +151,8 @@ def test_exploration_on_by_default_logs_the_policys_distribution(client: TestCli
         probs = action_probabilities(np.array([body["objective"][n] for n in names]), policy, 1.0, unproven)
         assert body["action_probs"] == pytest.approx(dict(zip(names, probs, strict=True)))
         assert sum(body["action_probs"].values()) == pytest.approx(1.0)
-        assert body["action_probs"]["api"] == pytest.approx(0.1), "outside the margin: only its warm-up share"
-        assert body["action_probs"]["small"] == pytest.approx(0.8 * 0.1 + 0.1)
+        assert body["action_probs"]["api"] == pytest.approx(0.8 * 0.1 / 2 + 0.1), "half of ε, and its warm-up share"
+        assert body["action_probs"]["small"] == pytest.approx(0.8 * 0.1 / 2 + 0.1)
         assert body["propensity"] == body["action_probs"][body["expert"]]
         assert body["explored"] == (body["expert"] != "large")
         # Replay: the same (prompt, request id) draws the same expert.
@@ -169,7 +170,7 @@ def test_exploration_on_by_default_logs_the_policys_distribution(client: TestCli
 
 def test_requests_and_apps_that_opt_out_never_explore(settings, served: int) -> None:  # type: ignore[no-untyped-def]
     """With ε = 1 every request that may explore does (bundle A, no λ: api greedy, large within 0.25)."""
-    with _explore_client(settings, explore="epsilon:1", explore_opt_out_apps=["batch"],
+    with _explore_client(settings, explore="epsilon:1", explore_margin=0.25, explore_opt_out_apps=["batch"],
                          explore_warmup_share=0.0) as client:
         for i in range(10):
             prompt = f"opt-out {i}"
