@@ -25,16 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from router.selection import (
-    FAMILIES,
-    Candidate,
-    RidgePath,
-    candidates,
-    neighbour_moments,
-    normalizer,
-    top_layers,
-    unit_rows,
-)
+from router.selection import FAMILIES, Candidate, candidates, fit_candidates, top_layers
 from router.selection_config import SelectionConfig
 
 PLAN_FILE = "loop-plan.json"
@@ -43,39 +34,18 @@ PLAN_FILE = "loop-plan.json"
 
 def candidate_predictions(x: np.ndarray, y: np.ndarray, query: np.ndarray, config: SelectionConfig,
                           max_pool: int) -> dict[Candidate, np.ndarray]:
-    """Every non-MLP candidate of ``config`` fitted on all of (x, y) and applied to ``query``, (Q, E) each.
+    """Every non-MLP candidate of ``config`` fitted on all of (x, y) and applied to ``query``, (Q, E) each
+    (:func:`router.selection.fit_candidates`, as the CV fits them on each fold).
 
     ``x``/``query`` are pooled features over ``max_pool`` states, ``y`` losses with NaN where unobserved.
-    A neighbour mean with no observation falls back to the expert's mean loss, as in the CV.
     """
-    import torch
-
-    mean, std = normalizer(y)
+    every = candidates(config, max_pool)
     out: dict[Candidate, np.ndarray] = {}
-    for p in sorted(set(config.pool_layers)):
-        if p > max_pool:
-            continue
-        xp, qp = top_layers(x, p, max_pool), top_layers(query, p, max_pool)
-        path = RidgePath(xp, (y - mean) / std)
-        ridge = {a: v * std + mean for a, v in zip(config.alphas, path.predict(qp, config.alphas), strict=True)}
-        ks = sorted(set(config.neighbors))
-        moments = neighbour_moments(torch.as_tensor(qp), unit_rows(xp), torch.as_tensor(y), ks)
-        near, counts = {}, {}
-        for k, (m, _s, count) in zip(ks, moments, strict=True):
-            value = m.double().numpy()
-            near[k], counts[k] = np.where(np.isnan(value), mean, value), count.double().numpy()
-        for c in candidates(config, max_pool):
-            if c.pool_layers != p:
-                continue
-            if c.family == "ridge":
-                out[c] = ridge[float(c.alpha or 0.0)]
-            elif c.family == "neighbour":
-                out[c] = near[int(c.k or 0)]
-            elif c.family == "blend":
-                out[c] = 0.5 * ridge[float(c.alpha or 0.0)] + 0.5 * near[int(c.k or 0)]
-            else:  # shrink
-                k, kappa = int(c.k or 0), float(c.kappa or 0.0)
-                out[c] = (near[k] * counts[k] + kappa * ridge[float(c.alpha or 0.0)]) / (counts[k] + kappa)
+    for p in sorted({c.pool_layers for c in every}):
+        fitted, _ = fit_candidates(top_layers(x, p, max_pool), y, top_layers(query, p, max_pool),
+                                   [c for c in every if c.pool_layers == p], config.alphas,
+                                   sorted(set(config.neighbors)))
+        out.update(fitted)
     return out
 
 

@@ -22,7 +22,14 @@ from typing import Any
 import numpy as np
 
 from router.checkpoint import WEIGHTS
-from router.neighbours import EXACT_UP_TO, NeighbourIndex, neighbour_mean, neighbour_mean_std, neighbour_sums
+from router.neighbours import (
+    EXACT_UP_TO,
+    NeighbourIndex,
+    neighbour_mean,
+    neighbour_mean_std,
+    neighbour_sums,
+    shrunk_mean,
+)
 
 FILE = "inference.onnx"
 """The export's file in a bundle (written by router/export.py)."""
@@ -155,7 +162,7 @@ class OnnxRouter:
         if self._k_head > 0 and nearest is not None and self._shrink > 0:
             total, count = neighbour_sums(self.memory_losses, nearest[:, :self._k_head])
             total = (total - count * self.loss_mean) / self.loss_std  # normalised units, as Router.normalized
-            out = (total + self._shrink * head) / (count + self._shrink)
+            out = shrunk_mean(total, count, head, self._shrink)
         elif self._k_head > 0 and nearest is not None:
             near = neighbour_mean(self.memory_losses, nearest[:, :self._k_head])
             near = (near - self.loss_mean) / self.loss_std

@@ -68,8 +68,3 @@ def neighbour_losses(query: torch.Tensor, keys: torch.Tensor, losses: torch.Tens
     total, count = neighbour_sums(query, keys, losses, k)
     return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, float("nan")))
 
-
-def shrunk_neighbour_mean(total: torch.Tensor, count: torch.Tensor, prior: torch.Tensor, kappa: float) -> torch.Tensor:
-    """(Σ observed + κ · prior) / (count + κ): the neighbour mean shrunk toward ``prior`` as if κ more
-    neighbours had observed it (``RouterConfig.head_shrink``); ``prior`` where none observed the expert."""
-    return (total + kappa * prior) / (count + kappa)

@@ -15,7 +15,8 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from router.config import RouterConfig
-from router.layer import RegressionHead, additive_mask, neighbour_losses, neighbour_sums, pool, shrunk_neighbour_mean
+from router.layer import RegressionHead, additive_mask, neighbour_losses, neighbour_sums, pool
+from router.neighbours import shrunk_mean
 
 __all__ = ["Router", "RouterConfig", "expand_experts", "init_head_cold_start", "renormalize", "reshape_head"]
 
@@ -157,7 +158,7 @@ class Router(nn.Module):
             total, count = neighbour_sums(pooled, self._float_keys(), self.memory_losses, self.config.head_neighbors)
             # In normalised units: Σ (loss − mean) / std over the observed neighbours.
             total = (total - count * self.loss_mean) / self.loss_std
-            return shrunk_neighbour_mean(total, count, out, kappa)
+            return shrunk_mean(total, count, out, kappa)
         near = neighbour_losses(pooled, self._float_keys(), self.memory_losses, self.config.head_neighbors)
         near = (near - self.loss_mean) / self.loss_std
         blend = float(self.config.head_blend)

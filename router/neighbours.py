@@ -14,12 +14,17 @@ neighbours into the same predictions as the torch functions.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+if TYPE_CHECKING:
+    import torch
+
+Losses = TypeVar("Losses", np.ndarray, "torch.Tensor")
+
 __all__ = ["EXACT_UP_TO", "NeighbourIndex", "exact_neighbours", "neighbour_mean", "neighbour_mean_std",
-           "neighbour_sums", "recall_at_k"]
+           "neighbour_sums", "recall_at_k", "shrunk_mean"]
 
 EXACT_UP_TO = 16_384
 """Memories with at most this many rows are scanned exactly (a float32 copy of the keys, one BLAS
@@ -220,6 +225,13 @@ def neighbour_sums(losses: np.ndarray, nearest: np.ndarray) -> tuple[np.ndarray,
     (``router.layer.neighbour_sums`` given the same neighbours)."""
     filled, seen = _gather(losses, nearest)
     return filled.sum(axis=1), seen.sum(axis=1).astype(np.float32)
+
+
+def shrunk_mean(total: Losses, count: Losses, prior: Losses, kappa: float) -> Losses:
+    """(Σ observed + κ · prior) / (count + κ): the neighbour mean shrunk toward ``prior`` as if κ more
+    neighbours had observed it (``RouterConfig.head_shrink``); ``prior`` where none observed the expert.
+    Plain arithmetic, so the torch router, the numpy serving path and the head selection share it."""
+    return (total + kappa * prior) / (count + kappa)
 
 
 def neighbour_mean(losses: np.ndarray, nearest: np.ndarray) -> np.ndarray:

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from router.neighbours import shrunk_mean
 from router.selection_config import SelectionConfig
 
 FAMILIES: tuple[str, ...] = ("ridge", "neighbour", "blend", "shrink", "mlp")
@@ -364,6 +365,40 @@ def candidates(config: SelectionConfig, dims: int) -> list[Candidate]:
     return out
 
 
+def fit_candidates(x_train: np.ndarray, y_train: np.ndarray, x_query: np.ndarray, cands: Sequence[Candidate],
+                   alphas: Sequence[float], ks: Sequence[int],
+                   grams: dict[bytes, tuple[np.ndarray, np.ndarray, int]] | None = None,
+                   ) -> tuple[dict[Candidate, np.ndarray], dict[int, np.ndarray]]:
+    """Every non-MLP candidate in ``cands`` fitted on (``x_train``, ``y_train``) and applied to ``x_query``
+    (features of one pool setting; losses with NaN where unobserved), (Q, E) each; and per k the
+    dispersion of the k nearest training losses. A neighbour mean that no neighbour observed falls
+    back to the expert's mean loss. ``grams``: precomputed Gram blocks for :class:`RidgePath`."""
+    mean, std = normalizer(y_train)
+    path = RidgePath(x_train, (y_train - mean) / std, grams=grams)
+    ridge = {a: v * std + mean for a, v in zip(alphas, path.predict(x_query, alphas), strict=True)}
+    moments = neighbour_moments(torch.as_tensor(x_query), unit_rows(x_train), torch.as_tensor(y_train), ks)
+    near, counts, dispersion = {}, {}, {}
+    for k, (m, spread, count) in zip(ks, moments, strict=True):
+        value = m.double().numpy()
+        near[k] = np.where(np.isnan(value), mean, value)  # no neighbour observed it: the mean
+        counts[k] = count.double().numpy()
+        dispersion[k] = spread.double().numpy()
+    out: dict[Candidate, np.ndarray] = {}
+    for c in cands:
+        if c.family == "ridge":
+            out[c] = ridge[float(c.alpha or 0.0)]
+        elif c.family == "neighbour":
+            out[c] = near[int(c.k or 0)]
+        elif c.family == "shrink":
+            k = int(c.k or 0)
+            out[c] = shrunk_mean(near[k] * counts[k], counts[k], ridge[float(c.alpha or 0.0)], float(c.kappa or 0.0))
+        elif c.family == "blend":
+            out[c] = 0.5 * ridge[float(c.alpha or 0.0)] + 0.5 * near[int(c.k or 0)]
+        else:
+            raise ValueError(f"fit_candidates fits no {c.family!r} head")
+    return out, dispersion
+
+
 def select_head(features: np.ndarray, targets: np.ndarray, config: SelectionConfig,
                 max_pool: int | None = None) -> Selection:
     """Cross-validate every candidate on these rows and choose by the one-SE rule (module docstring).
@@ -396,41 +431,22 @@ def _select_head(features: np.ndarray, targets: np.ndarray, config: SelectionCon
     dispersion = {(p, k): np.full(y.shape, np.nan) for p in pool_settings for k in ks}
     for f in range(k_folds):
         tr, te = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
-        mean, std = normalizer(y[tr])
-        y_norm = (y[tr] - mean) / std
         # One Gram matrix per fold (and column pattern) over every pooled state; fewer states are a sub-block.
-        x_tr = x[tr]
+        x_tr, seen_tr = x[tr], ~np.isnan(y[tr])
         grams = {key: (x_tr[seen].T @ x_tr[seen], x_tr[seen].sum(axis=0), int(seen.sum()))
-                 for key, cols in column_patterns(~np.isnan(y_norm)).items()
-                 for seen in [~np.isnan(y_norm[:, cols[0]])]}
+                 for key, cols in column_patterns(seen_tr).items()
+                 for seen in [seen_tr[:, cols[0]]]}
         width = x.shape[1] // max_pool
         for p in pool_settings:
             xp = top_layers(x, p, max_pool)
             cut = (max_pool - p) * width
             sub = {key: (square[cut:, cut:], total[cut:], count) for key, (square, total, count) in grams.items()}
-            ridge = dict(zip(config.alphas, RidgePath(xp[tr], y_norm, grams=sub).predict(xp[te], config.alphas),
-                             strict=True))
-            ridge = {a: v * std + mean for a, v in ridge.items()}
-            keys = unit_rows(xp[tr])
-            stats = neighbour_moments(torch.as_tensor(xp[te]), keys, torch.as_tensor(y[tr]), ks)
-            near, counts = {}, {}
-            for k, (m, s, count) in zip(ks, stats, strict=True):
-                value = m.double().numpy()
-                near[k] = np.where(np.isnan(value), mean, value)  # no neighbour observed it: the fold mean
-                counts[k] = count.double().numpy()
-                dispersion[(p, k)][te] = s.double().numpy()
-            for c in cands:
-                if c.pool_layers != p:
-                    continue
-                if c.family == "ridge":
-                    oof[c][te] = ridge[float(c.alpha or 0.0)]
-                elif c.family == "neighbour":
-                    oof[c][te] = near[int(c.k or 0)]
-                elif c.family == "shrink":
-                    k, kappa, prior = int(c.k or 0), float(c.kappa or 0.0), ridge[float(c.alpha or 0.0)]
-                    oof[c][te] = (near[k] * counts[k] + kappa * prior) / (counts[k] + kappa)
-                else:
-                    oof[c][te] = 0.5 * ridge[float(c.alpha or 0.0)] + 0.5 * near[int(c.k or 0)]
+            predicted, spread_of = fit_candidates(xp[tr], y[tr], xp[te], [c for c in cands if c.pool_layers == p],
+                                                  config.alphas, ks, grams=sub)
+            for c, value in predicted.items():
+                oof[c][te] = value
+            for k, value in spread_of.items():
+                dispersion[(p, k)][te] = value
     scored = np.flatnonzero((~np.isnan(y)).sum(axis=1) >= 2)
     objective = "routed_loss" if scored.size >= MIN_SCORED_ROWS else "mse"
 
