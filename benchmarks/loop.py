@@ -399,7 +399,10 @@ def _serve(client: Any, stream: Stream, t: int, feedback: str, failures: list[st
     expert = body["expert"]
     losses = stream.losses_at(t)
     names = stream.pool.experts
-    targets = [expert] if feedback == "bandit" else stream.available(t)
+    # labelled: the application evaluates every expert on the requests the daemon sampled for labels (the
+    # route answer's ``sampled``, drawn at the label share), as it would send them to a judge or a review queue.
+    every = feedback == "full" or (feedback == "labelled" and bool(body.get("sampled")))
+    targets = stream.available(t) if every else [expert]
     for name in targets:
         loss = float(losses[names.index(name)])
         payload = {"request_id": body["request_id"], "score": 1.0 - loss, "app": "bench-loop"}

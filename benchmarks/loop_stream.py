@@ -24,7 +24,9 @@ import numpy as np
 from benchmarks.data import Split
 
 SCENARIOS = ("cold", "drift", "new-expert", "degraded")
-FEEDBACK = ("bandit", "full")
+FEEDBACK = ("bandit", "labelled", "full")
+"""bandit: the served expert's loss only; labelled: that, and every expert's on the requests the daemon
+marks ``sampled`` (its label share, ``THALAMUS_LABEL_SHARE``); full: every expert's on every request."""
 
 
 @dataclass(frozen=True)

@@ -363,8 +363,9 @@ GROUP = Group("bench", "benchmarks (routing quality, the demo dataset, faults un
     verb("loop", loop,
          arg("--dataset", type=Path, required=True, help="directory with train.*/test.* [+ models.json], or one file"),
          arg("--scenario", choices=("cold", "drift", "new-expert", "degraded"), default="cold"),
-         arg("--feedback", choices=("bandit", "full"), default="bandit",
-             help="bandit: the served expert's loss only (default); full: every expert's"),
+         arg("--feedback", choices=("bandit", "labelled", "full"), default="bandit",
+             help="bandit: the served expert's loss only (default); labelled: and every expert's on the requests "
+                  "the daemon samples for labels (THALAMUS_LABEL_SHARE); full: every expert's on every request"),
          arg("--requests", type=positive_int, help="stream length (default: one pass over the pool)"),
          arg("--cycle", type=positive_int, default=500, help="requests between runs of the jobs (default 500)"),
          arg("--window", type=positive_int, default=250, help="requests per reported window (default 250)"),
