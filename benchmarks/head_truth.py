@@ -12,6 +12,14 @@ the settings' grid on all of them (as ``apply_selection`` does for the chosen on
 candidate's argmin on the stream's held-out prompts with the dataset's true losses at the end of the
 stream. It prints the chosen head, the best head by CV, the best head of each family by the truth,
 and the rank correlation between CV score and truth. Frozen-encoder features only (the loop's default).
+
+``--ceiling`` asks the question before it: how much could *any* head of the grid, chosen in hindsight
+by the truth, learn from these prompts with other feedback? It refits the grid on the same training
+prompts with every expert's true loss (full information), and with 1, 2 and 3 losses per prompt drawn
+uniformly at random (a logger that explores everything equally, at an exploration cost far beyond any
+budget), and reports the best candidate's routed loss for each. When full information on these prompts
+reaches a gain that one logged loss per prompt cannot, the data, not the head or its selection, bounds
+what the loop can learn.
 """
 
 from __future__ import annotations
@@ -55,6 +63,37 @@ def routed_losses(predictions: dict[Candidate, np.ndarray], truth: np.ndarray) -
     return {c: float(truth[rows, p.argmin(axis=1)].mean()) for c, p in predictions.items()}
 
 
+def best_of_grid(x: np.ndarray, y: np.ndarray, query: np.ndarray, truth: np.ndarray, config: SelectionConfig,
+                 max_pool: int) -> dict[str, Any]:
+    """The candidate of the grid that routes ``query`` best by the truth (hindsight), fitted on (x, y)."""
+    routed = routed_losses(candidate_predictions(x, y, query, config, max_pool), truth)
+    best = min(routed, key=routed.__getitem__)
+    return {"label": best.label, "routed_loss": routed[best]}
+
+
+def draw_cells(full: np.ndarray, cells: int, rng: np.random.Generator) -> np.ndarray:
+    """``full`` with all but ``cells`` uniformly drawn entries per row set to NaN (unobserved)."""
+    n, experts = full.shape
+    keep = np.argsort(rng.random((n, experts)), axis=1)[:, :min(cells, experts)]
+    rows = np.arange(n)[:, None]
+    y = np.full_like(full, np.nan, dtype=np.float64)
+    y[rows, keep] = full[rows, keep]
+    return y
+
+
+def ceiling(x: np.ndarray, full: np.ndarray, query: np.ndarray, truth: np.ndarray, config: SelectionConfig,
+            max_pool: int, *, cells: tuple[int, ...] = (1, 2, 3), draws: int = 2, seed: int = 0) -> dict[str, Any]:
+    """The grid's hindsight best with full information on the training prompts (``full``: every expert's
+    true loss per prompt) and with ``c`` uniformly drawn losses per prompt for each ``c`` in ``cells``
+    (``draws`` seeded draws each); see the module docstring."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, Any] = {"full": best_of_grid(x, full, query, truth, config, max_pool), "cells": {}}
+    for c in cells:
+        runs = [best_of_grid(x, draw_cells(full, c, rng), query, truth, config, max_pool) for _ in range(draws)]
+        out["cells"][str(c)] = {"draws": runs, "mean_routed_loss": float(np.mean([r["routed_loss"] for r in runs]))}
+    return out
+
+
 def compare(cv: dict[str, float], routed: dict[str, float], chosen: str | None) -> dict[str, Any]:
     """CV score against routed truth per candidate label: chosen, best by CV, best per family by truth, ρ."""
     common = sorted(set(cv) & set(routed))
@@ -77,7 +116,8 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def run(home: Path, *, version: int | None = None, shrinks: tuple[float, ...] | None = None) -> dict[str, Any]:
+def run(home: Path, *, version: int | None = None, shrinks: tuple[float, ...] | None = None,
+        with_ceiling: bool = False) -> dict[str, Any]:
     """The whole diagnostic on a kept home (see the module docstring); a JSON-able report."""
     from sqlalchemy import select
 
@@ -132,6 +172,11 @@ def run(home: Path, *, version: int | None = None, shrinks: tuple[float, ...] | 
                             "expert_with_lowest_logged_mean": float(truth[:, int(np.nanargmin(means))].mean()),
                             "oracle": float(truth.min(axis=1).mean())},
               **compare(cv, routed, chosen), "routed": routed}
+    if with_ceiling:
+        pool = {prompt: i for i, prompt in enumerate(stream.pool.prompts)}
+        full = np.array([[stream.loss(t_end, name, stream.pool, pool[table.prompts[i]]) for name in names]
+                         for i in rows])
+        report["ceiling"] = ceiling(x, full, query_x, truth, config, config.max_pool, seed=plan.seed)
     return report
 
 
@@ -150,6 +195,14 @@ def format_report(report: dict[str, Any]) -> str:
     rho = report["spearman_cv_vs_routed"]
     lines.append(f"Spearman ρ(CV score, routed loss) over {report['candidates']} candidates: "
                  + ("n/a" if rho is None else f"{rho:+.2f}"))
+    top = report.get("ceiling")
+    if top is not None:
+        best = min(report["routed"].values())
+        lines.append(f"ceiling (the grid's best by the truth, same {report['training_rows']} prompts): logged rows "
+                     f"{best:.4f} · full information {top['full']['routed_loss']:.4f} ({top['full']['label']})")
+        for c, item in top["cells"].items():
+            each = ", ".join(f"{r['routed_loss']:.4f}" for r in item["draws"])
+            lines.append(f"  {c} uniformly drawn loss(es) per prompt: {item['mean_routed_loss']:.4f} (draws: {each})")
     return "\n".join(lines)
 
 
@@ -158,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", type=Path, required=True, help="a home kept by bench loop --keep-home")
     parser.add_argument("--version", type=int, help="the router version whose CV table to compare (default: newest)")
     parser.add_argument("--shrinks", help="shrink κ grid to add, e.g. 10,30,100 (default: the settings')")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="also refit the grid with full information and with 1-3 random losses per prompt")
     parser.add_argument("--json", dest="json_out", type=Path)
     args = parser.parse_args(argv)
     if not (args.home / PLAN_FILE).is_file():
@@ -169,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print(f"--shrinks must be numbers separated by commas, got {args.shrinks!r}", file=sys.stderr)
         return 2
-    report = run(args.home, version=args.version, shrinks=shrinks)
+    report = run(args.home, version=args.version, shrinks=shrinks, with_ceiling=args.ceiling)
     if args.json_out is not None:
         args.json_out.write_text(json.dumps(report, indent=2))
     print(format_report(report))

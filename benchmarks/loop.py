@@ -101,6 +101,7 @@ class Record:
     propensity: float
     version: int
     greedy_loss: float = float("nan")  # loss of the router's argmin on this request (what "off" would serve)
+    labelled: bool = False  # every expert's loss was posted for this request (full, or labelled and sampled)
 
 
 @dataclass
@@ -415,7 +416,8 @@ def _serve(client: Any, stream: Stream, t: int, feedback: str, failures: list[st
     greedy = min(objective, key=objective.__getitem__)  # ties: the first in head order, as the daemon breaks them
     return Record(t=t, expert=expert, loss=float(losses[names.index(expert)]), oracle=float(np.nanmin(losses)),
                   explored=bool(body.get("explored", False)), propensity=float(body.get("propensity", 1.0)),
-                  version=int(body["router_version"]), greedy_loss=float(losses[names.index(greedy)]))
+                  version=int(body["router_version"]), greedy_loss=float(losses[names.index(greedy)]),
+                  labelled=every)
 
 
 def plan_dict(plan: LoopPlan) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Every loop scenario over several seeds, and the issue's targets as means over the seeds.
 
     python -m benchmarks.loop_matrix --dataset ../shared/data/dcrouter --out DIR [--seeds 0,1,2]
-        [--scenarios cold,drift,new-expert,degraded] [--no-cost]
+        [--scenarios cold,drift,new-expert,degraded] [--feedback bandit|labelled|full] [--no-cost]
 
 One process runs the runs one after another (each exactly ``thalamus bench loop --dataset D
 --scenario S --seed K``), so the frozen encoder's features are computed once for all of them
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.loop_stream import SCENARIOS
+from benchmarks.loop_stream import FEEDBACK, SCENARIOS
 
 # The target each scenario is judged on (loop_report.targets names), with its threshold and direction.
 TARGETS: dict[str, list[tuple[str, float, str]]] = {
@@ -114,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--feedback", choices=FEEDBACK, default="bandit",
+                        help="the scenario runs' feedback (bandit, the default; labelled; full)")
     parser.add_argument("--no-cost", dest="cost", action="store_false",
                         help="skip the exploration-cost pair (cold, full feedback, exploration on and off)")
     args = parser.parse_args(argv)
@@ -123,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     unknown = set(scenarios) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenarios {sorted(unknown)}; choose from {', '.join(SCENARIOS)}")
-    reports = {s: [_run_one(args.dataset, args.out, s, k) for k in seeds] for s in scenarios}
+    reports = {s: [_run_one(args.dataset, args.out, s, k, feedback=args.feedback) for k in seeds] for s in scenarios}
     costs = []
     if args.cost:
         for k in seeds:

@@ -267,7 +267,7 @@ def build(loop: LoopRun) -> dict[str, Any]:
         "event": {"at": loop.stream.event_at, "expert": loop.stream.event_expert},
         "stream": {"n": len(records), "score": float(1 - np.mean([r.loss for r in records])) if records else None,
                    "explored": float(np.mean([r.explored for r in records])) if records else None,
-                   "exploration_cost": cost},
+                   "labelled": int(sum(r.labelled for r in records)), "exploration_cost": cost},
         "windows": wins, "promotions": proms, "heldout": final,
         "cycles": [asdict(c) for c in loop.cycles], "failures": loop.failures[:20],
         "gate_truth": gate_truth([asdict(c) for c in loop.cycles]),
@@ -332,6 +332,10 @@ def format_report(report: dict[str, Any]) -> str:
     if truth:
         lines.append(f"off-policy DR intervals holding the held-out truth: {truth['covered']:.0%} of {truth['n']}; "
                      f"held although better by > 0.01: {truth['held_but_better_by_0.01'] or 'none'}")
+    labelled = report["stream"].get("labelled")
+    if labelled and report["plan"].get("feedback") == "labelled":
+        lines.append(f"labelled: every expert's loss posted on {labelled} of {report['stream']['n']} requests "
+                     "(the daemon's label sample)")
     cost = report["stream"].get("exploration_cost")
     if cost:
         lines.append(f"exploration: {cost['explored']:.1%} of requests explored; cost in score against the argmin on "

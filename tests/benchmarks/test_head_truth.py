@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.head_truth import candidate_predictions, compare, main, routed_losses
+from benchmarks.head_truth import candidate_predictions, ceiling, compare, draw_cells, main, routed_losses
 from router.selection import candidates
 from router.selection_config import SelectionConfig
 
@@ -34,6 +34,29 @@ def test_every_candidate_is_refitted_and_the_local_heads_route_to_the_truth() ->
     y_partial[::2, 0] = np.nan  # half the rows observe expert 0 only through the ridge prior
     shrunk = candidate_predictions(x, y_partial, query, config, max_pool=1)
     assert np.isfinite(np.concatenate(list(shrunk.values()))).all()
+
+
+def test_draw_cells_keeps_that_many_true_losses_per_prompt() -> None:
+    full = np.random.default_rng(0).random((50, 4))
+    for cells in (1, 3, 9):
+        y = draw_cells(full, cells, np.random.default_rng(cells))
+        seen = ~np.isnan(y)
+        assert (seen.sum(axis=1) == min(cells, 4)).all()
+        assert np.array_equal(y[seen], full[seen])
+    assert not np.array_equal(np.isnan(draw_cells(full, 1, np.random.default_rng(0))),
+                              np.isnan(draw_cells(full, 1, np.random.default_rng(1))))  # the draw is the seed's
+
+
+def test_the_ceiling_with_full_information_routes_like_the_oracle() -> None:
+    x, y = _clusters(200, 0)
+    query, truth = _clusters(100, 1)
+    config = SelectionConfig(alphas=(0.1, 1e6), neighbors=(5,), pool_layers=(1,), mlp_hidden=0)
+    out = ceiling(x, y, query, truth, config, 1, cells=(1, 2), draws=2, seed=0)
+    assert out["full"]["routed_loss"] == pytest.approx(truth.min(axis=1).mean())
+    assert set(out["cells"]) == {"1", "2"} and all(len(item["draws"]) == 2 for item in out["cells"].values())
+    assert out["cells"]["2"]["mean_routed_loss"] == pytest.approx(out["full"]["routed_loss"])  # 2 of 2 experts
+    worst = truth.max(axis=1).mean()
+    assert all(out["full"]["routed_loss"] <= r["routed_loss"] < worst for r in out["cells"]["1"]["draws"])
 
 
 def test_compare_names_the_chosen_the_cv_best_and_each_familys_best() -> None:

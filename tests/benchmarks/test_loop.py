@@ -116,7 +116,7 @@ def test_quick_run_on_the_benchmark_data_learns_beyond_the_cold_start(dcrouter: 
     # The kept home: every head candidate of the last trained version, refitted and scored on the held-out truth.
     from benchmarks import head_truth
 
-    assert head_truth.main(["--home", str(kept), "--json", str(tmp_path / "heads.json")]) == 0
+    assert head_truth.main(["--home", str(kept), "--ceiling", "--json", str(tmp_path / "heads.json")]) == 0
     heads = json.loads((tmp_path / "heads.json").read_text())
     assert heads["version"] == trained[-1]["version"] and heads["heldout"] == report["n_heldout"]
     assert heads["cv_objective"] == "mse"  # bandit feedback: one observed expert per row
@@ -124,6 +124,10 @@ def test_quick_run_on_the_benchmark_data_learns_beyond_the_cold_start(dcrouter: 
     reference = heads["reference"]
     assert all(reference["oracle"] <= loss <= 1.0 for loss in heads["routed"].values())
     assert reference["oracle"] <= reference["best_single"] <= reference["expert_with_lowest_logged_mean"]
+    top = heads["ceiling"]  # the same prompts with every expert's true loss, and with 1-3 drawn ones
+    assert set(top["cells"]) == {"1", "2", "3"}
+    assert all(reference["oracle"] <= item["routed_loss"] <= 1.0
+               for item in [top["full"], *(d for c in top["cells"].values() for d in c["draws"])])
 
 
 def test_a_job_that_raises_is_a_failed_cycle_and_the_stream_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -172,3 +176,30 @@ def test_the_daemons_request_ids_are_seeded_during_a_run_so_a_run_reproduces() -
     assert draw(0) == draw(0) != draw(1)
     assert all(uuid.UUID(i).version == 4 for i in draw(0)) and len(set(draw(0))) == 3
     assert routing.uuid is uuid  # restored afterwards
+
+
+def test_labelled_feedback_posts_every_experts_loss_exactly_on_the_requests_the_daemon_sampled(
+        tmp_path: Path, thalamus_env: None, tiny_backbone: str) -> None:
+    """``labelled``: the served expert's loss on every request, every expert's on those the route answer
+    marked ``sampled`` (drawn at THALAMUS_LABEL_SHARE), all through ``/v1/feedback``."""
+    from sqlalchemy import func, select
+
+    from store.db import session_scope
+    from store.schema import ExpertLoss, Request
+
+    settings = make_settings(tmp_path / "base", backbone=tiny_backbone, train_max_length="32", label_share="0.3")
+    plan = LoopPlan(scenario="cold", feedback="labelled", requests=120, cycle=1000, window=40, seed=0, offline=False)
+    home = tmp_path / "home"
+    loop = run(_world(tmp_path / "world", n=200), plan, settings, home=home)
+    report = loop_report.build(loop)
+    assert report["failures"] == [] and len(loop.records) == 120
+    with session_scope(make_settings(home)) as session:
+        sampled = dict(session.execute(select(Request.id, Request.sampled)).tuples().all())
+        cells = dict(session.execute(select(ExpertLoss.prompt_hash, func.count()).group_by(ExpertLoss.prompt_hash))
+                     .tuples().all())
+        hashes = dict(session.execute(select(Request.id, Request.prompt_hash)).tuples().all())
+    assert len(sampled) == 120 and 0.15 < np.mean(list(sampled.values())) < 0.45  # about the label share
+    for request_id, was_sampled in sampled.items():  # each prompt streams once in a cold run of 120 of 160
+        assert cells[hashes[request_id]] == (3 if was_sampled else 1)
+    assert report["stream"]["labelled"] == sum(sampled.values()) == sum(r.labelled for r in loop.records)
+    assert "the daemon's label sample" in loop_report.format_report(report)

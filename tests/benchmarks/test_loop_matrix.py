@@ -30,3 +30,19 @@ def test_targets_are_judged_on_their_mean_over_the_seeds() -> None:
     text = table(summary)
     assert "| degraded | degraded_share_below_10pct_within_one_cycle | 0.05, 0.2, 0 | 0.08333 | < 0.1 | yes |" in text
     assert "| degraded | gate_intervals_cover_90pct | 1, –, 1 | 1 | >= 0.9 | NO |" in text
+
+
+def test_the_scenario_runs_take_the_feedback_asked_for(monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from benchmarks import loop_matrix
+
+    calls: list[tuple[str, int, str]] = []
+
+    def fake_run(dataset, out, scenario, seed, feedback="bandit", explore=None, offline=True):  # type: ignore[no-untyped-def]
+        calls.append((scenario, seed, feedback))
+        return _report(seed, {"cold_gap_captured_at_least_0.8": 0.5})
+
+    monkeypatch.setattr(loop_matrix, "_run_one", fake_run)
+    loop_matrix.main(["--dataset", str(tmp_path), "--out", str(tmp_path / "out"), "--seeds", "0,1",
+                      "--scenarios", "cold", "--feedback", "labelled", "--no-cost"])
+    assert calls == [("cold", 0, "labelled"), ("cold", 1, "labelled")]
+    assert (tmp_path / "out" / "summary.json").is_file()
