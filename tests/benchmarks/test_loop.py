@@ -119,7 +119,7 @@ def test_quick_run_on_the_benchmark_data_learns_beyond_the_cold_start(dcrouter: 
     assert head_truth.main(["--home", str(kept), "--ceiling", "--json", str(tmp_path / "heads.json")]) == 0
     heads = json.loads((tmp_path / "heads.json").read_text())
     assert heads["version"] == trained[-1]["version"] and heads["heldout"] == report["n_heldout"]
-    assert heads["cv_objective"] == "mse"  # bandit feedback: one observed expert per row
+    assert heads["cv_objective"] == "expert_mse"  # bandit feedback: one observed expert per row
     assert heads["chosen"]["label"] in heads["routed"] and heads["candidates"] == len(heads["routed"])
     reference = heads["reference"]
     assert all(reference["oracle"] <= loss <= 1.0 for loss in heads["routed"].values())

@@ -12,6 +12,7 @@ from router.selection import (
     SelectionConfig,
     calibrate,
     coverage_of,
+    expert_balanced_weights,
     neighbour_stats,
     select_head,
     top_layers,
@@ -75,6 +76,23 @@ def test_the_cv_reads_only_the_rows_it_is_given_and_covers_each_once() -> None:
     selection = select_head(x, y, SelectionConfig(pool_layers=(1,), **FAST), max_pool=2)
     assert selection.folds.shape == (100,)
     assert sorted(np.bincount(selection.folds).tolist()) == [20] * 5
+
+
+def test_one_observed_expert_per_row_is_scored_by_each_experts_error_equally() -> None:
+    """Bandit rows: the mean over rows of the weighted cell errors is the mean over experts of each expert's
+    mean error, so an expert served on 10 % of rows counts as much as the one served on 90 %."""
+    rng = np.random.default_rng(0)
+    y = np.full((100, 3), np.nan)
+    served = np.r_[np.zeros(90, dtype=int), np.ones(10, dtype=int)]  # expert 2 never observed
+    y[np.arange(100), served] = rng.uniform(size=100)
+    error = rng.uniform(size=(100, 3))
+    weights = expert_balanced_weights(y)
+    assert weights[2] == 0 and weights[1] == pytest.approx(9 * weights[0])
+    per_row = np.where(~np.isnan(y), error * weights, 0.0).sum(axis=1)
+    assert per_row.mean() == pytest.approx((error[:90, 0].mean() + error[90:, 1].mean()) / 2)
+    x = rng.normal(size=(100, 4))
+    selection = select_head(x, y, SelectionConfig(pool_layers=(1,), neighbors=(5, 10), alphas=(1.0,), mlp_hidden=0))
+    assert selection.objective == "expert_mse"
 
 
 def test_top_layers_takes_the_last_columns() -> None:
