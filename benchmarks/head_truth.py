@@ -5,8 +5,8 @@ home's training rows, scored on the stream's held-out prompts beside its cross-v
     python -m benchmarks.head_truth --home DIR [--version N] [--shrinks 10,30,100] [--json OUT]
 
 The training job chooses its head by K-fold CV on its own rows (``router/selection.py``). With bandit
-feedback no row has two observed experts, so the CV objective falls back to regression error on the
-one observed cell per row, which is not the routing objective. This diagnostic asks what that choice
+feedback no row has two observed experts, so the CV objective falls back to a regression error on the
+one observed cell per row (``expert_mse``), which is not the routing objective. This diagnostic asks what that choice
 cost: it rebuilds the job's training rows (the loss table less its holdout), refits every candidate of
 the settings' grid on all of them (as ``apply_selection`` does for the chosen one), and scores each
 candidate's argmin on the stream's held-out prompts with the dataset's true losses at the end of the
