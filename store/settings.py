@@ -132,7 +132,8 @@ class Settings(BaseSettings):
     explore_top: int = Field(0, ge=0)
     # Silent regressions of external experts (jobs/regressions.py): checked before each training; a
     # residual shift this significant (p adjusted for the splits the scan tried) and this large (in residual
-    # standard deviations, net of the other experts' shift) bumps the expert's version so its older loss rows stop training the router.
+    # standard deviations, net of the other experts' shift) bumps the expert's version so its older loss
+    # rows stop training the router.
     regression_check: bool = True
     regression_min_rows: int = Field(30, ge=5)
     regression_p_value: float = Field(1e-4, gt=0, lt=1)
