@@ -464,18 +464,19 @@ def _select_head(features: np.ndarray, targets: np.ndarray, config: SelectionCon
                 oof[c][te] = value
             for k, value in spread_of.items():
                 dispersion[(p, k)][te] = value
-    scored = np.flatnonzero((~np.isnan(y)).sum(axis=1) >= 2)
+    observed = ~np.isnan(y)
+    scored = np.flatnonzero(observed.sum(axis=1) >= 2)
     objective = "routed_loss" if scored.size >= MIN_SCORED_ROWS else "expert_mse"
-    cell_weight = expert_balanced_weights(y)
+    # expert_mse: the rows with an observation and the cells' weights are the same for every candidate.
+    kept = observed.any(axis=1)
+    observed_kept, y_kept, folds_kept = observed[kept], y[kept], folds[kept]
+    weight = expert_balanced_weights(y)
 
     def row_losses(pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(per-row value, fold of that row) of the CV objective."""
         if objective == "routed_loss":
             return routed_row_losses(pred, y, scored), folds[scored]
-        seen = ~np.isnan(y)
-        per_row = np.where(seen, (pred - y) ** 2 * cell_weight, 0.0).sum(axis=1)
-        keep = seen.any(axis=1)
-        return per_row[keep], folds[keep]
+        return np.where(observed_kept, (pred[kept] - y_kept) ** 2 * weight, 0.0).sum(axis=1), folds_kept
 
     def summary(pred: np.ndarray) -> tuple[float, float]:
         values, fold_of = row_losses(pred)
