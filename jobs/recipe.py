@@ -33,6 +33,7 @@ class TrainRecipe:
     select_neighbors: tuple[int, ...]
     select_pool_layers: tuple[int, ...]
     select_blend: bool
+    select_shared: bool
     select_shrinks: tuple[float, ...]
     select_mlp_hidden: int
     select_folds: int
@@ -54,6 +55,7 @@ class TrainRecipe:
             head_select=settings.train_head_select, select_alphas=tuple(settings.train_select_alphas),
             select_neighbors=tuple(settings.train_select_neighbors),
             select_pool_layers=tuple(settings.train_select_pool_layers), select_blend=settings.train_select_blend,
+            select_shared=settings.train_select_shared,
             select_shrinks=tuple(settings.train_select_shrinks),
             select_mlp_hidden=settings.train_select_mlp_hidden, select_folds=settings.train_select_folds,
             spread_coverage=settings.train_spread_coverage,
@@ -68,6 +70,7 @@ class TrainRecipe:
             return None
         return SelectionConfig(alphas=self.select_alphas, neighbors=self.select_neighbors,
                                pool_layers=self.select_pool_layers, blend=self.select_blend,
+                               shared=self.select_shared,
                                shrinks=self.select_shrinks,
                                mlp_hidden=self.select_mlp_hidden, folds=self.select_folds,
                                coverage=self.spread_coverage, seed=self.seed)

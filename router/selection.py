@@ -55,7 +55,7 @@ import torch
 from router.neighbours import shrunk_mean
 from router.selection_config import SelectionConfig
 
-FAMILIES: tuple[str, ...] = ("ridge", "neighbour", "blend", "shrink", "mlp")
+FAMILIES: tuple[str, ...] = ("ridge", "shared", "neighbour", "blend", "shrink", "mlp")
 """Head families from the simplest to the most complex (the one-SE rule prefers the earlier)."""
 
 PAIRED_SE = 2.0
@@ -70,7 +70,8 @@ SPREAD_FLOOR = 0.1
 class Candidate:
     family: str
     pool_layers: int
-    alpha: float | None = None  # relative ridge α (ridge, blend)
+    alpha: float | None = None  # relative ridge α (ridge, blend; shared: each expert's pull toward the shared weight)
+    shared_alpha: float | None = None  # relative ridge α of the weight shared by every expert (shared)
     k: int | None = None  # neighbour k (neighbour, blend, shrink)
     kappa: float | None = None  # shrinkage pseudo-count (shrink)
     hidden: int | None = None  # MLP width
@@ -78,6 +79,8 @@ class Candidate:
     @property
     def label(self) -> str:
         parts = [self.family, f"p={self.pool_layers}"]
+        if self.shared_alpha is not None:
+            parts.append(f"αs={self.shared_alpha:g}")
         if self.alpha is not None:
             parts.append(f"α={self.alpha:g}")
         if self.k is not None:
@@ -190,6 +193,39 @@ class RidgePath:
             for out, rel in zip(outs, relative_alphas, strict=True):
                 out[:, cols] = shifted @ self._weights(centred, rhs, rel) + y_mean
         return outs
+
+    def shared(self, pairs: Sequence[tuple[float, float]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Ridge toward a shared weight: (weight (E, D), bias (E,)) per (α_shared, α) pair.
+
+        First one weight ``w`` for every expert, fitted on every observed cell with a per-expert
+        intercept (ridge at α_shared relative to the mean eigenvalue of the pooled Gram matrix); then each
+        expert's own ridge at α shrunk toward ``w`` instead of toward 0: weight_e = w + v_e with
+        v_e = argmin ‖y_e − X̃_e (w + v_e)‖² + α ‖v_e‖². The pooled fit sees every row, so the part of the
+        loss all experts share (how hard the prompt is) is learnt from all the feedback, not again from each
+        expert's few rows; α → ∞ gives the shared weight with per-expert offsets, α → 0 each expert's own fit.
+        """
+        dims = self.x.shape[1]
+        pooled = sum((len(cols) * centred for cols, _, _, centred, _ in self.groups), np.zeros((dims, dims)))
+        target = sum((rhs.sum(axis=1) for *_, rhs in self.groups), np.zeros(dims))
+        pooled_eig = max(float(np.trace(pooled)) / max(dims, 1), 1e-12)
+        shared_alphas = sorted({a for a, _ in pairs})
+        shared = {a: np.linalg.solve(pooled + a * pooled_eig * np.eye(dims), target) for a in shared_alphas}
+        stacked = np.stack([shared[a] for a in shared_alphas], axis=1)  # (D, S)
+        out = {pair: (np.zeros((self.y.shape[1], dims)), np.zeros(self.y.shape[1])) for pair in pairs}
+        for cols, x_mean, y_mean, centred, rhs in self.groups:
+            pulled = centred @ stacked  # the shared fit's part of each expert's normal equations
+            for alpha in sorted({a for _, a in pairs}):
+                system = centred + self.absolute(alpha) * np.eye(dims)
+                solved = np.linalg.solve(system, np.concatenate([rhs, pulled], axis=1))
+                own, toward = solved[:, :len(cols)], solved[:, len(cols):]
+                for s, shared_alpha in enumerate(shared_alphas):
+                    if (shared_alpha, alpha) not in out:
+                        continue
+                    w = own - toward[:, [s]] + shared[shared_alpha][:, None]  # (D, |cols|)
+                    weight, bias = out[(shared_alpha, alpha)]
+                    weight[cols] = w.T
+                    bias[cols] = y_mean - x_mean @ w
+        return [out[pair] for pair in pairs]
 
     def solution(self, relative_alpha: float) -> tuple[np.ndarray, np.ndarray]:
         """(weight (E, D), bias (E,)) so that prediction = x @ weight.T + bias."""
@@ -374,6 +410,8 @@ def candidates(config: SelectionConfig, dims: int) -> list[Candidate]:
         if p > dims:
             continue
         out += [Candidate("ridge", p, alpha=a) for a in config.alphas]
+        if config.shared:
+            out += [Candidate("shared", p, alpha=a, shared_alpha=s) for s in config.alphas for a in config.alphas]
         out += [Candidate("neighbour", p, k=k) for k in config.neighbors]
         if config.blend:
             out += [Candidate("blend", p, alpha=a, k=k) for a in config.alphas for k in config.neighbors]
@@ -393,6 +431,9 @@ def fit_candidates(x_train: np.ndarray, y_train: np.ndarray, x_query: np.ndarray
     mean, std = normalizer(y_train)
     path = RidgePath(x_train, (y_train - mean) / std, grams=grams)
     ridge = {a: v * std + mean for a, v in zip(alphas, path.predict(x_query, alphas), strict=True)}
+    pairs = [(float(c.shared_alpha or 0.0), float(c.alpha or 0.0)) for c in cands if c.family == "shared"]
+    shared = {pair: (np.asarray(x_query, dtype=np.float64) @ weight.T + bias) * std + mean
+              for pair, (weight, bias) in zip(pairs, path.shared(pairs) if pairs else [], strict=True)}
     moments = neighbour_moments(torch.as_tensor(x_query), unit_rows(x_train), torch.as_tensor(y_train), ks)
     near, counts, dispersion = {}, {}, {}
     for k, (m, spread, count) in zip(ks, moments, strict=True):
@@ -404,6 +445,8 @@ def fit_candidates(x_train: np.ndarray, y_train: np.ndarray, x_query: np.ndarray
     for c in cands:
         if c.family == "ridge":
             out[c] = ridge[float(c.alpha or 0.0)]
+        elif c.family == "shared":
+            out[c] = shared[(float(c.shared_alpha or 0.0), float(c.alpha or 0.0))]
         elif c.family == "neighbour":
             out[c] = near[int(c.k or 0)]
         elif c.family == "shrink":

@@ -16,6 +16,8 @@ class SelectionConfig:
     neighbors: k values of the neighbour head.
     pool_layers: how many of the top hidden states are pooled and concatenated.
     blend: also try ridge + neighbour averages (every α × k pair).
+    shared: also try ridge toward a weight shared by every expert (every α_shared × α pair,
+        ``RidgePath.shared``).
     shrinks: pseudo-counts κ of the shrunk neighbour candidates (every α × k × κ: the neighbour mean
         shrunk toward the ridge prediction, ``RouterConfig.head_shrink``); empty (the default) = none.
     mlp_hidden: width of the MLP head candidate; 0 = no MLP candidate.
@@ -28,6 +30,7 @@ class SelectionConfig:
     neighbors: tuple[int, ...] = (10, 30, 100, 300)
     pool_layers: tuple[int, ...] = (1, 2, 3)
     blend: bool = True
+    shared: bool = False
     shrinks: tuple[float, ...] = ()
     mlp_hidden: int = 64
     mlp_epochs: int = 10

@@ -436,7 +436,11 @@ def apply_selection(router: Router, selection: Selection, features: np.ndarray, 
             body[0].load_state_dict(first.state_dict())
             router.head.last.load_state_dict(last.state_dict())
         else:
-            weight, bias = RidgePath(x, normalized).solution(float(selection.ridge_alpha or chosen.alpha or 1.0))
+            path = RidgePath(x, normalized)
+            if chosen.family == "shared":
+                [(weight, bias)] = path.shared([(float(chosen.shared_alpha or 1.0), float(chosen.alpha or 1.0))])
+            else:
+                weight, bias = path.solution(float(selection.ridge_alpha or chosen.alpha or 1.0))
             router.head.last.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
             router.head.last.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
     uses_neighbours = chosen.family in ("neighbour", "blend", "shrink")

@@ -79,6 +79,8 @@ class Settings(BaseSettings):
     train_select_neighbors: list[int] = Field(default_factory=lambda: [10, 30, 100, 300])
     train_select_pool_layers: list[int] = Field(default_factory=lambda: [1, 2, 3])
     train_select_blend: bool = True
+    # Ridge toward a weight shared by every expert (router/selection.py, ``RidgePath.shared``): every α_shared × α.
+    train_select_shared: bool = False
     # Pseudo-counts κ of the shrunk neighbour candidates, e.g. '[10, 30, 100]'; [] (the default) = none. Tried
     # in `bench loop` and not adopted: chosen by CV regression error on bandit rows, it did not route better
     # than the ridge head it shrinks toward (docs/benchmarks.md, "Shrunk neighbour heads").

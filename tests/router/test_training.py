@@ -152,7 +152,7 @@ def test_lora_training_refreshes_the_neighbour_memory_with_the_adapted_encoder(t
     torch.testing.assert_close(keys, fresh, atol=2e-3, rtol=0)  # the memory holds the final embeddings
 
 
-@pytest.mark.parametrize("family", ["mlp", "blend", "shrink", "ridge"])
+@pytest.mark.parametrize("family", ["mlp", "blend", "shrink", "ridge", "shared"])
 def test_every_selectable_head_becomes_what_the_router_serves(tiny_bert: str, family: str) -> None:
     """apply_selection turns each family into the router's own configuration: its predictions on the
     training prompts equal what the head fitted on the pooled features predicts, and a bundle-shaped
@@ -165,7 +165,7 @@ def test_every_selectable_head_becomes_what_the_router_serves(tiny_bert: str, fa
     features = router.embed(prompts).astype(np.float64)
     chosen = {"mlp": Candidate("mlp", 2, hidden=8), "blend": Candidate("blend", 1, alpha=1.0, k=5),
               "shrink": Candidate("shrink", 1, alpha=1.0, k=5, kappa=4.0),
-              "ridge": Candidate("ridge", 3, alpha=1.0)}[family]
+              "ridge": Candidate("ridge", 3, alpha=1.0), "shared": Candidate("shared", 2, alpha=10.0, shared_alpha=0.1)}[family]
     selection = Selection(chosen=chosen, table=[], objective="routed_loss", best=chosen.label, threshold=0.0,
                           folds=np.zeros(len(prompts), dtype=int), spread_k=5, spread_scale=np.ones(2),
                           spread_floor=np.full(2, 0.01), oof_coverage=None, ridge_alpha=1.0)
@@ -179,6 +179,10 @@ def test_every_selectable_head_becomes_what_the_router_serves(tiny_bert: str, fa
         from router.training import selection_epochs
 
         expected = mlp_apply(*fit_mlp(x, normalized, 8, selection_epochs(TrainConfig(selection=None)), 0), x)
+        assert router.config.head_neighbors == 0
+    elif family == "shared":
+        [(weight, bias)] = RidgePath(x, normalized).shared([(0.1, 10.0)])
+        expected = x @ weight.T + bias
         assert router.config.head_neighbors == 0
     else:
         weight, bias = RidgePath(x, normalized).solution(1.0)
