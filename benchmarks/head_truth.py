@@ -2,7 +2,8 @@
 home's training rows, scored on the stream's held-out prompts beside its cross-validation score.
 
     thalamus bench loop --dataset D --scenario cold --seed 0 --requests 1501 --no-offline --keep-home DIR
-    python -m benchmarks.head_truth --home DIR [--version N] [--shrinks 10,30,100] [--json OUT]
+    python -m benchmarks.head_truth --home DIR [--version N] [--shrinks 10,30,100] [--ceiling] [--reselect]
+        [--json OUT]
 
 The training job chooses its head by K-fold CV on its own rows (``router/selection.py``). With bandit
 feedback no row has two observed experts, so the CV objective falls back to a regression error on the
@@ -117,7 +118,7 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def run(home: Path, *, version: int | None = None, shrinks: tuple[float, ...] | None = None,
-        with_ceiling: bool = False) -> dict[str, Any]:
+        with_ceiling: bool = False, reselect: bool = False) -> dict[str, Any]:
     """The whole diagnostic on a kept home (see the module docstring); a JSON-able report."""
     from sqlalchemy import select
 
@@ -162,12 +163,17 @@ def run(home: Path, *, version: int | None = None, shrinks: tuple[float, ...] | 
     predictions = candidate_predictions(x, table.targets[rows].astype(np.float64), query_x, config, config.max_pool)
     routed = {c.label: value for c, value in routed_losses(predictions, truth).items()}
     selection = metrics.get("head_selection") or {}
+    if reselect:  # the job's CV again, with this process's grid (e.g. a family the kept run did not have)
+        from router.selection import select_head
+
+        selection = select_head(x, table.targets[rows].astype(np.float64), config, config.max_pool).to_metrics()
     cv = {r["label"]: float(r["mean"]) for r in selection.get("table", [])}
     chosen = (selection.get("chosen") or {}).get("label")
     means = np.nanmean(table.targets[rows], axis=0)
     report = {"home": str(home), "plan": saved["plan"], "version": None if row is None else row.id,
               "training_rows": int(rows.size), "observed_cells": int((~np.isnan(table.targets[rows])).sum()),
               "heldout": len(stream.heldout.prompts), "cv_objective": selection.get("objective"),
+              "reselected": reselect,
               "reference": {"best_single": float(truth.mean(axis=0).min()),
                             "expert_with_lowest_logged_mean": float(truth[:, int(np.nanargmin(means))].mean()),
                             "oracle": float(truth.min(axis=1).mean())},
@@ -182,8 +188,9 @@ def run(home: Path, *, version: int | None = None, shrinks: tuple[float, ...] | 
 
 def format_report(report: dict[str, Any]) -> str:
     ref = report["reference"]
+    cv = "the CV redone with this grid" if report.get("reselected") else "the job's CV"
     lines = [f"version {report['version']}: {report['training_rows']} training rows, {report['observed_cells']} "
-             f"observed cells, CV objective {report['cv_objective']}; {report['heldout']} held-out prompts",
+             f"observed cells, {cv}, objective {report['cv_objective']}; {report['heldout']} held-out prompts",
              f"held-out loss: best single {ref['best_single']:.4f} · the expert with the lowest logged mean "
              f"{ref['expert_with_lowest_logged_mean']:.4f} · oracle {ref['oracle']:.4f}"]
     for name in ("chosen", "best_by_cv"):
@@ -213,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shrinks", help="shrink κ grid to add, e.g. 10,30,100 (default: the settings')")
     parser.add_argument("--ceiling", action="store_true",
                         help="also refit the grid with full information and with 1-3 random losses per prompt")
+    parser.add_argument("--reselect", action="store_true",
+                        help="redo the head selection's CV with the settings' grid instead of reading the version's")
     parser.add_argument("--json", dest="json_out", type=Path)
     args = parser.parse_args(argv)
     if not (args.home / PLAN_FILE).is_file():
@@ -224,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print(f"--shrinks must be numbers separated by commas, got {args.shrinks!r}", file=sys.stderr)
         return 2
-    report = run(args.home, version=args.version, shrinks=shrinks, with_ceiling=args.ceiling)
+    report = run(args.home, version=args.version, shrinks=shrinks, with_ceiling=args.ceiling, reselect=args.reselect)
     if args.json_out is not None:
         args.json_out.write_text(json.dumps(report, indent=2))
     print(format_report(report))

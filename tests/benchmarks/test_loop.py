@@ -79,7 +79,8 @@ def test_a_degraded_expert_loses_its_traffic_within_one_cycle_of_the_first_train
 
 
 def test_quick_run_on_the_benchmark_data_learns_beyond_the_cold_start(dcrouter: Path, tmp_path: Path,
-                                                                     thalamus_env: None, capsys) -> None:  # type: ignore[no-untyped-def]
+                                                                     thalamus_env: None, capsys,  # type: ignore[no-untyped-def]
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """``thalamus bench loop --quick --scenario degraded`` on dcrouter, as a user runs it (production
     defaults otherwise): the stream, the feedback path and the jobs on the real data, no failed request,
     the truth recorded for every candidate, and the first trained router serving well above the cold start.
@@ -128,6 +129,14 @@ def test_quick_run_on_the_benchmark_data_learns_beyond_the_cold_start(dcrouter: 
     assert set(top["cells"]) == {"1", "2", "3"}
     assert all(reference["oracle"] <= item["routed_loss"] <= 1.0
                for item in [top["full"], *(d for c in top["cells"].values() for d in c["draws"])])
+    # --reselect: the job's CV redone with this process's grid, here with the shared family the run did not have.
+    monkeypatch.setenv("THALAMUS_TRAIN_SELECT_SHARED", "true")
+    assert head_truth.main(["--home", str(kept), "--reselect", "--json", str(tmp_path / "again.json")]) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["reselected"] and again["cv_objective"] == "expert_mse"
+    assert "shared" not in {label.split()[0] for label in heads["routed"]}
+    assert "shared" in again["best_per_family"] and again["candidates"] == len(again["routed"])
+    assert again["chosen"]["label"] in again["routed"] and again["best_by_cv"]["label"] in again["routed"]
 
 
 def test_a_job_that_raises_is_a_failed_cycle_and_the_stream_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
