@@ -553,9 +553,6 @@ def _select_head(features: np.ndarray, targets: np.ndarray, config: SelectionCon
     for family in FAMILIES:
         within = [c for c in results if c.family == family and gaps[c][0] <= PAIRED_SE * gaps[c][1] + 1e-12]
         if within:
-            if objective == "expert_mse":  # the strongest shrinkage the band allows (see the module docstring)
-                strongest = max(float(c.alpha or 0.0) for c in within)
-                within = [c for c in within if float(c.alpha or 0.0) == strongest]
             chosen = min(within, key=lambda c: results[c][0])
             break
     threshold = results[best][0] + PAIRED_SE * gaps[chosen][1]

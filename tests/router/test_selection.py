@@ -246,20 +246,3 @@ def test_on_one_observed_expert_per_row_the_shared_weight_routes_better_than_eac
     selection = select_head(x, y, config)
     assert selection.objective == "expert_mse"
     assert selection.chosen.family == "shared", selection.table[:5]
-
-
-def test_on_bandit_rows_the_band_gives_the_strongest_shrinkage_not_the_lowest_score() -> None:
-    """Under ``expert_mse`` the regression error is not the routing loss, and the argmin over many noisy
-    predictions picks whichever expert's error happens to be lowest (the optimizer's curse): inside the
-    chosen family, of the candidates within two paired s.e. of the best, the one with the largest α wins.
-    Here the losses are per-expert offsets plus noise and a faint signal; α = 10 scores best by a hair."""
-    rng = np.random.RandomState(1)
-    x = rng.normal(size=(400, 30))
-    full = np.arange(4) * 0.3 + 0.02 * x[:, :4] + rng.normal(size=(400, 4))
-    y = np.full_like(full, np.nan)
-    pick = rng.randint(0, 4, 400)
-    y[np.arange(400), pick] = full[np.arange(400), pick]
-    selection = select_head(x, y, SelectionConfig(alphas=(1.0, 10.0, 100.0, 1000.0), pool_layers=(1,), blend=False,
-                                                  mlp_hidden=0, neighbors=(30,)))
-    assert selection.objective == "expert_mse" and selection.best == "ridge p=1 α=10"
-    assert selection.chosen.label == "ridge p=1 α=1000", selection.table
