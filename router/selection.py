@@ -15,6 +15,9 @@ at the end of those three streams captured 0.18, 0.27, 0.54 of the offline route
 
 * ``ridge``: a linear head fitted in closed form (ridge, α relative to the mean eigenvalue of the
   centred Gram matrix, so the grid does not depend on the encoder's feature scale);
+* ``shared`` (opt-in, ``SelectionConfig.shared``): each expert's ridge shrunk toward one weight fitted on
+  every observed cell (:meth:`RidgePath.shared`), so what makes a prompt costly for every expert is learnt
+  from all rows; served as the linear head;
 * ``neighbour``: the mean observed loss of the k most cosine-similar training prompts;
 * ``blend``: the average of a ridge and a neighbour prediction;
 * ``shrink``: the neighbour mean shrunk toward the ridge prediction, (Σ observed + κ · ridge) /
