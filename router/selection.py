@@ -26,7 +26,7 @@ at the end of those three streams captured 0.18, 0.27, 0.54 of the offline route
 * ``mlp``: one hidden GELU layer trained by AdamW (on the pool setting of the best other head);
 
 each over the top p pooled hidden states for every p of the grid. The rule resists noise with the
-one-standard-error rule toward the simpler head family (ridge < neighbour < blend < shrink < mlp): the
+one-standard-error rule toward the simpler head family (ridge < shared < neighbour < blend < shrink < mlp): the
 chosen family is the simplest one with a candidate whose excess over the best candidate is within
 ``PAIRED_SE`` (2) *paired* standard errors (of the per-row differences of their out-of-fold routed
 losses), and inside it the best-scoring candidate. Paired, because every candidate is scored on the
