@@ -131,11 +131,13 @@ def test_quick_run_on_the_benchmark_data_learns_beyond_the_cold_start(dcrouter: 
                for item in [top["full"], *(d for c in top["cells"].values() for d in c["draws"])])
     # --reselect: the job's CV redone with this process's grid, here with the shared family the run did not have.
     monkeypatch.setenv("THALAMUS_TRAIN_SELECT_SHARED", "true")
+    for name, value in {"POOL_LAYERS": "[3]", "ALPHAS": "[1, 100]", "NEIGHBORS": "[30]", "MLP_HIDDEN": "0"}.items():
+        monkeypatch.setenv(f"THALAMUS_TRAIN_SELECT_{name}", value)  # a small grid: this is about the plumbing
     assert head_truth.main(["--home", str(kept), "--reselect", "--json", str(tmp_path / "again.json")]) == 0
     again = json.loads((tmp_path / "again.json").read_text())
     assert again["reselected"] and again["cv_objective"] == "expert_mse"
     assert "shared" not in {label.split()[0] for label in heads["routed"]}
-    assert "shared" in again["best_per_family"] and again["candidates"] == len(again["routed"])
+    assert "shared" in again["best_per_family"] and again["candidates"] == len(again["routed"]) == 2 + 4 + 1 + 2
     assert again["chosen"]["label"] in again["routed"] and again["best_by_cv"]["label"] in again["routed"]
 
 
