@@ -215,11 +215,11 @@ class RidgePath:
         shared = {a: np.linalg.solve(pooled + a * pooled_eig * np.eye(dims), target) for a in shared_alphas}
         stacked = np.stack([shared[a] for a in shared_alphas], axis=1)  # (D, S)
         out = {pair: (np.zeros((self.y.shape[1], dims)), np.zeros(self.y.shape[1])) for pair in pairs}
+        alphas = sorted({a for _, a in pairs})
         for cols, x_mean, y_mean, centred, rhs in self.groups:
             pulled = centred @ stacked  # the shared fit's part of each expert's normal equations
-            for alpha in sorted({a for _, a in pairs}):
-                system = centred + self.absolute(alpha) * np.eye(dims)
-                solved = np.linalg.solve(system, np.concatenate([rhs, pulled], axis=1))
+            for alpha in alphas:
+                solved = self._weights(centred, np.concatenate([rhs, pulled], axis=1), alpha)
                 own, toward = solved[:, :len(cols)], solved[:, len(cols):]
                 for s, shared_alpha in enumerate(shared_alphas):
                     if (shared_alpha, alpha) not in out:
