@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.head_truth import candidate_predictions, ceiling, compare, draw_cells, main, routed_losses
+from benchmarks.head_truth import candidate_predictions, ceiling, compare, draw_cells, main, routed_losses, split_half
 from router.selection import candidates
 from router.selection_config import SelectionConfig
 
@@ -85,3 +85,18 @@ def test_bench_loop_keeps_only_a_new_or_empty_home(tmp_path: Path, thalamus_env:
     with pytest.raises(CliError, match="new or empty"):
         loop(settings, dataset=tmp_path, keep_home=tmp_path / "full")
     assert (tmp_path / "full").is_dir() and not (tmp_path / "full" / "loop-plan.json").exists()
+
+
+def test_the_best_of_equal_candidates_looks_better_where_it_was_chosen_than_on_the_other_half() -> None:
+    """40 candidates all truly as good as the best single expert (each routed loss an independent coin with
+    its mean), over 30 independent held-out sets: the best on one half beats the single expert there, and
+    on the other half it does not, on average."""
+    rng = np.random.default_rng(0)
+    truth = np.c_[np.full(400, 0.4), np.full(400, 0.6)]
+    runs = [split_half((rng.random((40, 400)) < 0.4).astype(float), truth, splits=50, seed=k) for k in range(30)]
+    assert all(r["splits"] == 50 for r in runs)
+    assert np.mean([r["chosen_half_vs_single"] for r in runs]) < -0.04  # the winner's curse: ~2 s.e. of 0.035
+    assert abs(np.mean([r["other_half_vs_single"] for r in runs])) < 0.01
+    routed = (rng.random((40, 400)) < 0.4).astype(float)
+    better = split_half(np.r_[routed, np.full((1, 400), 0.3)], truth, splits=20)  # one truly better candidate
+    assert better["other_half_vs_single"] == pytest.approx(-0.1)

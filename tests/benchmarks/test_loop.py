@@ -124,6 +124,8 @@ def test_quick_run_on_the_benchmark_data_learns_beyond_the_cold_start(dcrouter: 
     assert heads["chosen"]["label"] in heads["routed"] and heads["candidates"] == len(heads["routed"])
     reference = heads["reference"]
     assert all(reference["oracle"] <= loss <= 1.0 for loss in heads["routed"].values())
+    honest = heads["best_by_truth_split_half"]  # chosen on one half of the held-out prompts: optimistic there
+    assert honest["chosen_half_vs_single"] <= honest["other_half_vs_single"] + 0.02
     assert reference["oracle"] <= reference["best_single"] <= reference["expert_with_lowest_logged_mean"]
     top = heads["ceiling"]  # the same prompts with every expert's true loss, and with 1-3 drawn ones
     assert set(top["cells"]) == {"1", "2", "3"}
