@@ -77,10 +77,10 @@ def split_half(routed: np.ndarray, truth: np.ndarray, *, splits: int = 200, seed
     ``routed`` (C, Q): each candidate's true routed loss per held-out prompt; ``truth`` (Q, E). For each of
     ``splits`` random halves A/B of the prompts, the candidate with the lowest mean on A is scored on A
     (where it was chosen) and on B (where it was not), each against the best single expert of that half.
-    The best of many close candidates on one noisy sample is optimistic (a winner's curse): on the cold
-    homes of docs/benchmarks.md the grid's best by the truth captured 0.50, 0.83, 1.22 of the offline
-    router's gain on the half it was chosen on and 0.23, 0.53, 0.87 on the other half. Losses: below 0
-    is better than the best single expert.
+    The best of many close candidates on one noisy sample is optimistic (a winner's curse): on the three
+    cold homes of docs/benchmarks.md (ninth session) the grid's best by the truth captured 0.51, 0.82, 1.24
+    of the offline router's gain on the half it was chosen on and 0.23, 0.52, 0.85 on the other half.
+    Losses: below 0 is better than the best single expert.
     """
     rng = np.random.default_rng(seed)
     q = routed.shape[1]

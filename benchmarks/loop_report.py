@@ -67,10 +67,15 @@ def _estimate(off_policy: dict[str, Any] | None) -> dict[str, float] | None:
         return None
     candidate = off_policy.get("candidate") or {}
     dr = candidate.get("dr") or {}
-    if "value" not in dr:
+    if dr.get("value") is None:
         return None
     return {"loss": float(dr["value"]), "low": float(dr["low"]), "high": float(dr["high"]),
             "n": int(off_policy.get("n_rows", candidate.get("n_rows", 0)) or 0)}
+
+
+def _promoted_off_policy(gate: str | None) -> bool:
+    """The gate's recorded verdict promoted on the off-policy estimate (not on "no router is active")."""
+    return (gate or "").startswith("promote (off-policy)")
 
 
 def promotions(loop: LoopRun) -> list[dict[str, Any]]:
@@ -91,8 +96,8 @@ def promotions(loop: LoopRun) -> list[dict[str, Any]]:
         replaced = _against_replaced(loop, cycle, after)
         if replaced is not None:
             row["vs_replaced"] = replaced
-        on_policy_basis = (cycle.gate or "").startswith("promote (off-policy)")
-        if estimate is not None and realised is not None and on_policy_basis:  # judged only where it decided
+        # judged only where it decided
+        if estimate is not None and realised is not None and _promoted_off_policy(cycle.gate):
             row["inside"] = estimate["low"] <= realised <= estimate["high"]
             window = window_interval(estimate, [r.loss for r in after])
             if window is not None:
@@ -401,10 +406,10 @@ def gate_truth(report_cycles: list[dict[str, Any]]) -> dict[str, Any] | None:
     value = value_truth(report_cycles)
     if not pairs and value is None:
         return None
-    out: dict[str, Any] = {"n": len(pairs), "covered": float(np.mean([dr["low"] <= truth["value"] <= dr["high"]
-                                                                       for dr, truth, _ in pairs])) if pairs else None,
-                           "held_but_better_by_0.01": [c["t"] for _, truth, c in pairs
-                                                       if not c.get("promoted") and truth["value"] < -0.01]}
+    covered = [dr["low"] <= truth["value"] <= dr["high"] for dr, truth, _ in pairs]
+    missed = [c["t"] for _, truth, c in pairs if not c.get("promoted") and truth["value"] < -0.01]
+    out: dict[str, Any] = {"n": len(pairs), "covered": float(np.mean(covered)) if covered else None,
+                           "held_but_better_by_0.01": missed}
     if value is not None:
         out["value"] = value
     return out
@@ -421,13 +426,13 @@ def value_truth(report_cycles: list[dict[str, Any]]) -> dict[str, Any] | None:
     """
     every, promoted = [], []
     for c in report_cycles:
-        dr = (((c.get("off_policy") or {}).get("candidate") or {}).get("dr")) or {}
+        estimate = _estimate(c.get("off_policy"))
         loss = (c.get("truth") or {}).get("candidate_loss")
-        if dr.get("value") is None or loss is None:
+        if estimate is None or loss is None:
             continue
-        inside = bool(dr["low"] <= loss <= dr["high"])
+        inside = bool(estimate["low"] <= loss <= estimate["high"])
         every.append(inside)
-        if c.get("promoted") and (c.get("gate") or "").startswith("promote (off-policy)"):
+        if c.get("promoted") and _promoted_off_policy(c.get("gate")):
             promoted.append(inside)
     if not every:
         return None
